@@ -1,0 +1,25 @@
+"""cwnnk: channel-wise NNK graphs for channel redundancy and overlap in CNNs.
+
+The science lives in this package; it never imports Snakemake. Heavy submodules
+(torch) are imported lazily so that `import cwnnk` stays cheap.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "nnk": "cwnnk.nnk",
+    "NNKResult": "cwnnk.nnk",
+    "to_sparse": "cwnnk.sparse",
+    "open_activations": "cwnnk.activations",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cwnnk' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)
