@@ -1,7 +1,6 @@
 """Write-then-rename helpers: an artifact is either complete at its final path or absent."""
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -46,10 +45,3 @@ def write_json(path, obj):
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
-
-def sha256_file(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -1,0 +1,181 @@
+"""Configuration: schema validation with defaults, clear errors, and the model sweep.
+
+The schema (workflow/schemas/config.schema.yaml) is the single source of defaults and
+descriptions; docs/configuration.md is checked against it by a test.
+"""
+
+import copy
+from collections import OrderedDict
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from cwnnk.datasets import dataset_signature
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value that the schema or a cross-key check rejects."""
+
+
+def load_schema(path=SCHEMA_PATH):
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _with_defaults(validator_class):
+    """A validator that fills in schema defaults for missing keys before checking them."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in props.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": properties})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key(path):
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe(error):
+    """One line naming the key, the bad value and what is allowed."""
+    key, value, rule = _key(error.absolute_path), error.instance, error.validator
+    if rule == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(value) - set(allowed))
+        where = _key(error.absolute_path)
+        return f"unknown key(s) {extra} in '{where}'; allowed keys: {allowed}"
+    if rule == "enum":
+        return f"config key '{key}': {value!r} is not allowed; choose one of {error.validator_value}"
+    if rule == "type":
+        return f"config key '{key}': {value!r} has type {type(value).__name__}; expected {error.validator_value}"
+    if rule in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[rule]
+        return f"config key '{key}': {value!r} is out of range; it must be {op} {error.validator_value}"
+    if rule == "required":
+        return f"config key '{key}': {error.message}"
+    return f"config key '{key}': {value!r} is not allowed ({error.message})"
+
+
+def validate(config, schema=None):
+    """Return a validated deep copy of config with every default filled in.
+
+    Raises ConfigError listing every problem, one line each.
+    """
+    config = copy.deepcopy(dict(config))
+    validator = _Validator(schema or load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
+    _check_model(config["model"], "model")
+    return config
+
+
+def _check_model(model, where):
+    if model.get("arch", "convnet") == "convnet" and not model.get("layers"):
+        raise ConfigError(f"config key '{where}.layers': a convnet needs at least one layer")
+
+
+def _fmt(x):
+    return format(x, "g")
+
+
+def model_name(arch, dropout, weight_decay, augment, seed):
+    """Readable, stable model name, e.g. convnet-d0.2-wd0-s1 (augmentation named when used)."""
+    aug = "" if augment == "none" else f"-{augment}"
+    return f"{arch}-d{_fmt(dropout)}-wd{_fmt(weight_decay)}{aug}-s{seed}"
+
+
+def model_spec(model_cfg, dataset_cfg, dropout=0.0):
+    """The architecture spec (see cwnnk.models) of a model entry on a dataset, without normalisation."""
+    input_shape, num_classes = dataset_signature(dataset_cfg)
+    spec = {"arch": model_cfg.get("arch", "convnet"), "input_shape": input_shape, "num_classes": num_classes,
+            "dropout": dropout}
+    if spec["arch"] == "convnet":
+        spec["layers"] = [dict(padding="valid", pool=False) | layer for layer in model_cfg["layers"]]
+    else:
+        spec["cifar_stem"] = model_cfg.get("cifar_stem", True)
+    return spec
+
+
+def expand_models(config):
+    """All models of the experiment, name -> entry, trained ones first (sweep order), then external.
+
+    entry: name, kind ('trained' or 'external'), spec, and the regularization settings
+    (dropout, weight_decay, augment, seed, label) that tables and figures group by.
+    """
+    models = OrderedDict()
+    sweep = config["sweep"]
+    arch = config["model"]["arch"]
+    dropouts = sweep["dropout"] if arch == "convnet" else [0.0]
+    for dropout in dropouts:
+        for wd in sweep["weight_decay"]:
+            for augment in sweep["augment"]:
+                for seed in sweep["seeds"]:
+                    name = model_name(arch, dropout, wd, augment, seed)
+                    models[name] = dict(
+                        name=name, kind="trained", spec=model_spec(config["model"], config["dataset"], dropout),
+                        dropout=dropout, weight_decay=wd, augment=augment, seed=seed,
+                        label=f"d{_fmt(dropout)} wd{_fmt(wd)} {augment}",
+                    )
+    for i, ext in enumerate(config["external"]):
+        if ext["name"] in models:
+            raise ConfigError(f"config key 'external.{i}.name': {ext['name']!r} is already a model name")
+        _check_model(ext["model"], f"external.{i}.model")
+        dropout = ext["dropout"]
+        models[ext["name"]] = dict(
+            name=ext["name"], kind="external", path=ext["path"],
+            spec=model_spec(ext["model"], config["dataset"], dropout),
+            dropout=dropout, weight_decay=None, augment=None, seed=None, label=ext.get("label", "external"),
+        )
+    return models
+
+
+def _rows(schema, defs, prefix=""):
+    """(key, type, default, description) for every key of the schema, depth first."""
+    for key, sub in schema.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        node = defs[sub["$ref"].split("/")[-1]] if "$ref" in sub else sub
+        kind = node.get("type") or ("enum" if "enum" in node else "one of" if "oneOf" in node else "object")
+        kind = " or ".join(kind) if isinstance(kind, list) else kind
+        if "enum" in node:
+            kind = " \\| ".join(map(str, node["enum"]))
+        default = sub.get("default", node.get("default", ""))
+        yield path, kind, default, sub.get("description", node.get("description", ""))
+        if "properties" in node:
+            yield from _rows(node, defs, path + ".")
+        items = node.get("items", {})
+        if "properties" in items:
+            yield from _rows(items, defs, path + "[].")
+
+
+def configuration_markdown(schema=None):
+    """The configuration reference (docs/configuration.md), generated from the schema."""
+    schema = schema or load_schema()
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `workflow/schemas/config.schema.yaml` by `python -m cwnnk.config > docs/configuration.md`",
+        "(a test checks that this file is up to date). Every key is optional: the default applies when it is",
+        "left out. A bad value stops Snakemake before any job runs, naming the key, the value and what is allowed.",
+        "",
+        "| key | type | default | description |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, kind, default, description in _rows(schema, schema.get("$defs", {})):
+        shown = "" if default == "" else f"`{yaml.safe_dump(default, default_flow_style=True, width=10**9).strip().removesuffix('...').strip()}`"
+        text = " ".join(str(description).split()).replace("|", "\\|")
+        lines.append(f"| `{key}` | {kind} | {shown} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(configuration_markdown(), end="")

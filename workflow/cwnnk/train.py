@@ -1,0 +1,154 @@
+"""Training and evaluation of one model: seeded, deterministic on CPU, CUDA when present."""
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cwnnk.device import resolve_device
+from cwnnk.models import build_model
+
+AUGMENTS = ("none", "shift", "shift_flip")
+
+
+def augment_batch(x, kind, gen):
+    """Random translations of up to 2 pixels (zero fill), and horizontal flips for 'shift_flip'."""
+    if kind == "none":
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (2, 2, 2, 2))
+    dy, dx = torch.randint(0, 5, (2, n), generator=gen)
+    x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    if kind == "shift_flip":
+        flip = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+@torch.inference_mode()
+def evaluate(model, split, device, batch_size=512):
+    """Mean cross-entropy loss and accuracy of model on a Split (eval mode)."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for start in range(0, len(split), batch_size):
+        x = split.images[start : start + batch_size].to(device)
+        y = split.labels[start : start + batch_size].to(device)
+        logits = model(x)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return loss / len(split), correct / len(split)
+
+
+def _optimizer(model, cfg):
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    raise ValueError(f"training.optimizer must be 'sgd' or 'adam', got {cfg['optimizer']!r}")
+
+
+def train_model(spec, dataset, cfg, seed, device="auto", log=print):
+    """Train a fresh model of `spec` on `dataset`; return (model, history).
+
+    cfg keys: optimizer, lr, momentum, weight_decay, epochs, batch_size, augment, lr_schedule.
+    history: one dict per epoch with train/test loss and accuracy and the epoch's seconds.
+    """
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    gen = torch.Generator().manual_seed(seed)
+    model = build_model(spec).to(device)
+    opt = _optimizer(model, cfg)
+    epochs = cfg["epochs"]
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs) if cfg["lr_schedule"] == "cosine" else None
+    train = dataset.train
+    history = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train), generator=gen)
+        for i in range(0, len(order), cfg["batch_size"]):
+            batch = order[i : i + cfg["batch_size"]]
+            x = augment_batch(train.images[batch], cfg["augment"], gen).to(device)
+            loss = F.cross_entropy(model(x), train.labels[batch].to(device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}: lower training.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if sched:
+            sched.step()
+        train_loss, train_acc = evaluate(model, train, device)
+        test_loss, test_acc = evaluate(model, dataset.test, device)
+        row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
+                   seconds=time.perf_counter() - start)
+        history.append(row)
+        log(f"epoch {epoch}/{epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+            f"test loss {test_loss:.4f} acc {test_acc:.4f}  ({row['seconds']:.1f}s)")
+    return model.eval(), history
+
+
+def summarize_history(history):
+    """Final metrics of a run: last epoch's numbers and the generalization gap."""
+    last = history[-1]
+    return dict(
+        train_loss=last["train_loss"], train_acc=last["train_acc"],
+        test_loss=last["test_loss"], test_acc=last["test_acc"],
+        gap_acc=last["train_acc"] - last["test_acc"], gap_loss=last["test_loss"] - last["train_loss"],
+        epochs=len(history),
+    )
+
+
+
+def _metrics(entry, spec, dataset, history, wall, device, **extra):
+    from cwnnk.provenance import now, versions
+
+    return dict(
+        model=entry["name"], kind=entry["kind"], spec=spec, entry=entry, dataset=dataset.name,
+        n_train=len(dataset.train), n_test=len(dataset.test), history=history,
+        final=summarize_history(history), wall_time_s=wall, device=str(device), versions=versions(),
+        created=now(), **extra,
+    )
+
+
+def run_train(entry, dataset_cfg, training_cfg, device, checkpoint_path, metrics_path, log=print):
+    """The `train` stage: train one sweep entry and write its checkpoint and metrics.json."""
+    from cwnnk.atomic import write_json
+    from cwnnk.datasets import load_dataset
+    from cwnnk.models import save_checkpoint
+
+    start = time.perf_counter()
+    dataset = load_dataset(dataset_cfg)
+    mean, std = dataset.channel_stats()
+    spec = dict(entry["spec"], normalize={"mean": mean, "std": std})
+    cfg = dict(training_cfg, weight_decay=entry["weight_decay"], augment=entry["augment"])
+    log(f"training {entry['name']} on {dataset.name} ({len(dataset.train)} train, {len(dataset.test)} test), "
+        f"seed {entry['seed']}, device {resolve_device(device)}")
+    model, history = train_model(spec, dataset, cfg, entry["seed"], device, log)
+    save_checkpoint(checkpoint_path, model.cpu(), spec)
+    write_json(metrics_path, _metrics(entry, spec, dataset, history, time.perf_counter() - start,
+                                      resolve_device(device), training=cfg))
+
+
+def run_import(entry, dataset_cfg, device, checkpoint_path, metrics_path, log=print):
+    """The `import_checkpoint` stage: validate an external checkpoint against its declared
+    architecture, evaluate it on the dataset and write it in this project's format."""
+    from cwnnk.atomic import write_json
+    from cwnnk.datasets import load_dataset
+    from cwnnk.models import load_checkpoint, save_checkpoint
+    from cwnnk.provenance import sha256_file
+
+    start = time.perf_counter()
+    model, spec = load_checkpoint(entry["path"], entry["spec"])
+    dataset = load_dataset(dataset_cfg)
+    device = resolve_device(device)
+    model.to(device)
+    train_loss, train_acc = evaluate(model, dataset.train, device)
+    test_loss, test_acc = evaluate(model, dataset.test, device)
+    history = [dict(epoch=0, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
+                    seconds=time.perf_counter() - start)]
+    log(f"imported {entry['path']}: train acc {train_acc:.4f}, test acc {test_acc:.4f}")
+    save_checkpoint(checkpoint_path, model.cpu(), spec)
+    write_json(metrics_path, _metrics(entry, spec, dataset, history, time.perf_counter() - start, device,
+                                      source=str(entry["path"]), source_sha256=sha256_file(entry["path"])))
