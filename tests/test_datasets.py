@@ -1,0 +1,122 @@
+import hashlib
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from cwnnk.datasets import dataset_signature, load_cifar10, load_dataset, load_digits, load_synthetic, stratified_subset
+
+
+def test_digits_split_is_stratified_scaled_and_fixed():
+    ds = load_digits(image_size=16)
+    assert ds.train.images.shape == (1437, 1, 16, 16) and ds.test.images.shape == (360, 1, 16, 16)
+    assert 0.0 <= ds.train.images.min() and ds.train.images.max() <= 1.0 and ds.train.images.max() > 0.9
+    train_frac = np.bincount(ds.train.labels.numpy()) / len(ds.train)
+    test_frac = np.bincount(ds.test.labels.numpy()) / len(ds.test)
+    assert np.abs(train_frac - test_frac).max() < 0.01
+    assert not set(ds.train.indices) & set(ds.test.indices)
+    again = load_digits(image_size=16)
+    assert np.array_equal(again.train.indices, ds.train.indices)
+    assert list(ds.input_shape) == dataset_signature({"name": "digits", "image_size": 16})[0]
+
+
+def test_digits_native_size_matches_sklearn():
+    from sklearn.datasets import load_digits as sk
+
+    ds = load_digits(image_size=None)
+    raw = sk().images
+    i = ds.train.indices[5]
+    assert torch.allclose(ds.train.images[5, 0], torch.tensor(raw[i] / 16.0, dtype=torch.float32))
+
+
+def test_synthetic_is_deterministic_and_learnable():
+    a, b = load_synthetic(seed=3), load_synthetic(seed=3)
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.train.labels, b.train.labels)
+    assert not torch.equal(a.train.images, load_synthetic(seed=4).train.images)
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=2000).fit(a.train.images.flatten(1).numpy(), a.train.labels.numpy())
+    accuracy = clf.score(a.test.images.flatten(1).numpy(), a.test.labels.numpy())
+    assert accuracy > 0.8  # chance is 0.25 with 4 classes
+
+
+def test_stratified_subset_keeps_class_balance():
+    labels = np.repeat(np.arange(4), [100, 200, 300, 400])
+    picks = stratified_subset(labels, 100, seed=0)
+    assert len(picks) == 100 and len(set(picks)) == 100
+    assert np.bincount(labels[picks]).tolist() == [10, 20, 30, 40]
+    assert np.array_equal(picks, stratified_subset(labels, 100, seed=0))
+    assert not np.array_equal(picks, stratified_subset(labels, 100, seed=1))
+
+
+def test_stratified_subset_with_a_small_class():
+    labels = np.array([0] * 2 + [1] * 50 + [2] * 50)
+    counts = np.bincount(labels[stratified_subset(labels, 60, seed=0)])
+    assert counts.sum() == 60 and counts[0] <= 2
+
+
+def _write_cifar(root, n_per_batch, rng):
+    """A miniature CIFAR-10 in its own on-disk format: pickled dicts with str keys (as Python 2
+    wrote them), data as uint8 rows of 3072 (R, G, B planes of 32x32) and labels."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    files = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, n_per_batch).tolist()
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": labels, "batch_label": name}, protocol=2))
+        files[name] = (data, labels)
+    names = "airplane automobile bird cat deer dog frog horse ship truck".split()
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}, protocol=2))
+    return folder, files
+
+
+@pytest.fixture
+def mini_cifar(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    folder, files = _write_cifar(tmp_path, 40, np.random.default_rng(0))
+
+    def md5(name):
+        return hashlib.md5((folder / name).read_bytes()).hexdigest()
+
+    # torchvision checks each batch against CIFAR-10's published md5 sums: register ours.
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5(f"data_batch_{i}")] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5("test_batch")]])
+    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": md5("batches.meta")})
+    return tmp_path, files
+
+
+def test_cifar10_reads_the_batch_format(mini_cifar):
+    root, files = mini_cifar
+    ds = load_cifar10(root=root)
+    assert ds.train.images.shape == (200, 3, 32, 32) and ds.test.images.shape == (40, 3, 32, 32)
+    data, labels = files["data_batch_1"]
+    first = torch.tensor(data[0].reshape(3, 32, 32), dtype=torch.float32) / 255
+    assert torch.allclose(ds.train.images[0], first) and ds.train.labels[0] == labels[0]
+
+
+def test_cifar10_class_subset_and_stratified_size(mini_cifar):
+    root, files = mini_cifar
+    ds = load_cifar10(root=root, classes=[0, 8], n_train=10, seed=1)
+    all_labels = np.concatenate([np.array(files[f"data_batch_{i}"][1]) for i in range(1, 6)])
+    assert ds.classes == ("airplane", "ship") and set(ds.train.labels.tolist()) <= {0, 1}
+    assert len(ds.train) == 10
+    # relabelled 0 -> airplane (0), 1 -> ship (8), and indices point at the source rows
+    assert np.array_equal(np.where(ds.train.labels.numpy() == 0, 0, 8), all_labels[ds.train.indices])
+    expected = np.bincount(np.isin(all_labels, [8])[np.isin(all_labels, [0, 8])])
+    assert abs(int(ds.train.labels.sum()) - 10 * expected[1] / expected.sum()) < 1
+
+
+def test_cifar10_missing_says_where_and_how(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_cifar10(root=tmp_path / "nowhere", download=False)
+    assert str(tmp_path / "nowhere") in str(err.value) and "download: true" in str(err.value)
+
+
+def test_load_dataset_dispatches_and_rejects_unknown():
+    ds = load_dataset({"name": "synthetic", "n_train": 20, "n_test": 10, "image_size": 8, "root": "ignored"})
+    assert ds.train.images.shape == (20, 1, 8, 8)
+    with pytest.raises(ValueError, match="mnist"):
+        load_dataset({"name": "mnist"})

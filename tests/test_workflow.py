@@ -1,0 +1,87 @@
+"""The workflow through real Snakemake runs: dry runs of the shipped configs and one tiny
+end-to-end experiment on the synthetic dataset, shared by the tests of this module."""
+
+import json
+import re
+
+import pytest
+
+from conftest import REPO, snakemake, write_config
+
+
+def _job_counts(dry_run_output):
+    table = dry_run_output.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_default_config_dry_run(tmp_path):
+    proc = snakemake("-n", "--cores", "2", "--config", f"results={tmp_path / 'results'}")
+    counts = _job_counts(proc.stdout)
+    assert counts["train"] == 15  # 5 dropout rates x 3 seeds
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    config = write_config(tmp_path / "bad.yaml", tmp_path / "results", dataset={"name": "mnist"})
+    proc = snakemake("-n", "--cores", "1", "--configfile", config, check=False)
+    assert proc.returncode != 0
+    assert "dataset.name" in proc.stderr and "'mnist'" in proc.stderr and "synthetic" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Run the whole tiny experiment once through Snakemake; yield its results folder."""
+    root = tmp_path_factory.mktemp("tiny")
+    config = write_config(root / "config.yaml", root / "results")
+    snakemake("--cores", "2", "--configfile", config)
+    return root, config
+
+
+MODELS = ["convnet-d0-wd0-s1", "convnet-d0.3-wd0-s1"]
+
+
+def test_tiny_run_trains_every_model(tiny_run):
+    root, _ = tiny_run
+    for model in MODELS:
+        folder = root / "results" / "models" / model
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert (folder / "checkpoint.pt").stat().st_size > 0
+        assert metrics["final"]["epochs"] == 2 and len(metrics["history"]) == 2
+        assert 0 <= metrics["final"]["test_acc"] <= 1
+        assert metrics["entry"]["dropout"] in (0.0, 0.3) and metrics["versions"]["torch"]
+        assert (root / "results" / "logs" / "train" / f"{model}.log").read_text().count("epoch ") >= 2
+        assert (root / "results" / "benchmarks" / "train" / f"{model}.tsv").exists()
+
+
+def test_training_is_deterministic(tiny_run, tmp_path):
+    root, _ = tiny_run
+    config = write_config(tmp_path / "config.yaml", tmp_path / "results", sweep={"dropout": [0.3], "seeds": [1]})
+    snakemake(f"{tmp_path}/results/models/{MODELS[1]}/metrics.json", "--cores", "1", "--configfile", config)
+    first = json.loads((root / "results" / "models" / MODELS[1] / "metrics.json").read_text())
+    second = json.loads((tmp_path / "results" / "models" / MODELS[1] / "metrics.json").read_text())
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(first["history"]) == strip(second["history"])
+
+
+def test_rerun_with_unchanged_inputs_runs_nothing(tiny_run):
+    root, config = tiny_run
+    proc = snakemake("-n", "--cores", "2", "--configfile", config)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_external_checkpoint_enters_the_dag(tiny_run, tmp_path):
+    root, _ = tiny_run
+    import torch
+
+    from cwnnk.models import load_checkpoint
+
+    model, spec = load_checkpoint(root / "results" / "models" / MODELS[0] / "checkpoint.pt")
+    torch.save(model.state_dict(), tmp_path / "plain.pt")  # a plain state dict, as others ship them
+    layers = [{k: v for k, v in layer.items()} for layer in spec["layers"]]
+    external = [{"name": "mine", "path": str(tmp_path / "plain.pt"), "model": {"arch": "convnet", "layers": layers}}]
+    config = write_config(tmp_path / "config.yaml", tmp_path / "results", sweep={"dropout": [0.0], "seeds": [1]},
+                          external=external)
+    snakemake(f"{tmp_path}/results/models/mine/metrics.json", "--cores", "1", "--configfile", config)
+    metrics = json.loads((tmp_path / "results" / "models" / "mine" / "metrics.json").read_text())
+    trained = json.loads((root / "results" / "models" / MODELS[0] / "metrics.json").read_text())
+    assert metrics["kind"] == "external" and metrics["final"]["test_acc"] == trained["final"]["test_acc"]
