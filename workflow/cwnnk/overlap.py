@@ -1,0 +1,291 @@
+"""Channel overlap of one CW-NNK layer: per-node metrics, chance levels and summaries.
+
+Inputs are the NNK engine's arrays: for C channels and N nodes, channel `indices` (C, N, k)
+int (-1 = padding), `weights` (C, N, k) float and `distances` (C, N, k) float sorted per row
+(inf on padding); the aggregate arrays are the same without the C axis. The neighbours of
+node i in channel c are the indices[c, i, j] with weights[c, i, j] > tol; the indices of a
+row are distinct (a kNN list). Definitions, chance levels and the NaN policy: docs/overlap.md.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.stats import hypergeom
+
+from cwnnk.intrinsic_dim import twonn
+
+TOL = 1e-10
+STATS = ("mean", "std", "q25", "median", "q75")
+# Bounds on one block of nodes: C * block * k neighbour-list entries, block * N (node,
+# point) counters, and block * C * C channel pairs in the per-node intersection counts.
+_MAX_ENTRIES = 1 << 22
+_MAX_PAIRS = 1 << 21  # also keeps the dense path's (b, C, C) arrays in cache
+
+
+@dataclass(frozen=True, eq=False)
+class NodeMetrics:
+    """Per-node overlap metrics of one layer (NaN where undefined, see docs/overlap.md)."""
+
+    degree_channel: np.ndarray  # (C, N) d_c(i)
+    degree_agg: np.ndarray  # (N,) d_agg(i)
+    union: np.ndarray  # (N,) U(i) = |union_c N_i^c|
+    sum: np.ndarray  # (N,) S(i) = sum_c d_c(i)
+    rho: np.ndarray  # (N,) 1 - U / S; NaN where S = 0
+    rho_hat: np.ndarray  # (N,) rho / (1 - 1/C); NaN where S = 0
+    kappa: np.ndarray  # (N,) |N_agg & U| / d_agg; NaN where d_agg = 0
+    gamma: np.ndarray  # (N,) d_agg / mean_c d_c; NaN where S = 0
+    pairwise_overlap: np.ndarray  # (N,) mean over channel pairs a != b of J_ab(i)
+    pairwise: np.ndarray  # (C, C) mean over nodes of J_ab(i); diagonal 1
+
+
+def _shape_error(name, array, expected):
+    return ValueError(f"{name} must have shape {expected}, got {np.shape(array)}")
+
+
+def _validate(ch_indices, ch_weights, agg_indices, agg_weights, ch_distances=None,
+              agg_distances=None):
+    """Check shapes, dtypes and index range; return (C, N, k)."""
+    ch_indices = np.asarray(ch_indices)
+    if ch_indices.ndim != 3:
+        raise ValueError(f"ch_indices must have shape (C, N, k), got {ch_indices.shape}")
+    C, N, k = ch_indices.shape
+    ch = {"ch_weights": ch_weights, "ch_distances": ch_distances}
+    agg = {"agg_indices": agg_indices, "agg_weights": agg_weights,
+           "agg_distances": agg_distances}
+    for name, array in ch.items():
+        if array is not None and np.shape(array) != (C, N, k):
+            raise _shape_error(name, array, f"(C, N, k) = {(C, N, k)} like ch_indices")
+    for name, array in agg.items():
+        if array is not None and np.shape(array) != (N, k):
+            raise _shape_error(name, array,
+                               f"(N, k) = {(N, k)} to match ch_indices {(C, N, k)}")
+    if C < 2:
+        raise ValueError(f"ch_indices must hold C >= 2 channels (rho_hat divides by "
+                         f"1 - 1/C), got shape {(C, N, k)}")
+    if N < 2 or k < 1:
+        raise ValueError(f"ch_indices must hold N >= 2 nodes and k >= 1 candidates, got "
+                         f"shape {(C, N, k)}")
+    for name, array in (("ch_indices", ch_indices), ("agg_indices", np.asarray(agg_indices))):
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"{name} must be an integer array, got dtype {array.dtype}")
+        if array.size and (array.min() < -1 or array.max() >= N):
+            raise ValueError(f"{name} must lie in [-1, N - 1] = [-1, {N - 1}], got values "
+                             f"in [{array.min()}, {array.max()}] (shape {array.shape})")
+    return C, N, k
+
+
+def node_metrics(ch_indices, ch_weights, agg_indices, agg_weights, tol=TOL):
+    """Every per-node metric of METHOD.md section 4 for one layer, and the C x C matrix.
+
+    Nodes are processed in blocks so that memory stays bounded (C = 512, N = 10^4, k = 50
+    are routine): a block counts, for each of its (node i, point j) pairs, the channels
+    that choose j (giving U and the aggregate coverage), then gets every intersection
+    |N_i^a & N_i^b| from an incidence Gram matrix, sparse when channels overlap little and
+    dense (BLAS) when they overlap heavily, whichever costs less; never an N x C x C array.
+    """
+    C, N, k = _validate(ch_indices, ch_weights, agg_indices, agg_weights)
+    degree = np.empty((C, N), dtype=np.int64)
+    degree_agg = np.empty(N, dtype=np.int64)
+    union = np.empty(N, dtype=np.int64)
+    covered = np.empty(N, dtype=np.int64)  # |N_agg & U| per node
+    pair_sum = np.zeros(C * C)  # sum over nodes of J_ab(i), a < b, at a * C + b
+    node_pair_sum = np.empty(N)  # sum over a < b of J_ab(i)
+    block = max(1, min(_MAX_ENTRIES // (C * k), _MAX_ENTRIES // N, _MAX_PAIRS // (C * C)))
+    for start in range(0, N, block):
+        nodes = slice(start, min(N, start + block))
+        b = nodes.stop - start
+        idx = np.asarray(ch_indices[:, nodes])
+        is_nb = (np.asarray(ch_weights[:, nodes]) > tol) & (idx >= 0)
+        deg = is_nb.sum(axis=-1)
+        degree[:, nodes] = deg
+        c, node, slot = np.nonzero(is_nb)
+        # Pair (i, j) of the block as one column, node * N + j, so that nodes share none.
+        pair = node * N + idx[c, node, slot]
+        chosen_by = np.bincount(pair, minlength=b * N).reshape(b, N)  # channels per pair
+        union[nodes] = np.count_nonzero(chosen_by, axis=1)
+
+        agg_idx = np.asarray(agg_indices[nodes])
+        agg_nb = (np.asarray(agg_weights[nodes]) > tol) & (agg_idx >= 0)
+        degree_agg[nodes] = agg_nb.sum(axis=-1)
+        agg_node, agg_slot = np.nonzero(agg_nb)
+        hit = chosen_by[agg_node, agg_idx[agg_node, agg_slot]] > 0
+        covered[nodes] = np.bincount(agg_node[hit], minlength=b)
+
+        u_max = int(union[nodes].max(initial=0))
+        if _dense_is_cheaper(chosen_by, C, u_max):
+            jac = _jaccard_dense(c, node, idx[c, node, slot], chosen_by > 0, deg, u_max)
+            pair_sum += np.triu(jac.sum(axis=0, dtype=np.float64), k=1).ravel()
+            node_pair_sum[nodes] = (jac.sum(axis=(1, 2), dtype=np.float64)
+                                    - np.trace(jac, axis1=1, axis2=2, dtype=np.float64)) / 2
+        else:
+            a, bb, pair_node, jac = _jaccard_sparse(c, node, pair, deg, b, N)
+            pair_sum += np.bincount(a * C + bb, weights=jac, minlength=C * C)
+            node_pair_sum[nodes] = np.bincount(pair_node, weights=jac, minlength=b)
+
+    total = degree.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(total > 0, 1 - union / total, np.nan)
+        kappa = np.where(degree_agg > 0, covered / degree_agg, np.nan)
+        gamma = np.where(total > 0, degree_agg * C / total, np.nan)
+    pairwise = pair_sum.reshape(C, C) / N
+    pairwise = pairwise + pairwise.T
+    np.fill_diagonal(pairwise, 1.0)
+    return NodeMetrics(
+        degree_channel=degree, degree_agg=degree_agg, union=union, sum=total, rho=rho,
+        rho_hat=rho / (1 - 1 / C), kappa=kappa, gamma=gamma,
+        pairwise_overlap=node_pair_sum / (C * (C - 1) / 2), pairwise=pairwise,
+    )
+
+
+def _dense_is_cheaper(chosen_by, C, u_max):
+    """Pick the intersection path of a block from its (node, point) channel counts.
+
+    The sparse product costs one term per (a, b, j) with j chosen by both a and b: the sum
+    of squared counts. Measured against that unit, the dense path costs about 1/2 per
+    channel pair and node, plus u_max / 64 for its Gram matrix; its (b, C, u_max)
+    incidence array must also fit the pair budget.
+    """
+    b = chosen_by.shape[0]
+    dense_cost = b * C * C * (0.5 + u_max / 64)
+    return dense_cost < np.sum(chosen_by**2) and b * C * u_max <= _MAX_PAIRS
+
+
+def _jaccard_sparse(c, node, pair, deg, b, N):
+    """Nonzero J_ab(i), a < b, of a block: returns (a, b, node, J) of equal length.
+
+    Q has one row per (node, channel) and one column per (node, point): Q Q^T is block
+    diagonal (one C x C block per node) and its strict upper triangle holds
+    |N_i^a & N_i^b| only where it is nonzero (J = 0 elsewhere, also when both are empty).
+    """
+    C = deg.shape[0]
+    q = sp.csr_matrix((np.ones(c.size), (node * C + c, pair)), shape=(b * C, b * N))
+    q.sum_duplicates()
+    if q.nnz != c.size:
+        raise ValueError("ch_indices repeats a neighbour within a row; rows must be distinct")
+    inter = sp.triu(q @ q.T, k=1).tocoo()
+    pair_node, a, bb = inter.row // C, inter.row % C, inter.col % C
+    jac = inter.data / (deg[a, pair_node] + deg[bb, pair_node] - inter.data)
+    return a, bb, pair_node, jac
+
+
+def _jaccard_dense(c, node, point, chosen, deg, u_max):
+    """J_ab(i) of a block as a dense (b, C, C) float32 array, for heavily overlapping channels.
+
+    Each node's union is numbered 0..U(i)-1, giving a dense 0/1 incidence array
+    (b, C, u_max) whose batched Gram matrix (BLAS) holds every |N_i^a & N_i^b|.
+    float32 is exact for these counts and halves the memory traffic of the C x C work.
+    """
+    C, b = deg.shape
+    local = np.cumsum(chosen, axis=1) - 1  # (node, point) -> position in the node's union
+    incidence = np.zeros((b, C, u_max), dtype=np.float32)
+    incidence[node, c, local[node, point]] = 1
+    if np.count_nonzero(incidence) != c.size:
+        raise ValueError("ch_indices repeats a neighbour within a row; rows must be distinct")
+    jac = incidence @ np.ascontiguousarray(incidence.transpose(0, 2, 1))
+    d = deg.T.astype(np.float32)
+    union = d[:, :, None] + d[:, None, :]
+    union -= jac
+    # Where both sets are empty the intersection is 0 already, which is J by definition.
+    np.divide(jac, union, out=jac, where=union > 0)
+    return jac
+
+
+def jaccard_chance_table(max_degree, m):
+    """E[|A & B| / |A | B|] for uniform random A, B of sizes a, b out of m points.
+
+    Returns T of shape (max_degree + 1, max_degree + 1) with T[a, b] the expectation;
+    |A & B| is hypergeometric (population m, a marked, b drawn); T[0, 0] = 0.
+    """
+    x = np.arange(max_degree + 1)
+    a, b, i = x[:, None, None], x[None, :, None], x[None, None, :]
+    union = a + b - i
+    with np.errstate(divide="ignore", invalid="ignore"):
+        jac = np.where(union > 0, i / union, 0.0)
+    return (hypergeom.pmf(i, m, a, b) * jac).sum(axis=-1)
+
+
+def chance_levels(degree_channel, degree_agg):
+    """Per-node chance levels of the set metrics, given the observed degrees.
+
+    Null model: each channel's neighbour set of node i is a uniform random subset of size
+    d_c(i) of the M = N - 1 other points, independent across channels. Returns a dict of
+    (N,) arrays: union_chance = E[U], rho_chance, rho_hat_chance, kappa_chance and
+    pairwise_overlap_chance (exact expectations, derivations in docs/overlap.md), NaN on
+    the same nodes as the measured metric.
+    """
+    degree = np.asarray(degree_channel, dtype=np.int64)
+    C, N = degree.shape
+    m = N - 1
+    total = degree.sum(axis=0)
+    p_in_union = 1 - np.prod(1 - degree / m, axis=0)  # P(a fixed other point is in U)
+    union = m * p_in_union
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(total > 0, 1 - union / total, np.nan)
+    table = jaccard_chance_table(int(degree.max()), m)
+    # Per node, the histogram h of channel degrees turns the sum over pairs a < b of
+    # T[d_a, d_b] into (h^T T h - sum_d h_d T[d, d]) / 2.
+    width = table.shape[0]
+    hist = np.bincount((np.arange(N) * width + degree).ravel(), minlength=N * width)
+    hist = hist.reshape(N, width).astype(np.float64)
+    pair_sum = (np.einsum("nd,de,ne->n", hist, table, hist) - hist @ np.diag(table)) / 2
+    return {
+        "union_chance": union,
+        "rho_chance": rho,
+        "rho_hat_chance": rho / (1 - 1 / C),
+        "kappa_chance": np.where(np.asarray(degree_agg) > 0, p_in_union, np.nan),
+        "pairwise_overlap_chance": pair_sum / (C * (C - 1) / 2),
+    }
+
+
+def zero_degree_fraction(degree_channel):
+    """(C,) fraction of nodes with no neighbour in each channel."""
+    return (np.asarray(degree_channel) == 0).mean(axis=1)
+
+
+def summarize(values):
+    """mean, std (ddof 0), q25, median, q75 of the non-NaN values, and their count n.
+
+    All statistics are NaN (and n = 0) when no value is defined.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return {**{s: np.nan for s in STATS}, "n": 0}
+    q25, median, q75 = np.quantile(v, [0.25, 0.5, 0.75])
+    return {"mean": float(v.mean()), "std": float(v.std()), "q25": float(q25),
+            "median": float(median), "q75": float(q75), "n": int(v.size)}
+
+
+def _stats_columns(name, values):
+    s = summarize(values)
+    return {f"{name}_{stat}": s[stat] for stat in STATS}
+
+
+def layer_summary(ch_indices, ch_weights, ch_distances, agg_indices, agg_weights,
+                  agg_distances, tol=TOL):
+    """One flat row of layer-level columns and the (C, C) pairwise overlap matrix.
+
+    The columns are listed, with definition, range and NaN policy, in docs/overlap.md.
+    """
+    C, N, k = _validate(ch_indices, ch_weights, agg_indices, agg_weights, ch_distances,
+                        agg_distances)
+    nm = node_metrics(ch_indices, ch_weights, agg_indices, agg_weights, tol=tol)
+    chance = chance_levels(nm.degree_channel, nm.degree_agg)
+    row = {"n_nodes": N, "n_channels": C, "k": k}
+    for name in ("degree_channel", "degree_agg", "union", "sum", "rho", "rho_hat", "kappa",
+                 "gamma", "pairwise_overlap"):
+        row.update(_stats_columns(name, getattr(nm, name)))
+    for name, values in chance.items():
+        row.update(_stats_columns(name, values))
+    row["n_nodes_no_channel_neighbours"] = int(np.sum(nm.sum == 0))
+    row["n_nodes_no_agg_neighbours"] = int(np.sum(nm.degree_agg == 0))
+    zero = zero_degree_fraction(nm.degree_channel)
+    row["zero_degree_channel_mean"] = float(zero.mean())
+    row["zero_degree_channel_max"] = float(zero.max())
+    id_layer, id_layer_n = twonn(agg_distances)
+    row["id_layer"] = float(id_layer)
+    row["id_layer_n"] = int(id_layer_n)
+    id_channel = summarize(twonn(ch_distances)[0])
+    row.update({f"id_channel_{stat}": id_channel[stat] for stat in (*STATS, "n")})
+    return row, nm.pairwise
