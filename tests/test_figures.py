@@ -1,0 +1,193 @@
+"""Figures F1-F6 (cwnnk.figures) on small synthetic tables written in the tables.csv format."""
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from cwnnk import figures
+from cwnnk.tables import read_table, select, write_table
+
+LAYERS = ("conv1", "conv2", "conv3")
+
+
+def fake_tables(dropouts=(0.0, 0.3), seeds=(1, 2), layers=LAYERS, channels=6, k=10, rng_seed=0):
+    """Plausible overlap, channels, pairwise, solvers and manifolds rows for a small sweep."""
+    rng = np.random.default_rng(rng_seed)
+    overlap, chans, pairwise, solvers = [], [], [], []
+    for dropout in dropouts:
+        label = f"d{dropout:g} wd0 none"
+        for seed in seeds:
+            model = f"convnet_d{dropout:g}_wd0_none_s{seed}"
+            test_acc = 0.6 + 0.2 * dropout + 0.05 * rng.random()
+            train_acc = min(1.0, test_acc + 0.3 - 0.5 * dropout + 0.02 * rng.random())
+            context = dict(model=model, kind="trained", label=label, arch="convnet", dropout=dropout,
+                           weight_decay=0.0, augment="none", seed=seed)
+            for depth, layer in enumerate(layers):
+                degree = np.clip(rng.normal(2 + depth + 2 * dropout, 0.7, channels), 0, k)
+                rho_hat = 0.2 + 0.1 * depth - 0.2 * dropout + 0.03 * rng.standard_normal()
+                row = dict(context, layer=layer, depth=depth, n_layers=len(layers), is_last=int(depth == len(layers) - 1),
+                           train_acc=train_acc, test_acc=test_acc, train_loss=1 - train_acc, test_loss=1.2 - test_acc,
+                           gap_acc=train_acc - test_acc, gap_loss=0.2 + train_acc - test_acc,
+                           n_nodes=60, n_channels=channels, k=k,
+                           degree_channel_mean=degree.mean(), degree_agg_mean=degree.mean() + 1.5,
+                           rho_hat_mean=rho_hat, rho_hat_chance_mean=0.05 + 0.01 * depth,
+                           pairwise_overlap_mean=rho_hat * 0.6, pairwise_overlap_chance_mean=0.03,
+                           id_layer=3.0 + depth)
+                overlap.append(row)
+                for c in range(channels):
+                    chans.append(dict(model=model, label=label, dropout=dropout, seed=seed, layer=layer, depth=depth,
+                                      channel=c, degree_mean=degree[c], degree_agg_mean=row["degree_agg_mean"],
+                                      zero_map_fraction=0.0, id_twonn=2.0 + rng.random()))
+                m = rng.random((channels, channels)) * 0.5
+                m = (m + m.T) / 2
+                np.fill_diagonal(m, 1.0)
+                pairwise += [dict(model=model, layer=layer, depth=depth, channel_a=a, channel_b=b, overlap=m[a, b])
+                             for a in range(channels) for b in range(channels)]
+                for c in [-1, *range(channels)]:
+                    exact = degree.mean() + 1.5 if c < 0 else degree[c]
+                    solvers.append(dict(model=model, layer=layer, depth=depth, channel=c, degree_exact=exact,
+                                        degree_pynnk=exact - 0.3 * rng.random()))
+    manifolds = []
+    for embedding in ("linear", "curved"):
+        for dim in (1, 2, 4, 8):
+            for solver in ("exact", "pynnk"):
+                mean = 2 * dim ** 0.8 - (0.5 if solver == "pynnk" else 0)
+                manifolds.append(dict(embedding=embedding, dim=dim, n=200, D=32, k=k, solver=solver,
+                                      degree_mean=mean, degree_std=0.2 * mean, twonn_id=dim * 0.9))
+    return dict(overlap=overlap, channels=chans, pairwise=pairwise, solvers=solvers, manifolds=manifolds)
+
+
+def write_tables(tmp_path, **kwargs):
+    tables_dir = tmp_path / "tables"
+    for name, rows in fake_tables(**kwargs).items():
+        write_table(tables_dir / f"{name}.csv", rows)
+    return tables_dir
+
+
+@pytest.fixture(autouse=True)
+def fast_png(monkeypatch):
+    """100 dpi instead of 300 keeps the suite quick; layout and content are the same."""
+    monkeypatch.setattr(figures, "DPI", 100)
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    tables_dir = write_tables(tmp_path_factory.mktemp("figs"))
+    return {name: read_table(tables_dir / f"{name}.csv") for name in figures.TABLES}
+
+
+def check_outputs(prefix, width=None):
+    pdf, png = prefix.with_suffix(".pdf"), prefix.with_suffix(".png")
+    assert pdf.stat().st_size > 1000 and pdf.read_bytes().startswith(b"%PDF")
+    assert png.stat().st_size > 1000
+    image = imread(png)
+    h, w = image.shape[:2]
+    assert image.ndim == 3 and h > 100 and w > 100
+    if width is not None:  # saved at DPI with constrained layout: width is exact
+        assert w == pytest.approx(width * figures.DPI, rel=0.02)
+    return w / h
+
+
+def test_f1(tables, tmp_path):
+    figures.f1_degree(tables["channels"], tmp_path / "F1", levels=figures.level_order(tables["overlap"]), k=10)
+    assert 0.8 < check_outputs(tmp_path / "F1", figures.SINGLE) < 2.5
+
+
+def test_f2(tables, tmp_path):
+    figures.f2_redundancy_depth(tables["overlap"], tmp_path / "F2")
+    assert 1.5 < check_outputs(tmp_path / "F2", figures.DOUBLE) < 4
+
+
+def test_f3_correlations(tables, tmp_path):
+    paths, result = figures.f3_generalization(tables["overlap"], tmp_path / "F3")
+    assert 0.8 < check_outputs(tmp_path / "F3", figures.DOUBLE) < 2
+    assert set(result) == {(y, x) for y, _ in figures.F3_Y for x, _ in figures.F3_X}
+    for cor in result.values():  # 4 models, non-constant: both defined
+        assert cor["n"] == 4 and cor["pearson"] is not None and cor["spearman"] is not None
+        assert "n/a" not in cor["text"] and -1 <= cor["pearson"][0] <= 1
+
+
+def test_f3_two_points_prints_na(tables, tmp_path):
+    two = select(tables["overlap"], (tables["overlap"]["seed"] == 1))
+    paths, result = figures.f3_generalization(two, tmp_path / "F3")
+    check_outputs(tmp_path / "F3")
+    assert all(cor["n"] == 2 and cor["pearson"] is None and "n/a" in cor["text"] for cor in result.values())
+
+
+def test_f3_constant_prints_na(tables, tmp_path):
+    flat = dict(tables["overlap"], test_acc=np.full_like(tables["overlap"]["test_acc"], 0.7))
+    _, result = figures.f3_generalization(flat, tmp_path / "F3")
+    assert result[("rho_hat_mean", "test_acc")]["text"].count("n/a") == 2
+    assert "n/a" not in result[("rho_hat_mean", "gap_acc")]["text"]
+
+
+def test_correlation_values():
+    x = np.array([1.0, 2.0, 3.0, 4.0, np.nan])
+    c = figures.correlation(x, 2 * x + 1)
+    assert c["n"] == 4 and c["pearson"][0] == pytest.approx(1) and c["spearman"][0] == pytest.approx(1)
+
+
+def test_f4(tables, tmp_path):
+    models = figures._first_seen(tables["pairwise"]["model"])
+    figures.f4_heatmaps(tables["pairwise"], tmp_path / "F4", model=models[-1])
+    check_outputs(tmp_path / "F4", figures.DOUBLE)
+    with pytest.raises(ValueError, match="heatmap_model"):
+        figures.f4_heatmaps(tables["pairwise"], tmp_path / "F4", model="nope")
+
+
+def test_f5(tables, tmp_path):
+    figures.f5_manifolds(tables["manifolds"], tmp_path / "F5")
+    assert 1.5 < check_outputs(tmp_path / "F5", figures.DOUBLE) < 4
+
+
+def test_f6(tables, tmp_path):
+    figures.f6_solvers(tables["solvers"], tmp_path / "F6")
+    assert 0.8 < check_outputs(tmp_path / "F6", figures.SINGLE) < 2.5
+
+
+def test_single_model_single_layer(tmp_path):
+    """One level, one seed, one layer, two channels: every figure draws what is there."""
+    tables_dir = write_tables(tmp_path, dropouts=(0.1,), seeds=(3,), layers=("conv1",), channels=2)
+    paths = figures.draw_all(tables_dir, tmp_path / "figs")
+    assert paths == figures.figure_paths(tmp_path / "figs")
+    for name in figures.FIGURES:
+        check_outputs(tmp_path / "figs" / name)
+
+
+def test_draw_all_missing_and_empty_tables(tmp_path):
+    """Absent or empty tables give placeholder figures (the rule's outputs always exist)."""
+    tables_dir = tmp_path / "tables"
+    write_table(tables_dir / "overlap.csv", [])
+    write_table(tables_dir / "channels.csv", [], columns=["model", "label", "depth"])
+    for path in figures.draw_all(tables_dir, tmp_path / "figs"):
+        assert path.stat().st_size > 0
+
+
+def test_deterministic(tables, tmp_path):
+    """The same tables give byte-identical PDF and PNG files (no dates, fixed jitter)."""
+    out = []
+    for run in ("a", "b"):
+        figures.f1_degree(tables["channels"], tmp_path / f"F1{run}")
+        figures.f4_heatmaps(tables["pairwise"], tmp_path / f"F4{run}")
+        out.append([(tmp_path / f"F{n}{run}.{ext}").read_bytes() for n in (1, 4) for ext in ("pdf", "png")])
+    assert out[0] == out[1]
+    assert b"CreationDate" not in out[0][0]
+
+
+def test_level_order_and_styles():
+    table = {"label": np.array(["ext", "d0.5 wd0 none", "d0 wd0.001 none", "d0 wd0 none"]),
+             "kind": np.array(["external", "trained", "trained", "trained"]),
+             "dropout": np.array([0.0, 0.5, 0.0, 0.0]), "weight_decay": np.array([np.nan, 0, 0.001, 0])}
+    assert figures.level_order(table) == ["d0 wd0 none", "d0 wd0.001 none", "d0.5 wd0 none", "ext"]
+    styles = figures.level_styles(figures.level_order(table))
+    assert len({c for c, _ in styles.values()}) == 4
+    assert all(c in figures.OKABE_ITO.values() for c, _ in styles.values())
+
+
+def test_draw_all_unknown_model(tmp_path):
+    tables_dir = write_tables(tmp_path, dropouts=(0.0,), seeds=(1,), layers=("conv1",), channels=2)
+    with pytest.raises(ValueError, match="heatmap_model='nope'.*models there"):
+        figures.draw_all(tables_dir, tmp_path / "figs", heatmap_model="nope")
+    with pytest.raises(ValueError, match="solver_model='nope'"):
+        figures.draw_all(tables_dir, tmp_path / "figs", solver_model="nope")
+    assert not (tmp_path / "figs").exists()  # checked before anything is drawn

@@ -1,0 +1,114 @@
+"""Tidy CSV tables: write rows of dicts atomically, read them back as numpy columns.
+
+Format: comma separated, one header line, "\\n" line ends, UTF-8. Cell encoding:
+- float (Python or numpy): `repr(float(x))`, the shortest text that parses back to the
+  identical float64 ('nan', 'inf', '-inf' for the non-finite values);
+- int and bool (Python or numpy): the decimal integer (True -> 1, False -> 0);
+- None, and a key missing from a row: the empty cell;
+- anything else: `str(x)`.
+Reading, a column is numeric when every non-empty cell parses as a float: it comes back as
+float64 with empty cells as NaN. Any other column comes back as a str array, empty cells as
+''. Integers therefore come back as floats of the same value (exact below 2**53).
+"""
+
+import csv
+import math
+import numbers
+from pathlib import Path
+
+import numpy as np
+
+from cwnnk.atomic import atomic_path
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "1" if value else "0"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))
+    return str(value)
+
+
+def write_table(path, rows, columns=None):
+    """Write rows (an iterable of dicts) to the CSV file `path`, atomically.
+
+    Column order: `columns` first (if given), then every other key in the order it first
+    appears across the rows, so the same rows always give the same file. A table with no
+    rows and no `columns` is an empty file.
+    """
+    rows = list(rows)
+    order = dict.fromkeys(columns or ())
+    for row in rows:
+        order.update(dict.fromkeys(row))
+    header = list(order)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            if header:
+                writer = csv.writer(f, lineterminator="\n")
+                writer.writerow(header)
+                writer.writerows([_cell(row.get(key)) for key in header] for row in rows)
+    return Path(path)
+
+
+def _column(cells):
+    """float64 array if every non-empty cell is a number, else a str array."""
+    try:
+        return np.asarray(cells, dtype=np.float64)  # fast path: no empty or text cells
+    except ValueError:
+        pass
+    values = np.empty(len(cells), dtype=np.float64)
+    for i, cell in enumerate(cells):
+        if cell == "":
+            values[i] = math.nan
+            continue
+        try:
+            values[i] = float(cell)
+        except ValueError:
+            return np.asarray(cells, dtype=str)
+    return values
+
+
+def read_table(path, where=None):
+    """Read a CSV table as {column: numpy array}, columns in file order.
+
+    where: optional {column: value}; only rows whose cell equals str(value) (as written by
+    write_table, e.g. a model name) are kept. Filtering happens while reading, so a large
+    long-form table (pairwise.csv) can be read one model at a time.
+    An empty file gives {}; a header without rows gives empty float64 columns.
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return {}
+        if len(set(header)) != len(header):
+            raise ValueError(f"{path}: repeated column names in header {header}")
+        if where:
+            missing = [key for key in where if key not in header]
+            if missing:
+                raise ValueError(f"{path}: no column {missing} to filter on; columns are {header}")
+            tests = [(header.index(key), _cell(value)) for key, value in where.items()]
+            rows = [row for row in reader if all(row[i] == v for i, v in tests)]
+        else:
+            rows = list(reader)
+    for n, row in enumerate(rows):
+        if len(row) != len(header):
+            raise ValueError(f"{path}: a data row has {len(row)} cells, the header {len(header)} "
+                             f"(row {n + 1} after any filtering)")
+    columns = list(zip(*rows)) if rows else [() for _ in header]
+    return {name: _column(list(cells)) for name, cells in zip(header, columns)}
+
+
+def n_rows(table):
+    """Number of rows of a table read by read_table (0 for {})."""
+    return len(next(iter(table.values()))) if table else 0
+
+
+def select(table, mask):
+    """The rows of `table` where the boolean `mask` is true, as a new table."""
+    mask = np.asarray(mask, dtype=bool)
+    return {name: values[mask] for name, values in table.items()}
