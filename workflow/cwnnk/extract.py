@@ -1,0 +1,314 @@
+"""The extract stage: a checkpoint's post-ReLU activations on the training images, streamed
+into a Zarr activation store (format: cwnnk.activations; rationale: docs/activations.md).
+
+Layers are resolved by stable name (cwnnk.models: `model.layers` maps it to a torchvision
+FX node name) and read with torchvision's feature extraction; models that FX cannot trace
+fall back to forward hooks. Batches go to disk as they are computed, so peak memory is set
+by the batch size, never by the number of samples.
+"""
+
+import contextlib
+import math
+import os
+import re
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cwnnk.models import layer_names
+
+METHODS = ("auto", "fx", "hooks")
+# Test hook: after this many batches the job stops making progress (sleeps) so that a test
+# can kill it mid-write, deterministically. Never set in normal runs.
+PAUSE_ENV = "CWNNK_EXTRACT_PAUSE_AFTER_BATCHES"
+
+
+class UnknownLayerError(ValueError):
+    """A requested layer name that the architecture does not have."""
+
+
+class NonFiniteActivation(FloatingPointError):
+    """NaN or Inf in an activation; the message names layer, channel and sample."""
+
+
+def resolve_layers(spec, requested="all", model=None):
+    """Stable names of the layers to extract, in depth order.
+
+    requested: 'all' (every analysable layer of spec's architecture) or a list of names.
+    Raises UnknownLayerError listing the valid names when a requested name is unknown.
+    """
+    valid = layer_names(spec)
+    if requested == "all":
+        return valid
+    if isinstance(requested, str):
+        requested = [requested]
+    unknown = [name for name in requested if name not in valid]
+    if unknown:
+        whose = f"model {model!r} ({spec['arch']})" if model else f"architecture {spec['arch']}"
+        raise UnknownLayerError(f"config key 'extract.layers': unknown layer(s) {unknown} for {whose}; "
+                                f"valid layers: {', '.join(valid)} (or 'all')")
+    return [name for name in valid if name in set(requested)]
+
+
+class _Done(Exception):
+    """Raised by the last hook to skip the rest of the forward pass."""
+
+
+def _module_call(model, node):
+    """(module path, call index) of an FX call_module node name: 'a.relu_1' is the 2nd call of 'a.relu'."""
+    try:
+        model.get_submodule(node)
+        return node, 0
+    except AttributeError:
+        match = re.fullmatch(r"(.+)_(\d+)", node)
+        if match:
+            try:
+                model.get_submodule(match[1])
+                return match[1], int(match[2])
+            except AttributeError:
+                pass
+    raise ValueError(f"FX node {node!r} is not a module (or a repeated call of one) of {type(model).__name__}")
+
+
+class LayerExtractor:
+    """Callable: a batch of images -> OrderedDict {stable layer name: (B, C, H, W) tensor}.
+
+    nodes: {stable name: FX node name} in depth order. method: 'fx' (torchvision's
+    create_feature_extractor), 'hooks' (forward hooks, for models FX cannot trace), or
+    'auto' (fx, falling back to hooks). The model must be in eval mode.
+    """
+
+    def __init__(self, model, nodes, method="auto", log=print):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.model, self.nodes = model, OrderedDict(nodes)
+        self.method = method
+        if method in ("auto", "fx"):
+            training = model.training
+            try:
+                from torchvision.models.feature_extraction import create_feature_extractor
+
+                self._fx = create_feature_extractor(model, return_nodes={node: name for name, node in self.nodes.items()}).eval()
+                self.method = "fx"
+            except Exception as err:  # noqa: BLE001 - any tracing failure
+                if method == "fx":
+                    raise
+                log(f"FX tracing of {type(model).__name__} failed ({type(err).__name__}: {err}); using forward hooks")
+                self.method = "hooks"
+            finally:
+                # Tracing switches the model to train mode and back; a failed trace does not switch back.
+                model.train(training)
+        if self.method == "hooks":
+            self._calls = {}  # (module path, call index) -> [stable names]
+            for name, node in self.nodes.items():
+                self._calls.setdefault(_module_call(model, node), []).append(name)
+
+    def __call__(self, x):
+        if self.method == "fx":
+            out = self._fx(x)
+            return OrderedDict((name, out[name]) for name in self.nodes)
+        return self._hooks(x)
+
+    def _hooks(self, x):
+        captured, counts, handles = {}, {}, []
+
+        def make_hook(path):
+            def hook(_module, _inputs, output):
+                call = counts.get(path, 0)
+                counts[path] = call + 1
+                for name in self._calls.get((path, call), ()):
+                    # Copy: an in-place op later in the forward pass may overwrite this storage.
+                    captured[name] = output.detach().clone()
+                if len(captured) == len(self.nodes):
+                    raise _Done
+
+            return hook
+
+        for path in {p for p, _ in self._calls}:
+            handles.append(self.model.get_submodule(path).register_forward_hook(make_hook(path)))
+        try:
+            self.model(x)
+        except _Done:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [name for name in self.nodes if name not in captured]
+        if missing:
+            raise RuntimeError(f"forward hooks never saw layer(s) {missing} "
+                               f"({[self.nodes[m] for m in missing]}) in one forward pass")
+        return OrderedDict((name, captured[name]) for name in self.nodes)
+
+
+def check_finite(values, layer, split, start, indices):
+    """Raise NonFiniteActivation naming layer, channel and sample if values (B, C, H, W) has NaN/Inf."""
+    bad = ~torch.isfinite(values)
+    if not bool(bad.any()):
+        return
+    i, c, y, x = (int(v) for v in bad.nonzero()[0])
+    value = float(values[i, c, y, x])
+    raise NonFiniteActivation(
+        f"non-finite activation ({value}) in layer {layer!r}, channel {c}, sample {start + i} of the stored "
+        f"{split} samples (source index {int(indices[start + i])}), at y={y}, x={x}; {int(bad.sum())} non-finite "
+        "values in this layer's batch. Are the checkpoint's weights finite?"
+    )
+
+
+def select_samples(split, n_samples, seed):
+    """Positions (sorted) of the stored samples of a Split: all, or a stratified subsample."""
+    from cwnnk.datasets import stratified_subset
+
+    return stratified_subset(split.labels.numpy(), n_samples, seed)
+
+
+def _remove_stale_temporaries(path, log):
+    import shutil
+
+    for stale in Path(path).parent.glob(f".{Path(path).name}.tmp-*"):
+        log(f"removing {stale}, left by an extraction that was killed")
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+class _Progress:
+    def __init__(self, total, log, every_s=10.0):
+        self.total, self.log, self.every_s = total, log, every_s
+        self.done, self.start, self.last = 0, time.perf_counter(), -math.inf
+        self.step = max(1, total // 20)
+
+    def batch(self, split, samples_done, n):
+        self.done += 1
+        now = time.perf_counter()
+        if self.done in (1, self.total) or self.done % self.step == 0 or now - self.last >= self.every_s:
+            self.last = now
+            self.log(f"batch {self.done}/{self.total} done ({split}: {samples_done}/{n} samples, "
+                     f"{now - self.start:.1f}s)")
+
+
+@contextlib.contextmanager
+def full_float32():
+    """Full-precision float32 convolutions and matmuls on CUDA (no TF32), deterministic cuDNN.
+
+    TF32, PyTorch's default for cuDNN convolutions, moves activations by ~1e-3 relative (measured
+    on an H200), enough to reorder near-tied neighbours in the graph stage.
+    """
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic, cudnn.benchmark
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic, cudnn.benchmark = saved
+
+
+def _pause_for_tests(done, log):
+    after = os.environ.get(PAUSE_ENV)
+    if after and done >= int(after):
+        log(f"{PAUSE_ENV}={after}: pausing after {done} batches (test hook)")
+        while True:
+            time.sleep(60)
+
+
+def extract_to_store(model, nodes, dataset, path, *, splits=("train",), n_samples=None, seed=0,
+                     batch_size=256, compressor="zstd", device="cpu", method="auto", attrs=None, log=print):
+    """Stream the activations of `nodes` for the selected samples of `dataset` into a new store.
+
+    model: in eval mode on `device`. nodes: {stable name: FX node name}, depth order.
+    path must not exist (the caller writes to a temporary sibling and renames it).
+    Returns the store's root attributes.
+    """
+    with full_float32():
+        return _extract_to_store(model, nodes, dataset, path, splits, n_samples, seed, batch_size, compressor, device,
+                                 method, attrs, log)
+
+
+def _extract_to_store(model, nodes, dataset, path, splits, n_samples, seed, batch_size, compressor, device, method,
+                      attrs, log):
+    from cwnnk.activations import StoreWriter
+    from cwnnk.provenance import now, sha256_array, versions
+
+    extractor = LayerExtractor(model, nodes, method, log)
+    selected = {s: select_samples(dataset.split(s), n_samples, seed) for s in splits}
+    with torch.inference_mode():
+        probe = extractor(dataset.train.images[:1].to(device))
+    shapes = OrderedDict((name, tuple(int(d) for d in v.shape[1:])) for name, v in probe.items())
+    attrs = dict(attrs or {})
+    attrs.update(
+        fx_nodes=dict(nodes), dimension_names=["sample", "channel", "y", "x"],
+        extraction=dict(method=extractor.method, batch_size=batch_size, compressor=compressor, device=str(device),
+                        mode="eval, torch.inference_mode, float32 without TF32"),
+        versions=versions(), created=now(),
+    )
+    writer = StoreWriter(path, attrs, compressor)
+    for s, positions in selected.items():
+        split = dataset.split(s)
+        indices = split.indices[positions].astype(np.int64)
+        info = dict(source_size=len(split), n_samples=n_samples, seed=seed, indices_sha256=sha256_array(indices))
+        writer.add_split(s, split.labels.numpy()[positions], indices, shapes, batch_size, info)
+    log(f"extracting {len(nodes)} layers ({', '.join(f'{k} {v}' for k, v in shapes.items())}) with {extractor.method} "
+        f"for {', '.join(f'{len(p)} {s}' for s, p in selected.items())} samples, batch {batch_size}, device {device}")
+    progress = _Progress(sum(math.ceil(len(p) / batch_size) for p in selected.values()), log)
+    for s, positions in selected.items():
+        split = dataset.split(s)
+        stored_indices = split.indices[positions]
+        for start in range(0, len(positions), batch_size):
+            batch = torch.as_tensor(positions[start : start + batch_size])
+            with torch.inference_mode():
+                out = extractor(split.images[batch].to(device))
+                for layer, values in out.items():
+                    check_finite(values, layer, s, start, stored_indices)
+                    writer.write(s, layer, start, values.float().cpu().numpy())
+            del out
+            progress.batch(s, start + len(batch), len(positions))
+            _pause_for_tests(progress.done, log)
+    writer.finish()
+    return writer.group.attrs.asdict()
+
+
+def run_extract(entry, checkpoint, store, layers, dataset_cfg, extract_cfg, device="auto", log=print):
+    """The `extract` stage: checkpoint -> complete activation store at `store`, atomically.
+
+    entry: the model's config entry (cwnnk.config.expand_models); layers: 'all' or names;
+    extract_cfg: the validated `extract` config (n_samples, test_split, batch_size, seed,
+    compressor). A failure or a kill leaves no store at `store`.
+    """
+    from cwnnk.atomic import atomic_path
+    from cwnnk.datasets import load_dataset
+    from cwnnk.device import resolve_device
+    from cwnnk.models import load_checkpoint
+    from cwnnk.provenance import sha256_file
+
+    start = time.perf_counter()
+    device = resolve_device(device)
+    model, spec = load_checkpoint(checkpoint, map_location="cpu")
+    names = resolve_layers(spec, layers, entry.get("name"))
+    nodes = OrderedDict((name, model.layers[name]) for name in names)
+    model.to(device).eval()
+    dataset = load_dataset(dataset_cfg)
+    attrs = dict(
+        model=entry.get("name"), entry={k: v for k, v in entry.items() if k != "spec"},
+        checkpoint={"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
+        spec=spec,
+        dataset={"name": dataset.name, "config": dict(dataset_cfg), "classes": list(dataset.classes)},
+        transform={"images": "cwnnk.datasets.load_dataset: float32 in [0, 1], bilinear resize to image_size",
+                   "image_size": dataset_cfg.get("image_size"), "input_shape": list(dataset.input_shape),
+                   "normalize": spec.get("normalize"), "normalize_applied_by": "the model (cwnnk.models.Normalize)",
+                   "augment": "none"},
+        extract_config=dict(extract_cfg),
+    )
+    _remove_stale_temporaries(store, log)
+    with atomic_path(store) as tmp:
+        extract_to_store(
+            model, nodes, dataset, tmp,
+            splits=("train", "test") if extract_cfg.get("test_split") else ("train",),
+            n_samples=extract_cfg.get("n_samples"), seed=extract_cfg.get("seed", 0),
+            batch_size=extract_cfg.get("batch_size", 256), compressor=extract_cfg.get("compressor", "zstd"),
+            device=device, method=extract_cfg.get("method", "auto"), attrs=attrs, log=log,
+        )
+    log(f"wrote {store} in {time.perf_counter() - start:.1f}s")

@@ -1,0 +1,28 @@
+# Stage 2: each model's post-ReLU activations on the training images (optionally the test
+# images too), streamed into one Zarr store per model. Format: docs/activations.md.
+
+
+rule extract:
+    input:
+        checkpoint=f"{R}/models/{{model}}/checkpoint.pt",
+    output:
+        store=directory(f"{R}/activations/{{model}}.zarr"),
+    params:
+        entry=model_entry,
+        layers=lambda wildcards: layers_of(wildcards.model),
+        dataset=config["dataset"],
+        extract=config["extract"],
+        device=config["device"],
+    log:
+        f"{R}/logs/extract/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/extract/{{model}}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=4000,
+        runtime="30m",
+        gpu=GPUS,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/extract.py"

@@ -1,0 +1,12 @@
+# Glue for rule extract: parse snakemake.*, call the library.
+import torch
+
+from cwnnk.extract import run_extract
+from cwnnk.logs import stage_logger
+
+log = stage_logger("extract", snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+run_extract(
+    snakemake.params.entry, snakemake.input.checkpoint, snakemake.output.store, snakemake.params.layers,
+    snakemake.params.dataset, snakemake.params.extract, snakemake.params.device, log.info,
+)
