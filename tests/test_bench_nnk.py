@@ -1,0 +1,24 @@
+"""`python -m cwnnk.bench nnk` on a tiny layer: output format and the agreement check (not timing)."""
+
+import re
+
+from cwnnk.bench import main
+
+
+def test_bench_nnk_runs_and_checks_agreement(capsys):
+    ok = main(["nnk", "--n", "80", "--c", "2", "--d", "16", "--k", "6", "--seed", "3", "--baseline-nodes", "40"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert ok is True
+    text = "\n".join(lines)
+    for label in ("floor", "engine pynnk", "engine exact", "baseline", "agreement"):
+        assert re.search(rf"^{label}", text, re.M), label
+    assert re.search(r"supports equal the baseline's on 40/40 nodes", text)
+    assert re.search(r"40 of 160 nodes, scaled x4\.0", text)
+    assert re.fullmatch(r"speedup \d+\.\d+", lines[-1])
+
+
+def test_bench_cosine_all_nodes(capsys):
+    assert main(["nnk", "--n", "60", "--c", "1", "--d", "8", "--k", "5", "--kernel", "cosine",
+                 "--baseline-nodes", "1000"]) is True
+    out = capsys.readouterr().out
+    assert "on all nodes" in out and "60/60 nodes" in out

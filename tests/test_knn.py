@@ -1,0 +1,112 @@
+"""Exact kNN (cwnnk.knn): candidate sets equal a float64 brute force, ties by lower index."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cwnnk.knn import exact_knn
+
+
+def brute_knn(X, k, keep):
+    """Reference: float64 direct differences, self excluded, duplicates dropped unless keep."""
+    N = len(X)
+    d2 = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    indices, sqdist = np.full((N, k), -1), np.full((N, k), np.inf)
+    for i in range(N):
+        d = d2[i].copy()
+        d[i] = np.inf
+        if not keep:
+            d[d == 0] = np.inf
+        order = np.argsort(d, kind="stable")[:k]
+        order = order[np.isfinite(d[order])]
+        indices[i, : len(order)], sqdist[i, : len(order)] = order, d[order]
+    return indices, sqdist
+
+
+def assert_matches_brute_force(X, result, k, keep):
+    for c in range(X.shape[0]):
+        indices, sqdist = brute_knn(X[c], k, keep)
+        np.testing.assert_array_equal(result.indices[c].numpy(), indices)
+        # equal up to the summation order of the float64 sums (exactly equal on integer data)
+        np.testing.assert_allclose(result.sqdist[c].numpy(), sqdist, rtol=1e-13, atol=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 40),
+    d=st.integers(1, 4),
+    levels=st.integers(1, 4),
+    k_frac=st.floats(0, 1),
+    keep=st.booleans(),
+    margin=st.integers(0, 6),
+    tiny_tiles=st.booleans(),
+)
+def test_equals_brute_force_with_ties_and_duplicates(seed, n, d, levels, k_frac, keep, margin, tiny_tiles):
+    # few integer levels: many exact ties and duplicates, and exact float64 arithmetic
+    X = np.random.default_rng(seed).integers(0, levels, size=(2, n, d)).astype(float)
+    k = 1 + int(k_frac * (n - 2))
+    result = exact_knn(torch.from_numpy(X), k, duplicates="keep" if keep else "drop", margin=margin,
+                       tile_bytes=1 if tiny_tiles else 1 << 27)
+    assert_matches_brute_force(X, result, k, keep)
+
+
+def relu_layer(seed, c=3, n=400, d=32, dead=0.1):
+    rng = np.random.default_rng(seed)
+    X = np.maximum(0, rng.normal(size=(c, n, d)) + rng.normal(size=(c, n, 1)))
+    X[rng.random((c, n)) < dead] = 0  # all-zero maps: a large group of exact duplicates
+    return X
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_continuous_data_is_certified_by_the_float32_pass(keep):
+    X = relu_layer(0)
+    result = exact_knn(torch.from_numpy(X), 10, duplicates="keep" if keep else "drop", tile_bytes=1 << 20)
+    assert_matches_brute_force(X, result, 10, keep)
+    assert result.rows_by_pass["brute"] == 0
+    assert result.rows_by_pass["float32"] > 0.99 * sum(result.rows_by_pass.values())
+
+
+def test_gram_holds_the_candidates_differences():
+    X = relu_layer(1, c=2, n=200)
+    result = exact_knn(torch.from_numpy(X), 8, duplicates="keep")
+    for c in range(2):
+        for i in range(200):
+            idx = result.indices[c, i].numpy()
+            Y = np.where((idx >= 0)[:, None], X[c][idx] - X[c][i], 0)
+            np.testing.assert_allclose(result.gram[c, i].numpy(), Y @ Y.T, rtol=1e-12, atol=1e-12)
+    n_dup = [(X[c][:, None] == X[c][None]).all(-1).sum(1) - 1 for c in range(2)]
+    np.testing.assert_array_equal(result.n_dup.numpy(), np.stack(n_dup))
+
+
+def test_reduced_precision_float32_products_stay_exact():
+    X = relu_layer(2, c=1)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # TF32/bf16 allowed: the bound widens, results stay exact
+    try:
+        result = exact_knn(torch.from_numpy(X), 10)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert_matches_brute_force(X, result, 10, keep=False)
+
+
+def test_all_points_equal_leaves_no_candidate_under_drop():
+    X = np.ones((1, 5, 3))
+    dropped = exact_knn(torch.from_numpy(X), 3)
+    assert (dropped.indices == -1).all() and torch.isinf(dropped.sqdist).all()
+    kept = exact_knn(torch.from_numpy(X), 3, duplicates="keep")
+    np.testing.assert_array_equal(kept.indices[0].numpy(), [[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2], [0, 1, 2]])
+    assert (kept.sqdist == 0).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+def test_cuda_matches_cpu():
+    X = torch.from_numpy(relu_layer(3, c=4, n=1000, d=64))
+    cpu = exact_knn(X, 25, duplicates="keep")
+    gpu = exact_knn(X.cuda(), 25, duplicates="keep")
+    assert torch.equal(cpu.indices, gpu.indices.cpu())
+    torch.testing.assert_close(cpu.sqdist, gpu.sqdist.cpu(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cpu.gram, gpu.gram.cpu(), rtol=1e-9, atol=1e-9)

@@ -1,0 +1,191 @@
+"""Benchmarks, run as `python -m cwnnk.bench <command>`; each command is one function below.
+
+    nnk   the NNK engine (solvers `pynnk` and `exact`) against the authors' reference approach
+          (brute-force kNN, then a Python loop over nodes with scipy's Cholesky) and against
+          the floor of the kNN step (one float32 product per channel plus torch.topk).
+"""
+
+import argparse
+import time
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from cwnnk.device import resolve_device
+
+
+def make_layer(n, c, d, seed):
+    """A ReLU-like layer (C, N, D): max(0, gaussian) driven by a few latent factors.
+
+    Each point has 4 latent factors shared by all channels and 4 of each channel's own; a channel
+    maps them linearly to D values, adds noise and a negative offset, and clips at 0. One map in
+    twenty is all zero (a dead map), as after a ReLU.
+    """
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(size=(n, 4))
+    X = np.empty((c, n, d))
+    for ch in range(c):
+        z = np.concatenate([shared, rng.normal(size=(n, 4))], 1)
+        X[ch] = np.maximum(0, z @ rng.normal(size=(8, d)) + 0.5 * rng.normal(size=(n, d)) - 0.5)
+        X[ch, rng.random(n) < 0.05] = 0
+    return X
+
+
+def _timed(fn, repeat=1):
+    """(best wall time of `repeat` runs, the last value): the minimum is the least disturbed run."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        value = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), value
+
+
+def knn_floor(X, k, device):
+    """The kNN step with nothing else: one float32 product per channel and torch.topk."""
+    X = torch.as_tensor(X, dtype=torch.float32, device=device)
+    for Xc in X:
+        top = torch.topk(torch.addmm(-(Xc * Xc).sum(1)[None, :], Xc, Xc.T, alpha=2), k + 1, dim=1)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return top
+
+
+def _reference_pynnk(K, b, tol):
+    """One node's problem as the authors' code solves it (METHOD.md section 2), scipy Cholesky.
+
+    As in the engine: candidates that repeat one point (equal rows of K, a singular K_SS) share one
+    variable whose weight is split equally, and a Cholesky that fails gets a ridge
+    eps * trace / k, grown tenfold until it succeeds.
+    """
+    if (b > 1 - tol).any():
+        return np.where(b > 1 - tol, b, 0)
+    _, first, inverse, mult = np.unique(K, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    if len(first) < len(b):
+        x = _reference_pynnk(K[np.ix_(first, first)], b[first], tol)
+        return np.where(x[inverse] / mult[inverse] > tol, x[inverse] / mult[inverse], 0)
+    base, ridge = np.finfo(float).eps * np.trace(K) / len(K), 0.0
+    F = b > tol
+    for _ in range(50 * len(b)):
+        x = np.zeros_like(b)
+        while True:
+            try:
+                factor = scipy.linalg.cho_factor(K[np.ix_(F, F)] + ridge * np.eye(F.sum()), lower=True)
+                break
+            except np.linalg.LinAlgError:
+                ridge = 10 * ridge if ridge else base
+        x[F] = scipy.linalg.cho_solve(factor, b[F])
+        dropped = F & (x < tol)
+        F &= ~dropped
+        if not dropped.any() or np.abs(x[dropped]).max() <= tol:
+            break
+    return np.where(x < tol, 0, x)
+
+
+def baseline(X, k, kernel, n_loop, tol=1e-10):
+    """Brute-force float64 kNN of every channel, then the per-node loop on the first n_loop nodes.
+
+    Returns (knn seconds, loop seconds, supports of the looped nodes as {(channel, node): set}).
+    """
+    C, N, _ = X.shape
+    supports, t_knn, t_loop = {}, 0.0, 0.0
+    per_set = -(-n_loop // C)
+    for c in range(C):
+        Xc = X[c]
+
+        def knn():
+            sq = (Xc * Xc).sum(1)
+            D2 = np.maximum(sq[:, None] + sq[None, :] - 2 * Xc @ Xc.T, 0)
+            search = np.where(D2 == 0, np.inf, D2)  # self and duplicates are no candidates (drop)
+            np.fill_diagonal(search, np.inf)
+            part = np.argpartition(search, k - 1, axis=1)[:, :k]
+            idx = np.take_along_axis(part, np.argsort(np.take_along_axis(search, part, 1), axis=1), 1)
+            # ties at the k-th distance (e.g. all-zero maps): break them by lower index
+            kth = np.take_along_axis(search, idx[:, -1:], 1)
+            tied = np.nonzero((search == kth).sum(1) > 1)[0]
+            idx[tied] = np.argsort(search[tied], axis=1, kind="stable")[:, :k]
+            return D2, np.where(np.take_along_axis(search, idx, 1) < np.inf, idx, -1)
+
+        dt, (D2, idx) = _timed(knn)
+        t_knn += dt
+        unit = Xc / np.maximum(np.linalg.norm(Xc, axis=1, keepdims=True), 1e-300)
+
+        def loop():
+            for i in range(min(per_set, N)):
+                S = idx[i][idx[i] >= 0]
+                if kernel == "gaussian":
+                    width = 2 * (np.sqrt(D2[i, S[-1]]) / 3) ** 2
+                    K, b = np.exp(-D2[np.ix_(S, S)] / width), np.exp(-D2[i, S] / width)
+                else:
+                    if not unit[i].any():
+                        supports[c, i] = set()
+                        continue
+                    S = S[unit[S].any(1)]
+                    K, b = 0.5 + 0.5 * unit[S] @ unit[S].T, 0.5 + 0.5 * unit[S] @ unit[i]
+                supports[c, i] = set(S[_reference_pynnk(K, b, tol) > 0].tolist())
+
+        t_loop += _timed(loop)[0]
+    return t_knn, t_loop, supports
+
+
+def bench_nnk(args, out=print):
+    """Time the engine against the reference approach and the kNN floor; last line `speedup <x>`."""
+    from cwnnk.nnk import nnk
+
+    device = resolve_device(args.device)
+    X = make_layer(args.n, args.c, args.d, args.seed)
+    C, N, D = X.shape
+    out(f"data: C={C} channels x N={N} points x D={D}, ReLU-like, {np.mean(~X.any(-1)):.1%} all-zero maps; "
+        f"k={args.k}, kernel={args.kernel} (sigma local)")
+    out(f"machine: device={device}, torch threads={torch.get_num_threads()}; "
+        f"engine and floor times are the best of {args.repeat} runs")
+    nnk(X[:1, :50], min(args.k, 10), device=device)  # warm-up: first-call costs are not the engine's
+
+    t_floor, _ = _timed(lambda: knn_floor(X, args.k, device), args.repeat)
+    out(f"floor (float32 product + topk per channel): {t_floor:.2f} s")
+    engine = {}
+    for solver in ("pynnk", "exact"):
+        dt, res = _timed(lambda: nnk(X, args.k, kernel=args.kernel, solver=solver, device=device), args.repeat)
+        engine[solver] = (dt, res)
+        out(f"engine {solver}: {dt:.2f} s, mean degree {res.degree.mean():.2f}, "
+            f"kkt_failed {int(res.counts['kkt_failed'].sum())}, not_pd {int(res.counts['not_pd'].sum())}")
+
+    n_loop = min(args.baseline_nodes, C * N)
+    t_knn, t_loop, supports = baseline(X, args.k, args.kernel, n_loop)
+    scale = C * N / len(supports)
+    t_base = t_knn + t_loop * scale
+    how = "all nodes" if len(supports) == C * N else f"{len(supports)} of {C * N} nodes, scaled x{scale:.1f}"
+    out(f"baseline: knn {t_knn:.2f} s (all channels) + per-node loop {t_loop:.2f} s on {how} = {t_base:.2f} s")
+    ours = engine["pynnk"][1]
+    equal = sum(set(ours.indices[c, i][ours.weights[c, i] > 0].tolist()) == s for (c, i), s in supports.items())
+    out(f"agreement: engine pynnk supports equal the baseline's on {equal}/{len(supports)} nodes")
+    t_engine = engine[args.solver][0]
+    out(f"engine {args.solver} / floor: {t_engine / t_floor:.2f}")
+    out(f"speedup {t_base / t_engine:.2f}")
+    return equal == len(supports)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m cwnnk.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("nnk", help="NNK engine vs the reference approach and the kNN floor")
+    p.add_argument("--n", type=int, default=4000, help="points per channel")
+    p.add_argument("--c", type=int, default=16, help="channels")
+    p.add_argument("--d", type=int, default=256, help="dimension of each channel's points")
+    p.add_argument("--k", type=int, default=25, help="kNN candidates per node")
+    p.add_argument("--kernel", choices=("gaussian", "cosine"), default="gaussian")
+    p.add_argument("--solver", choices=("exact", "pynnk"), default="exact", help="engine solver of the speed-up")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=3, help="runs of the engine and the floor; the best counts")
+    p.add_argument("--baseline-nodes", type=int, default=4000,
+                   help="nodes the baseline's per-node loop runs on (its time is scaled to all nodes)")
+    p.set_defaults(func=bench_nnk)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""NNK graphs of one or many point sets (METHOD.md section 2), batched over their nodes.
+
+`nnk(X)` finds each node's exact kNN candidates (cwnnk.knn), builds its kernel problem
+    theta_i = argmin_{theta >= 0} 1/2 theta^T K_SS theta - K_Si^T theta
+in float64, and solves the problems of all point sets together in batches of nodes: each solver
+iteration is one batched (masked) Cholesky over the nodes still running, and finished nodes
+leave the batch. See docs/engine.md for the algorithms and the memory they need.
+"""
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from cwnnk import kernels
+from cwnnk.device import resolve_device
+from cwnnk.knn import exact_knn
+
+KERNELS = ("gaussian", "cosine")
+SIGMAS = ("local", "global")
+SOLVERS = ("exact", "pynnk")
+DUPLICATES = ("drop", "keep")
+KKT_TOL = 1e-9  # METHOD.md: |g| <= 1e-9 on the support, g <= 1e-9 off it
+COUNTS = ("duplicates", "zero_vectors", "zero_sigma", "not_pd", "kkt_failed")
+# Bytes of one (nodes, k, k) float64 array, which sizes both the groups of point sets searched
+# together and the solver batches. On CPU it is kept small: batches that stay in cache and in
+# malloc's reused memory were measured faster (fresh large buffers page-fault); a GPU wants big ones.
+BATCH_BYTES = {"cpu": 1 << 24, "cuda": 1 << 30}
+
+
+@dataclass
+class NNKResult:
+    """NNK graphs of C point sets as numpy arrays; leading axis C absent for a single (N, D) set.
+
+    indices (..., N, k) int64 kNN candidates, -1 where fewer than k exist; distances (..., N, k)
+    float64, inf where padded; weights (..., N, k) float64 theta_ij, exactly 0 off the support;
+    degree (..., N) support sizes; error (..., N) reconstruction errors e_i (nan for a zero vector
+    under cosine); sigma (..., N) the gaussian width used by each query (nan when it has no
+    candidate; None for cosine); counts: name -> int64 array (...) of degenerate cases per set.
+    """
+
+    indices: np.ndarray
+    distances: np.ndarray
+    weights: np.ndarray
+    degree: np.ndarray
+    error: np.ndarray
+    sigma: np.ndarray | None
+    counts: dict
+    kernel: str
+    solver: str
+
+    @property
+    def n_sets(self):
+        """Number of point sets, or None for a single (N, D) input."""
+        return self.indices.shape[0] if self.indices.ndim == 3 else None
+
+    def channel(self, c):
+        """The result of point set c alone, as if nnk had been called on X[c]."""
+        if self.n_sets is None:
+            raise ValueError("channel(c) needs a result of several point sets; this one is a single (N, D) set")
+        pick = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("indices", "distances", "weights", "degree", "error"):
+            pick[name] = pick[name][c]
+        pick["sigma"] = None if self.sigma is None else self.sigma[c]
+        pick["counts"] = {name: value[c] for name, value in self.counts.items()}
+        return NNKResult(**pick)
+
+
+def nnk(X, k=25, *, kernel="gaussian", sigma="local", solver="exact", duplicates="drop", tol=1e-10, device="auto"):
+    """NNK graph of X (N, D), or of each of C point sets X (C, N, D), as an NNKResult.
+
+    kernel: "gaussian" (sigma "local": d_k(i)/3 per query, or "global": mean_i d_k(i)/3 per set)
+    or "cosine"; solver: "exact" (KKT to 1e-9) or "pynnk" (the authors' pruning-only active set);
+    duplicates: "drop" or "keep" zero-distance candidates; tol: support threshold tau.
+    """
+    _check_choice("kernel", kernel, KERNELS)
+    _check_choice("sigma", sigma, SIGMAS)
+    _check_choice("solver", solver, SOLVERS)
+    _check_choice("duplicates", duplicates, DUPLICATES)
+    if not (isinstance(tol, (int, float)) and 0 < tol < 1e-3):
+        raise ValueError(f"tol={tol!r} is not allowed; give a number in (0, 1e-3), e.g. 1e-10")
+    dev = resolve_device(device)
+    X = _as_point_sets(X, dev)
+    single = X.ndim == 2
+    X = X[None] if single else X
+    C, N, D = X.shape
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < N:
+        raise ValueError(f"k={k!r} is not allowed; give an integer with 1 <= k < N = {N} (points per set)")
+    _check_finite(X, single)
+
+    k = int(k)
+    out = {
+        "indices": torch.empty((C, N, k), dtype=torch.int64, device=dev),
+        "sqdist": torch.empty((C, N, k), dtype=torch.float64, device=dev),
+        "n_dup": torch.empty((C, N), dtype=torch.int64, device=dev),
+        "zero": torch.empty((C, N), dtype=torch.bool, device=dev),
+        "sigma": torch.full((C, N), torch.nan, dtype=torch.float64, device=dev),
+        "weights": torch.empty((C, N, k), dtype=torch.float64, device=dev),
+        "error": torch.empty((C, N), dtype=torch.float64, device=dev),
+        "not_pd": torch.empty((C, N), dtype=torch.bool, device=dev),
+        "kkt_failed": torch.empty((C, N), dtype=torch.bool, device=dev),
+    }
+    budget = BATCH_BYTES.get(dev.type, BATCH_BYTES["cuda"])
+    per_group = max(1, budget // (N * k * k * 8))
+    for c0 in range(0, C, per_group):
+        part = slice(c0, min(C, c0 + per_group))
+        views = {name: value[part] for name, value in out.items()}
+        nn, sq = _search_group(X[part], k, kernel, sigma, duplicates, views)
+        _solve_group(nn, sq, kernel, solver, tol, budget, views)
+
+    gaussian = kernel == "gaussian"
+    counts = {
+        "duplicates": out["n_dup"].clamp(max=k).sum(1),
+        "zero_vectors": out["zero"].sum(1),
+        "zero_sigma": (out["sigma"] == 0).sum(1) if gaussian else torch.zeros(C, dtype=torch.int64),
+        "not_pd": out["not_pd"].sum(1),
+        "kkt_failed": out["kkt_failed"].sum(1),
+    }
+    squeeze = (lambda a: a[0]) if single else (lambda a: a)  # noqa: E731
+    to_np = lambda t: squeeze(t.cpu().numpy())  # noqa: E731
+    return NNKResult(
+        indices=to_np(out["indices"]),
+        distances=to_np(out["sqdist"].sqrt()),
+        weights=to_np(out["weights"]),
+        degree=to_np((out["weights"] > 0).sum(-1)),
+        error=to_np(out["error"]),
+        sigma=to_np(out["sigma"]) if gaussian else None,
+        counts={name: to_np(counts[name].to(torch.int64)) for name in COUNTS},
+        kernel=kernel,
+        solver=solver,
+    )
+
+
+def _search_group(X, k, kernel, sigma, duplicates, out):
+    """kNN of the point sets X (C, N, D) into the views `out`; returns it and the squared norms."""
+    nn = exact_knn(X, k, duplicates=duplicates)
+    out["indices"][:], out["sqdist"][:], out["n_dup"][:] = nn.indices, nn.sqdist, nn.n_dup
+    if kernel == "gaussian":
+        out["sigma"][:] = _sigma(nn, sigma)
+    sq = (X * X).sum(-1)
+    out["zero"][:] = sq == 0
+    return nn, sq
+
+
+def _solve_group(nn, sq, kernel, solver, tol, budget, out):
+    """NNK weights of every node of a group, in solver batches, into the views `out`."""
+    C, N, k = nn.indices.shape
+    sig = out["sigma"] if kernel == "gaussian" else None
+    flat = {name: out[name].view(C * N) for name in ("error", "not_pd", "kkt_failed")}
+    flat["weights"] = out["weights"].view(C * N, k)
+    step = max(1, budget // (k * k * 8))
+    for lo in range(0, C * N, step):
+        nodes = slice(lo, min(C * N, lo + step))
+        theta, error, not_pd, kkt_failed = _solve_chunk(_problems(nn, sq, sig, kernel, nodes), solver, tol)
+        if kernel == "cosine":
+            error = torch.where(sq.view(-1)[nodes] == 0, torch.nan, error)  # K_ii itself is undefined
+        flat["weights"][nodes], flat["error"][nodes] = theta, error
+        flat["not_pd"][nodes], flat["kkt_failed"][nodes] = not_pd, kkt_failed
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+
+
+def _as_point_sets(X, device):
+    if not isinstance(X, (np.ndarray, torch.Tensor)):
+        raise ValueError(f"X must be a numpy array or a torch tensor, not {type(X).__name__}")
+    if X.ndim not in (2, 3) or X.shape[-2] < 2 or X.shape[-1] < 1:
+        raise ValueError(f"X has shape {tuple(X.shape)}; allowed: (N, D) or (C, N, D) with N >= 2 and D >= 1")
+    return torch.as_tensor(X).to(device=device, dtype=torch.float64)
+
+
+def _check_finite(X, single):
+    bad = ~torch.isfinite(X).all(-1)
+    if bad.any():
+        c, i = (int(v) for v in bad.nonzero()[0])
+        value = X[c, i][~torch.isfinite(X[c, i])][0].item()
+        where = f"row {i}" if single else f"point set {c}, row {i}"
+        raise ValueError(f"X holds a non-finite value ({value}) in {where}; NNK needs finite data")
+
+
+def _sigma(nn, mode):
+    """Gaussian width per query: d(x_i, its farthest candidate) / 3, or the mean of those per set."""
+    n_cand = (nn.indices >= 0).sum(-1)
+    last = nn.sqdist.gather(-1, (n_cand - 1).clamp(min=0)[..., None])[..., 0].sqrt()
+    last = torch.where(n_cand > 0, last, torch.nan)
+    if mode == "local":
+        return last / 3
+    return (torch.nanmean(last, dim=1, keepdim=True) / 3).expand_as(last).clone()
+
+
+@dataclass
+class _Problems:
+    """The kernel problems of a batch of nodes, K (B, k, k) and b (B, k), with their candidates' roles.
+
+    valid: usable candidates (not padding, not a zero vector under cosine); dup: candidates that
+    are the query itself in feature space (K_Si = 1: a duplicate, or under cosine a positive
+    multiple); rep: for each candidate the first one that is the same point in feature space
+    (itself if none), and mult the size of its group. Unusable candidates have an identity row in K
+    and b = 0.
+    """
+
+    K: torch.Tensor
+    b: torch.Tensor
+    valid: torch.Tensor
+    dup: torch.Tensor
+    rep: torch.Tensor
+    mult: torch.Tensor
+
+
+def _problems(nn, sq, sig, kernel, nodes):
+    """The kernel problems of the flat nodes c * N + i in the slice `nodes`, from the kNN Grams.
+
+    G_ab = (x_a - x_i) . (x_b - x_i) gives squared distances G_aa + G_bb - 2 G_ab that stay
+    accurate at the neighbourhood's scale.
+    """
+    C, N, k = nn.indices.shape
+    cand = nn.indices.view(-1, k)[nodes]
+    valid = cand >= 0
+    G = nn.gram.view(-1, k, k)[nodes]
+    n = G.diagonal(dim1=1, dim2=2)
+    d2 = torch.add(n[:, :, None], n[:, None, :]).sub_(G, alpha=2).clamp_(min=0)
+    if kernel == "gaussian":
+        s = sig.view(-1)[nodes]
+        K, b = kernels.gaussian(d2, s[:, None, None]), kernels.gaussian(n, s[:, None])
+    else:
+        me = torch.arange(nodes.start, nodes.stop, device=cand.device)
+        sq_S, sq_i = sq.view(-1)[torch.where(valid, cand + (me // N * N)[:, None], me[:, None])], sq.view(-1)[nodes, None]
+        K = kernels.cosine(sq_S[:, :, None], sq_S[:, None, :], d2)
+        b = kernels.cosine(sq_S, sq_i, n)
+        valid &= (sq_S > 0) & (sq_i > 0)
+    if not valid.all():
+        K = torch.where(valid[:, :, None] & valid[:, None, :], K, torch.eye(k, dtype=K.dtype, device=K.device))
+        b = b.masked_fill_(~valid, 0)
+    rep, mult = _feature_space_groups(K)
+    return _Problems(K, b, valid, valid & (b == 1), rep, mult)
+
+
+def _feature_space_groups(K):
+    """For each candidate the first candidate that is the same point in feature space, and the
+    size of that group: K_ab = 1 means ||phi_a - phi_b||^2 = 2 - 2 K_ab = 0 (unusable candidates
+    have an identity row, so they stay alone).
+    """
+    B, k = K.shape[:2]
+    rep = torch.arange(k, device=K.device).repeat(B, 1)
+    mult = torch.ones_like(rep)
+    same = K == 1
+    multi = (same.sum((1, 2)) > k).nonzero()[:, 0]  # more ones than the diagonal's
+    if len(multi):
+        r = same[multi].to(torch.int8).argmax(-1)
+        for _ in range(k.bit_length()):  # pointer jumping: a chain of firsts ends at its root
+            r = r.gather(1, r)
+        rep[multi] = r
+        mult[multi] = (r[:, :, None] == r[:, None, :]).sum(-1)
+    return rep, mult
+
+
+def _cholesky_solve(K, r):
+    """(K^-1 r, failure flags) by batched Cholesky."""
+    L, info = torch.linalg.cholesky_ex(K)
+    z = torch.linalg.solve_triangular(L, r[..., None], upper=False)
+    return torch.linalg.solve_triangular(L.mT, z, upper=True)[..., 0], info > 0
+
+
+def _masked_solve(K, b, F, ridge):
+    """x with (K + ridge I)_FF x_F = b_F and x = 0 off F, by one batched Cholesky; also its
+    failure flags. K itself is left as it is."""
+    M = K
+    if not F.all():
+        M = torch.where(F[:, :, None] & F[:, None, :], K, torch.eye(K.shape[-1], dtype=K.dtype, device=K.device))
+    if (ridge > 0).any():
+        M = M.clone() if M is K else M
+        M.diagonal(dim1=1, dim2=2).add_(ridge[:, None] * F)
+    return _cholesky_solve(M, b * F)
+
+
+def _ridged_solve(K, b, F, valid, ridge):
+    """_masked_solve where, if a Cholesky fails (K not numerically positive definite), that node's
+    ridge becomes eps * trace(K_SS) / k, then grows tenfold until the Cholesky succeeds.
+
+    Returns (x, ridge), the ridge per node as it now stands.
+    """
+    x, failed = _masked_solve(K, b, F, ridge)
+    bad = failed.nonzero()[:, 0]
+    if len(bad):
+        ridge = ridge.clone()
+        diag = valid[bad].to(K.dtype)
+        base = torch.finfo(K.dtype).eps * (K[bad].diagonal(dim1=1, dim2=2) * diag).sum(1) / diag.sum(1).clamp(min=1)
+    for _ in range(17):
+        if len(bad) == 0:
+            break
+        ridge[bad] = torch.where(ridge[bad] > 0, 10 * ridge[bad], base)
+        x[bad], failed = _masked_solve(K[bad], b[bad], F[bad], ridge[bad])
+        bad, base = bad[failed], base[failed]
+    return x, ridge
+
+
+def _exact(K, b, valid, tol):
+    """Block principal pivoting (Kim & Park 2011) from the full passive set, all nodes at once.
+
+    Each round swaps every infeasible variable (x_j < 0 in F, gradient b_j - (Kx)_j > tol off F)
+    between the sets; if that stops shrinking the infeasible count for 3 rounds, a node swaps only
+    its largest infeasible index until it improves, which guarantees termination. Nodes whose
+    sets are feasible leave the batch. Returns (x, ridge).
+    """
+    B, k = b.shape
+    x, ridge_out = torch.zeros_like(b), torch.zeros_like(b[:, 0])
+    ids = torch.arange(B, device=b.device)
+    F = valid.clone()
+    # the first solve on the whole of K_SS is also its positive-definiteness check
+    xa, ridge = _ridged_solve(K, b, F, valid, torch.zeros_like(ridge_out))
+    best = torch.full((B,), k + 1, device=b.device)
+    backup = torch.full((B,), 3, device=b.device)
+    cols = torch.arange(1, k + 1, device=b.device)
+    for _ in range(50 * k):
+        grad = b - (K @ xa[:, :, None])[..., 0]
+        V = (F & (xa < 0)) | (valid & ~F & (grad > tol))
+        n_bad = V.sum(1)
+        done = n_bad == 0
+        if done.any():
+            x[ids[done]], ridge_out[ids[done]] = xa[done], ridge[done]
+            keep = ~done
+            ids, K, b, valid, F, xa, V, n_bad, best, backup, ridge = (
+                t[keep] for t in (ids, K, b, valid, F, xa, V, n_bad, best, backup, ridge)
+            )
+            if len(ids) == 0:
+                return x, ridge_out
+        better = n_bad < best
+        swap_all = better | (backup > 0)
+        backup = torch.where(better, 3, torch.where(backup > 0, backup - 1, backup))
+        best = torch.minimum(best, n_bad)
+        last = torch.nn.functional.one_hot((V * cols).argmax(1), k).bool()
+        F ^= torch.where(swap_all[:, None], V, last)
+        xa, ridge = _ridged_solve(K, b, F, valid, ridge)
+    x[ids], ridge_out[ids] = xa, ridge  # out of rounds: left to the KKT check, which counts it
+    return x, ridge_out
+
+
+def _pynnk(K, b, valid, tol):
+    """The authors' pruning-only active set (METHOD.md section 2), all nodes at once: (x, ridge)."""
+    k = b.shape[1]
+    x, ridge_out = torch.zeros_like(b), torch.zeros_like(b[:, 0])
+    ids = torch.arange(b.shape[0], device=b.device)
+    ridge = torch.zeros_like(ridge_out)
+    F = valid & (b > tol)
+    for _ in range(50 * k):
+        xa, ridge = _ridged_solve(K, b, F, valid, ridge)
+        dropped = F & (xa < tol)
+        F &= ~dropped
+        done = (xa.abs() * dropped).amax(1) <= tol
+        x[ids[done]], ridge_out[ids[done]] = xa[done], ridge[done]
+        keep = ~done
+        ids, K, b, valid, F, ridge = ids[keep], K[keep], b[keep], valid[keep], F[keep], ridge[keep]
+        if len(ids) == 0:
+            return x, ridge_out
+    x[ids], ridge_out[ids] = xa[keep], ridge
+    return x, ridge_out
+
+
+def _solve_chunk(pb, solver, tol):
+    """Weights, reconstruction errors, not-PD flags and KKT failures of a batch of node problems.
+
+    Candidates that are one point in feature space make K_SS singular; they are merged into one
+    variable (the limit of a vanishing ridge) whose weight is then split equally among them.
+    """
+    K, b, valid, dup = pb.K, pb.b, pb.valid, pb.dup
+    x = torch.zeros_like(b)
+    if solver == "exact":
+        # copies of the query (in feature space) reconstruct it exactly: equal weights are optimal (g = 0)
+        direct = dup.any(1)
+        x[direct] = (dup.to(x.dtype) / dup.sum(1, keepdim=True).clamp(min=1))[direct]
+    else:
+        # the reference returns the candidates with K_Si > 1 - tau as they are
+        near = valid & (b > 1 - tol)
+        direct = near.any(1)
+        x[direct] = torch.where(near, b, 0)[direct]
+    todo = (~direct).nonzero()[:, 0]
+    ridge = torch.zeros_like(x[:, 0])
+    if len(todo):
+        todo = slice(None) if len(todo) == len(b) else todo  # a view, not a copy, in the common case
+        # merged candidates leave the problem: only each group's first is a free variable
+        free = valid[todo] & (pb.rep[todo] == torch.arange(b.shape[1], device=b.device))
+        merged, ridge[todo] = (_exact if solver == "exact" else _pynnk)(K[todo], b[todo], free, tol)
+        x[todo] = merged.gather(1, pb.rep[todo]) / pb.mult[todo] * valid[todo]
+    theta = torch.where(x > tol, x, 0)
+    Kt = (K @ theta[:, :, None])[..., 0]
+    grad = b - Kt - ridge[:, None] * theta * pb.mult  # the ridge acts on each merged variable
+    on = theta > 0
+    kkt_failed = ((on & (grad.abs() > KKT_TOL)) | (valid & ~on & (grad > KKT_TOL))).any(1)
+    error = 1 - 2 * (theta * b).sum(1) + (theta * Kt).sum(1)
+    not_pd = (ridge > 0) | (valid & (pb.mult > 1) & ~dup).any(1)
+    return theta, error, not_pd, kkt_failed
