@@ -11,8 +11,15 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/graphs.smk"
+include: "workflow/rules/overlap.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

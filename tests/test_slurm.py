@@ -12,10 +12,9 @@ config, once locally and once with the project's SLURM profile
     Snakemake asked for;
   * the outputs of both runs are byte for byte identical.
 
-`run_workflow(workdir, executor)` is the one place that knows which workflow runs:
-today a tiny self-contained Snakefile written into the temporary folder, with rules
-named like the real ones (train, extract, figures) so that the profile's per-rule
-settings apply. To test the project's pipeline instead, change only that function.
+`run_workflow(workdir, executor)` runs the project's own Snakefile on the tiny experiment
+of tests/conftest.py (one model: train, extract, graphs, overlap, tables, solvers,
+manifolds, figures); the tables must be identical between the two executors.
 
 Where the cluster cannot start, the test is skipped with the reason, or fails when
 CI=true. Run it with:  pytest -m slurm tests/test_slurm.py
@@ -32,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, write_config
+
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -65,80 +64,6 @@ class WorkflowRun:
     seconds: float = 0.0
 
 
-TINY_CONFIG = {
-    "models": ["a", "b"],
-    # asks for GPUs: the profile then gives train/extract/graphs --gpus=1 on the
-    # "gpu" partition (the tiny rules do not use them)
-    "device": "cuda",
-}
-
-TINY_SNAKEFILE = r'''
-configfile: "config.yaml"
-
-MODELS = config["models"]
-SLURM_ENV = "env | grep -E '^(SLURM_JOB_ID|SLURM_JOB_PARTITION|SLURM_JOB_ACCOUNT|SLURM_CPUS_PER_TASK|SLURM_MEM_PER_NODE|SLURM_GPUS|CUDA_VISIBLE_DEVICES)=' | sort || true"
-
-
-rule all:
-    input:
-        "results/figures/summary.txt",
-
-
-rule train:
-    output:
-        "results/models/{model}/checkpoint.txt",
-    log:
-        "logs/train/{model}.log",
-    benchmark:
-        "benchmarks/train/{model}.tsv"
-    params:
-        seed=lambda wc: MODELS.index(wc.model) + 1,
-    threads: 1
-    resources:
-        mem_mb=100,
-        runtime="5m",
-    shell:
-        "({SLURM_ENV}; echo threads={threads}) > {log} 2>&1; "
-        "printf 'model=%s seed=%s\\n' {wildcards.model} {params.seed} > {output}"
-
-
-rule extract:
-    input:
-        "results/models/{model}/checkpoint.txt",
-    output:
-        "results/activations/{model}.txt",
-    log:
-        "logs/extract/{model}.log",
-    benchmark:
-        "benchmarks/extract/{model}.tsv"
-    threads: 1
-    resources:
-        mem_mb=100,
-        runtime="5m",
-    shell:
-        "({SLURM_ENV}; echo threads={threads}) > {log} 2>&1; "
-        "(cat {input}; sha256sum < {input} | cut -c1-64) > {output}"
-
-
-rule figures:
-    input:
-        expand("results/activations/{model}.txt", model=MODELS),
-    output:
-        "results/figures/summary.txt",
-    log:
-        "logs/figures.log",
-    benchmark:
-        "benchmarks/figures.tsv"
-    threads: 1
-    resources:
-        mem_mb=100,
-        runtime="5m",
-    shell:
-        "({SLURM_ENV}; echo threads={threads}) > {log} 2>&1; "
-        "(cat {input}; wc -l < {input[0]}) > {output}"
-'''
-
-
 def snakemake_command(executor: str) -> list[str]:
     """How the test calls Snakemake for each executor (independent of the workflow)."""
     cmd = [sys.executable, "-m", "snakemake"]
@@ -157,25 +82,19 @@ def snakemake_command(executor: str) -> list[str]:
 
 
 def run_workflow(workdir: Path, executor: str) -> WorkflowRun:
-    """Run the workflow under test in `workdir` with `executor` ('local' or 'slurm').
-
-    This is the swap point: to test the project's pipeline, write its config here and
-    run `-s REPO/Snakefile --directory workdir --configfile workdir/config.yaml`,
-    return `outputs=workdir/"results"/"tables"` (the part that is deterministic) and
-    the rules that use GPUs under that config (none with device: cpu).
-    """
+    """Run the project's tiny experiment (one model, CPU) in `workdir` with `executor`
+    ('local' or 'slurm'); its tables are what must agree between the two."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "Snakefile").write_text(TINY_SNAKEFILE)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
-    cmd = snakemake_command(executor) + ["--snakefile", str(workdir / "Snakefile")]
+    config = write_config(workdir / "config.yaml", workdir / "results", sweep={"dropout": [0.0], "seeds": [1]})
+    cmd = snakemake_command(executor) + ["-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+                                         "--configfile", str(config)]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
     seconds = time.monotonic() - t0
     log = proc.stderr + proc.stdout
     if proc.returncode != 0:
         raise AssertionError(f"{executor} run failed ({proc.returncode}): {' '.join(cmd)}\n{log[-8000:]}")
-    return WorkflowRun(workdir, workdir / "results", log, gpu_rules={"train", "extract"},
-                       seconds=seconds)
+    return WorkflowRun(workdir, workdir / "results" / "tables", log, gpu_rules=set(), seconds=seconds)
 
 
 # ------------------------------------------------------------------- log parsing
@@ -254,7 +173,8 @@ def test_workflow_runs_on_slurm_like_locally(slurm_cluster, tmp_path, monkeypatc
     monkeypatch.setenv("CWNNK_SLURM_PARTITION", cluster_mod.PARTITION)
     monkeypatch.setenv("CWNNK_SLURM_GPU_PARTITION", cluster_mod.GPU_PARTITION)
     # a test node is small: clamp the profile's requests to what it has
-    monkeypatch.setenv("CWNNK_SLURM_MAX_THREADS", node["CPUs"])
+    # one thread per job, as in the local run: training is bitwise reproducible only at equal threads
+    monkeypatch.setenv("CWNNK_SLURM_MAX_THREADS", "1")
     monkeypatch.setenv("CWNNK_SLURM_MAX_MEM_MB", node["RealMemory"])
     for var in ("CWNNK_SLURM_GPUS", "CWNNK_SLURM_GPU_MODEL", "SBATCH_ACCOUNT", "SBATCH_PARTITION"):
         monkeypatch.delenv(var, raising=False)

@@ -247,6 +247,14 @@ class ActivationStore:
             raise IndexError(f"{self.path}: layer {layer!r} has {channels} channels, asked for channel {c}")
         return np.ascontiguousarray(self._group[layer][:, c], dtype=np.float32).reshape(n, h * w)
 
+    def samples(self, layer, positions=None):
+        """Layer values (N', C, H, W) float32 of the given sample positions (all when None),
+        reading only the chunks that hold them."""
+        self._check_layer(layer)
+        array = self._group[layer]
+        values = array[:] if positions is None else array.oindex[np.asarray(positions, dtype=np.int64)]
+        return np.ascontiguousarray(values, dtype=np.float32)
+
     def aggregate(self, layer):
         """The whole layer as an (N, C*H*W) float32 array (channel-major: channel c is columns c*H*W ..)."""
         self._check_layer(layer)

@@ -39,5 +39,32 @@ def model_entry(wildcards):
     return MODELS[wildcards.model]
 
 
+def _resolve_layers():
+    """Every model's extracted layers, checked at parse time (an unknown name stops the run)."""
+    from cwnnk.extract import resolve_layers
+
+    try:
+        return {m: resolve_layers(e["spec"], config["extract"]["layers"], m) for m, e in MODELS.items()}
+    except ValueError as err:
+        sys.exit(f"cwnnk: {err}")
+
+
+LAYERS = _resolve_layers()
+
+
+def layers_of(model):
+    """Stable names of the layers extracted for a model, in depth order (one graph job each)."""
+    return LAYERS[model]
+
+
 def all_outputs():
-    return expand(f"{R}/models/{{model}}/metrics.json", model=MODELS)
+    """The default target: every table and figure (which pull in every earlier stage)."""
+    return [
+        *expand(f"{R}/tables/{{table}}.csv", table=["overlap", "channels", "pairwise", "solvers", "manifolds"]),
+        *expand(f"{R}/figures/{{figure}}.{{ext}}", figure=["F1", "F2", "F3", "F4", "F5", "F6"], ext=["pdf", "png"]),
+    ]
+
+
+def graph_params(wildcards):
+    """Engine parameters of a graphs job (a change reruns graphs and everything after it)."""
+    return dict(config["graphs"], seed=config["extract"]["seed"], device=config["device"])

@@ -1,0 +1,164 @@
+"""The graphs stage: CW-NNK graphs of one layer (every channel plus the aggregate).
+
+Output folder, per (model, layer):
+    channel_0000.npz ...   one scipy CSR N x N matrix per channel (row i holds theta_i)
+    aggregate.npz          the NNK graph of the whole layer (x_i = vec(A[i]))
+    knn.npz                kNN candidates, distances and NNK weights, channels (C, N, k) and
+                           aggregate (N, k), plus the positions of the samples used
+    summary.json           parameters, per-channel degenerate counts, zero-map fractions,
+                           provenance and timings
+The folder is written under a temporary name and renamed into place when complete.
+"""
+
+import time
+
+import numpy as np
+import scipy.sparse
+
+from cwnnk.activations import open_activations
+from cwnnk.atomic import atomic_path, write_json
+from cwnnk.provenance import now, sha256_array, versions
+from cwnnk.sparse import to_sparse
+
+GRAPH_FILES = ("aggregate.npz", "knn.npz", "summary.json")
+# Channels per engine call: bounds the (block, N, D) float32 copy handed to the engine.
+BLOCK_BYTES = 256 << 20
+
+
+def channel_file(c):
+    return f"channel_{c:04d}.npz"
+
+
+def read_layer(store, layer, positions):
+    """(N, C, D) float32 activations of the chosen samples, D = H*W.
+
+    Row i flattened is the aggregate feature x_i = vec(A[i]); [:, c] is channel c. Both
+    are views of this one array, so the layer is held in memory once.
+    """
+    values = store.samples(layer, positions)
+    return values.reshape(values.shape[0], values.shape[1], -1)
+
+
+def channel_blocks(C, N, D, block_bytes=BLOCK_BYTES):
+    size = max(1, int(block_bytes // max(1, N * D * 4)))
+    return [range(start, min(C, start + size)) for start in range(0, C, size)]
+
+
+def cw_nnk(acts, params, log=print):
+    """NNK graphs of every channel (in blocks of channels) and of the aggregate.
+
+    acts: (N, C, D) float32 (see read_layer). params: k, kernel, sigma, solver, duplicates, device.
+    Returns (channel fields stacked over C plus the per-block results and zero-map
+    fractions, the aggregate NNKResult, seconds per part).
+    """
+    from cwnnk.nnk import nnk  # torch: imported by the jobs that solve, not by readers (overlap)
+
+    N, C, D = acts.shape
+    engine = dict(k=params["k"], kernel=params["kernel"], sigma=params["sigma"], solver=params["solver"],
+                  duplicates=params["duplicates"], device=params["device"])
+    parts, zero_maps, seconds = [], [], {}
+    start = time.perf_counter()
+    for block in channel_blocks(C, N, D):
+        X = np.ascontiguousarray(acts[:, block.start : block.stop].transpose(1, 0, 2))
+        zero_maps.append((X == 0).all(axis=2).mean(axis=1))
+        parts.append(nnk(X, **engine))
+        log(f"channels {block.stop}/{C} done ({time.perf_counter() - start:.1f}s)")
+    seconds["channels"] = time.perf_counter() - start
+    channels = {name: np.concatenate([getattr(p, name) for p in parts])
+                for name in ("indices", "distances", "weights", "degree", "error")}
+    channels["counts"] = {name: np.concatenate([p.counts[name] for p in parts]) for name in parts[0].counts}
+    channels["results"] = parts
+    channels["zero_map_fraction"] = np.concatenate(zero_maps)
+    start = time.perf_counter()
+    aggregate = nnk(acts.reshape(N, C * D), **engine)
+    seconds["aggregate"] = time.perf_counter() - start
+    log(f"aggregate ({N} x {C * D}) done ({seconds['aggregate']:.1f}s)")
+    return channels, aggregate, seconds
+
+
+def build_layer_graphs(store_path, layer, out_dir, params, log=print):
+    """The `graphs` job of one (model, layer): read the store, build CW-NNK, write out_dir atomically.
+
+    params: k, kernel, sigma, solver, duplicates, n_samples, seed, symmetrize, device.
+    """
+    from cwnnk.datasets import stratified_subset
+
+    store = open_activations(store_path)
+    positions = stratified_subset(store.labels, params.get("n_samples"), params.get("seed", 0))
+    acts = read_layer(store, layer, positions)
+    N, C, D = acts.shape
+    if params["k"] >= N:
+        raise ValueError(f"graphs.k = {params['k']} needs more than k samples; {store_path} layer {layer!r} has N = {N}")
+    log(f"{store_path} layer {layer}: C={C} channels, N={N} samples, D={D} per channel; k={params['k']}, "
+        f"{params['kernel']}/{params['sigma']}, solver {params['solver']}")
+    channels, aggregate, seconds = cw_nnk(acts, params, log)
+
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for c, result in enumerate(r.channel(i) for r in channels["results"] for i in range(r.n_sets)):
+            scipy.sparse.save_npz(tmp / channel_file(c), to_sparse(result, params["symmetrize"]))
+        scipy.sparse.save_npz(tmp / "aggregate.npz", to_sparse(aggregate, params["symmetrize"]))
+        np.savez(
+            tmp / "knn.npz", positions=positions, labels=store.labels[positions],
+            channel_indices=channels["indices"], channel_distances=channels["distances"],
+            channel_weights=channels["weights"], channel_error=channels["error"],
+            agg_indices=aggregate.indices, agg_distances=aggregate.distances, agg_weights=aggregate.weights,
+            agg_error=aggregate.error,
+        )
+        write_json(tmp / "summary.json", dict(
+            layer=layer, n_channels=C, n_samples=N, dim_channel=D, params=params,
+            counts={name: values.tolist() for name, values in channels["counts"].items()},
+            aggregate_counts={name: int(value) for name, value in aggregate.counts.items()},
+            zero_map_fraction=channels["zero_map_fraction"].tolist(), seconds=seconds,
+            store=str(store_path), checkpoint_sha256=store.attrs.get("checkpoint", {}).get("sha256"),
+            sample_positions_sha256=sha256_array(positions), versions=versions(), created=now(),
+        ))
+    failed = int(channels["counts"]["kkt_failed"].sum() + aggregate.counts["kkt_failed"])
+    if failed:
+        log(f"WARNING: {failed} nodes missed the KKT tolerance (counted in summary.json)")
+    return channels, aggregate
+
+
+def load_layer_graphs(folder):
+    """The arrays of knn.npz and the parsed summary.json of a graphs folder; refuses an incomplete one."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    missing = [name for name in GRAPH_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: incomplete graph folder, missing {missing}; rerun the graphs stage")
+    summary = json.loads((folder / "summary.json").read_text())
+    absent = [channel_file(c) for c in range(summary["n_channels"]) if not (folder / channel_file(c)).is_file()]
+    if absent:
+        raise FileNotFoundError(f"{folder}: missing channel graphs {absent[:5]}; rerun the graphs stage")
+    with np.load(folder / "knn.npz") as data:
+        arrays = dict(data)
+    return arrays, summary
+
+
+def compare_solvers(store_path, graph_dirs, params, log=print):
+    """Rows of solvers.csv: mean NNK degree of each channel (and the aggregate, channel -1)
+    with the exact and the pynnk solver, on the samples each graphs folder used.
+
+    The configured solver's weights come from the graph folder; only the other one is solved.
+    """
+    store = open_activations(store_path)
+    other = "pynnk" if params["solver"] == "exact" else "exact"
+    rows = []
+    for depth, (layer, folder) in enumerate(graph_dirs.items()):
+        arrays, _ = load_layer_graphs(folder)
+        acts = read_layer(store, layer, arrays["positions"])
+        channels, aggregate, _ = cw_nnk(acts, dict(params, solver=other), log)
+        done = {"channel": arrays["channel_weights"], "aggregate": arrays["agg_weights"]}
+        fresh = {"channel": channels["weights"], "aggregate": aggregate.weights}
+        degree = {key: {params["solver"]: (done[key] > 0).sum(-1).mean(-1), other: (fresh[key] > 0).sum(-1).mean(-1)}
+                  for key in done}
+        for c in range(acts.shape[1]):
+            rows.append(dict(layer=layer, depth=depth, channel=c, degree_exact=float(degree["channel"]["exact"][c]),
+                             degree_pynnk=float(degree["channel"]["pynnk"][c])))
+        rows.append(dict(layer=layer, depth=depth, channel=-1, degree_exact=float(degree["aggregate"]["exact"]),
+                         degree_pynnk=float(degree["aggregate"]["pynnk"])))
+        log(f"{layer}: exact vs pynnk mean degree (aggregate) "
+            f"{rows[-1]['degree_exact']:.2f} vs {rows[-1]['degree_pynnk']:.2f}")
+    return rows

@@ -1,0 +1,10 @@
+# Glue for rule tables: parse snakemake.*, call the library.
+from pathlib import Path
+
+from cwnnk.analysis import collect_tables
+from cwnnk.logs import stage_logger
+
+log = stage_logger("tables", snakemake.log[0])
+collect_tables(snakemake.params.models, snakemake.params.layers, snakemake.params.results,
+               Path(snakemake.output.overlap).parent)
+log.info(f"wrote {list(snakemake.output)}")
