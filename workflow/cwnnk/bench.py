@@ -1,4 +1,7 @@
-"""Benchmarks, run as `python -m cwnnk.bench <command>`; each command is one function below.
+"""Benchmarks, run as `python -m cwnnk.bench <command>`.
+
+Each command is a function of the parsed arguments with its own subparser in `main`; it returns
+False when a check it makes fails (the exit status is then 1).
 
     nnk   the NNK engine (solvers `pynnk` and `exact`) against the authors' reference approach
           (brute-force kNN, then a Python loop over nodes with scipy's Cholesky) and against
@@ -32,14 +35,10 @@ def make_layer(n, c, d, seed):
     return X
 
 
-def _timed(fn, repeat=1):
-    """(best wall time of `repeat` runs, the last value): the minimum is the least disturbed run."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), value
+def _timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
 
 
 def knn_floor(X, k, device):
@@ -138,17 +137,25 @@ def bench_nnk(args, out=print):
     C, N, D = X.shape
     out(f"data: C={C} channels x N={N} points x D={D}, ReLU-like, {np.mean(~X.any(-1)):.1%} all-zero maps; "
         f"k={args.k}, kernel={args.kernel} (sigma local)")
-    out(f"machine: device={device}, torch threads={torch.get_num_threads()}; "
-        f"engine and floor times are the best of {args.repeat} runs")
+    out(f"machine: device={device}, torch threads={torch.get_num_threads()}; floor and engine "
+        f"are timed in {args.repeat} interleaved rounds, the best round of each counts")
     nnk(X[:1, :50], min(args.k, 10), device=device)  # warm-up: first-call costs are not the engine's
 
-    t_floor, _ = _timed(lambda: knn_floor(X, args.k, device), args.repeat)
+    runs = {
+        "floor": lambda: knn_floor(X, args.k, device),
+        "pynnk": lambda: nnk(X, args.k, kernel=args.kernel, solver="pynnk", device=device),
+        "exact": lambda: nnk(X, args.k, kernel=args.kernel, solver="exact", device=device),
+    }
+    best, result = {}, {}
+    for _ in range(args.repeat):  # interleaved, so that a busy spell of the machine hits all alike
+        for name, run in runs.items():
+            dt, result[name] = _timed(run)
+            best[name] = min(best.get(name, dt), dt)
+    t_floor = best["floor"]
     out(f"floor (float32 product + topk per channel): {t_floor:.2f} s")
-    engine = {}
     for solver in ("pynnk", "exact"):
-        dt, res = _timed(lambda: nnk(X, args.k, kernel=args.kernel, solver=solver, device=device), args.repeat)
-        engine[solver] = (dt, res)
-        out(f"engine {solver}: {dt:.2f} s, mean degree {res.degree.mean():.2f}, "
+        res = result[solver]
+        out(f"engine {solver}: {best[solver]:.2f} s, mean degree {res.degree.mean():.2f}, "
             f"kkt_failed {int(res.counts['kkt_failed'].sum())}, not_pd {int(res.counts['not_pd'].sum())}")
 
     n_loop = min(args.baseline_nodes, C * N)
@@ -157,10 +164,10 @@ def bench_nnk(args, out=print):
     t_base = t_knn + t_loop * scale
     how = "all nodes" if len(supports) == C * N else f"{len(supports)} of {C * N} nodes, scaled x{scale:.1f}"
     out(f"baseline: knn {t_knn:.2f} s (all channels) + per-node loop {t_loop:.2f} s on {how} = {t_base:.2f} s")
-    ours = engine["pynnk"][1]
+    ours = result["pynnk"]
     equal = sum(set(ours.indices[c, i][ours.weights[c, i] > 0].tolist()) == s for (c, i), s in supports.items())
     out(f"agreement: engine pynnk supports equal the baseline's on {equal}/{len(supports)} nodes")
-    t_engine = engine[args.solver][0]
+    t_engine = best[args.solver]
     out(f"engine {args.solver} / floor: {t_engine / t_floor:.2f}")
     out(f"speedup {t_base / t_engine:.2f}")
     return equal == len(supports)
@@ -179,7 +186,7 @@ def main(argv=None):
     p.add_argument("--solver", choices=("exact", "pynnk"), default="exact", help="engine solver of the speed-up")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeat", type=int, default=3, help="runs of the engine and the floor; the best counts")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of floor and engine runs; the best counts")
     p.add_argument("--baseline-nodes", type=int, default=4000,
                    help="nodes the baseline's per-node loop runs on (its time is scaled to all nodes)")
     p.set_defaults(func=bench_nnk)
@@ -188,4 +195,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(0 if main() is not False else 1)
