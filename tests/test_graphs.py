@@ -7,7 +7,7 @@ import scipy.sparse
 
 from cwnnk.activations import StoreWriter, open_activations
 from cwnnk.graphs import build_layer_graphs, channel_blocks, load_layer_graphs
-from cwnnk.nnk import nnk
+from cwnnk.engine import nnk
 
 PARAMS = dict(k=6, kernel="gaussian", sigma="local", solver="exact", duplicates="drop", n_samples=None, seed=0,
               symmetrize="none", device="cpu")

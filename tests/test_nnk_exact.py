@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cwnnk.nnk import NNKResult, nnk
+from cwnnk.engine import NNKResult, nnk
 
 TAU = 1e-10
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from cwnnk.nnk import nnk
+from cwnnk.engine import nnk
 
 TAU = 1e-10
 

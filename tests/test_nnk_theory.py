@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cwnnk import kernels
-from cwnnk.nnk import nnk
+from cwnnk.engine import nnk
 
 
 def layer(seed, c=4, n=120, d=6):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from cwnnk.nnk import NNKResult, nnk
+from cwnnk.engine import NNKResult, nnk
 from cwnnk.sparse import to_sparse
 
 

@@ -9,8 +9,8 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _LAZY = {
-    "nnk": "cwnnk.nnk",
-    "NNKResult": "cwnnk.nnk",
+    "nnk": "cwnnk.engine",
+    "NNKResult": "cwnnk.engine",
     "to_sparse": "cwnnk.sparse",
     "open_activations": "cwnnk.activations",
 }

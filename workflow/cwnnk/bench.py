@@ -16,6 +16,7 @@ import scipy.linalg
 import torch
 
 from cwnnk.device import resolve_device
+from cwnnk.engine import nnk
 
 
 def make_layer(n, c, d, seed):
@@ -130,7 +131,6 @@ def baseline(X, k, kernel, n_loop, tol=1e-10):
 
 def bench_nnk(args, out=print):
     """Time the engine against the reference approach and the kNN floor; last line `speedup <x>`."""
-    from cwnnk.nnk import nnk
 
     device = resolve_device(args.device)
     X = make_layer(args.n, args.c, args.d, args.seed)
@@ -173,6 +173,154 @@ def bench_nnk(args, out=print):
     return equal == len(supports)
 
 
+# ------------------------------------------------------------------------- pipeline
+
+def _stage(name, cfg, workdir, timings):
+    """Run one stage of the default experiment on one model in this (fresh) process."""
+    import resource
+    from pathlib import Path
+
+    from cwnnk.analysis import analyse_layer
+    from cwnnk.config import expand_models
+    from cwnnk.extract import resolve_layers, run_extract
+    from cwnnk.graphs import build_layer_graphs, read_layer
+    from cwnnk.train import run_train
+
+    torch.set_num_threads(cfg["threads"])
+    quiet = lambda *a, **k: None  # noqa: E731
+    work = Path(workdir)
+    entry = next(iter(expand_models(cfg).values()))
+    layers = resolve_layers(entry["spec"], cfg["extract"]["layers"])
+    ckpt, store = work / "checkpoint.pt", work / "store.zarr"
+    graph_params = dict(cfg["graphs"], seed=cfg["extract"]["seed"], device=cfg["device"])
+    start = time.perf_counter()
+    if name == "train":
+        run_train(entry, cfg["dataset"], cfg["training"], cfg["device"], ckpt, work / "metrics.json", quiet)
+    elif name == "extract":
+        run_extract(entry, ckpt, store, layers, cfg["dataset"], cfg["extract"], cfg["device"], quiet)
+    elif name == "graphs":
+        for layer in layers:
+            build_layer_graphs(store, layer, work / "graphs" / layer, graph_params, quiet, timings)
+    elif name == "overlap":
+        for layer in layers:
+            analyse_layer(work / "graphs" / layer, work / "overlap" / f"{layer}.json")
+    elif name == "knn floor":
+        from cwnnk.activations import open_activations
+
+        acts = {layer: read_layer(open_activations(store), layer, None) for layer in layers}
+        start = time.perf_counter()
+        for a in acts.values():
+            knn_floor(a.transpose(1, 0, 2), cfg["graphs"]["k"], torch.device("cpu"))
+            knn_floor(a.reshape(1, a.shape[0], -1), cfg["graphs"]["k"], torch.device("cpu"))
+    seconds = time.perf_counter() - start
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, timings, entry["name"], layers
+
+
+def bench_pipeline(args, out=print):
+    """Wall time and peak memory of each stage of the default experiment, on its first model."""
+    import multiprocessing
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+
+    import yaml
+
+    from cwnnk.config import validate
+
+    cfg = validate(yaml.safe_load(open(args.config)))
+    cfg["device"] = args.device
+    spawn = multiprocessing.get_context("spawn")
+    rows = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in ("train", "extract", "graphs", "overlap", "knn floor"):
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:  # fresh process: own peak RSS
+                rows[name] = pool.submit(_stage, name, cfg, workdir, {}).result()
+    model, layers = rows["train"][3], rows["train"][4]
+    out(f"default experiment ({args.config}), model {model}, layers {layers}, device {args.device}, "
+        f"threads {cfg['threads']}")
+    out(f"{'stage':10s} {'wall s':>8s} {'peak RSS MiB':>13s}")
+    for name in ("train", "extract", "graphs", "overlap"):
+        out(f"{name:10s} {rows[name][0]:8.2f} {rows[name][1]:13.0f}")
+    parts = rows["graphs"][2]
+    busy = sum(parts.values())
+    out("graph stage, engine busy time by part: " + ", ".join(
+        f"{part} {seconds:.2f} s ({100 * seconds / busy:.0f}%)" for part, seconds in parts.items()))
+    floor = rows["knn floor"][0]
+    out(f"kNN floor of the same layers (float32 product + topk per channel and aggregate): {floor:.2f} s")
+    out(f"graph stage / kNN floor: {rows['graphs'][0] / floor:.2f}")
+
+
+# ------------------------------------------------------------------------------ gpu
+
+def resnet18_layers(n, device, seed=0, batch=500):
+    """Post-ReLU activations (N, C, H*W) float32 of every analysable ResNet-18 layer (CIFAR stem,
+    random weights, eval mode) on n random 32x32 RGB images, computed and kept on `device`."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from cwnnk.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model({"arch": "resnet18", "input_shape": [3, 32, 32], "num_classes": 10, "cifar_stem": True})
+    model = model.to(device).eval()
+    extractor = create_feature_extractor(model, {node: name for name, node in model.layers.items()})
+    images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    parts = {name: [] for name in model.layers}
+    with torch.inference_mode():
+        for start in range(0, n, batch):
+            for name, value in extractor(images[start : start + batch].to(device)).items():
+                parts[name].append(value.flatten(2))
+    return {name: torch.cat(values) for name, values in parts.items()}
+
+
+def layer_nnk(acts, k, device, timings=None):
+    """CW-NNK of one layer: every channel in one engine call, then the aggregate."""
+    N, C, D = acts.shape
+    channels = nnk(acts.transpose(0, 1), k, device=device, timings=timings)
+    aggregate = nnk(acts.reshape(N, C * D), k, device=device, timings=timings)
+    return channels, aggregate
+
+
+def _agree(a, b):
+    """Same supports and weights within 1e-9 (channels and aggregate)."""
+    return all(np.array_equal(x.weights > 0, y.weights > 0) and np.abs(x.weights - y.weights).max() <= 1e-9
+               for x, y in zip(a, b))
+
+
+def bench_gpu(args, out=print):
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    out(f"ResNet-18 (CIFAR stem, random weights), all 17 post-ReLU layers, N={args.n}, k={args.k}, "
+        f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+        f"CPU threads {torch.get_num_threads()}")
+    layers = resnet18_layers(args.n, device)
+    check_n, cpu_n = min(args.check_n, args.n), min(args.cpu_n, args.n)
+
+    # 1. agreement with the CPU path on a subset, before any time is printed
+    for name, acts in layers.items():
+        sub = acts[:check_n]
+        same = _agree(layer_nnk(sub, args.k, device), layer_nnk(sub.cpu(), args.k, "cpu"))
+        if not same:
+            raise SystemExit(f"{name}: {device} and CPU results differ on N={check_n}")
+    out(f"agreement: {device} equals CPU on N={check_n} for every layer (supports, weights within 1e-9)")
+
+    # 2. the whole computation on the device
+    t_dev, per_layer = 0.0, {}
+    for name, acts in layers.items():
+        seconds, _ = _timed(lambda: layer_nnk(acts, args.k, device))
+        per_layer[name], t_dev = seconds, t_dev + seconds
+        out(f"  {name:14s} C={acts.shape[1]:4d} D={acts.shape[2]:5d}  {seconds:7.2f} s")
+    out(f"{device} time, all layers, N={args.n}: {t_dev:.1f} s")
+
+    # 3. the same work on the CPU at cpu_n nodes, scaled to N: kNN ~ N^2, kernels and solver ~ N
+    parts = {}
+    t_cpu_sub, _ = _timed(lambda: [layer_nnk(a[:cpu_n].cpu(), args.k, "cpu", parts) for a in layers.values()])
+    scale = args.n / cpu_n
+    knn = parts.get("knn", 0.0)
+    t_cpu = knn * scale**2 + (t_cpu_sub - knn) * scale
+    out(f"CPU time at N={cpu_n}: {t_cpu_sub:.1f} s (kNN {knn:.1f} s); scaled to N={args.n} "
+        f"(kNN x{scale**2:.0f}, the rest x{scale:.0f}): {t_cpu:.0f} s")
+    out(f"speedup {t_cpu / t_dev:.1f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cwnnk.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,6 +338,20 @@ def main(argv=None):
     p.add_argument("--baseline-nodes", type=int, default=4000,
                    help="nodes the baseline's per-node loop runs on (its time is scaled to all nodes)")
     p.set_defaults(func=bench_nnk)
+
+    p = commands.add_parser("pipeline", help="wall time and peak memory per stage of the default experiment")
+    p.add_argument("--config", default="config.yaml", help="the experiment whose first model is run")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=bench_pipeline)
+
+    p = commands.add_parser("gpu", help="CW-NNK of every ResNet-18 layer on a device vs the CPU")
+    p.add_argument("--n", type=int, default=10_000, help="images (nodes per graph)")
+    p.add_argument("--k", type=int, default=25)
+    p.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (to test the command)")
+    p.add_argument("--check-n", type=int, default=1000, help="nodes of the CPU agreement check")
+    p.add_argument("--cpu-n", type=int, default=1000, help="nodes of the CPU timing, scaled to --n")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
+    p.set_defaults(func=bench_gpu)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -30,7 +30,7 @@ def run_manifold_experiment(dims, n=2000, D=64, k=25, seed=0, kernel="gaussian",
     kkt_failed. The TwoNN estimate depends only on the kNN distances, so it is the same in the
     rows of both solvers. log: optional callable taking one progress message.
     """
-    from cwnnk.nnk import nnk  # torch: imported only when the experiment runs
+    from cwnnk.engine import nnk  # torch: imported only when the experiment runs
 
     dims = [int(d) for d in dims]
     if not dims:

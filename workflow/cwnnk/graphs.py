@@ -44,18 +44,19 @@ def channel_blocks(C, N, D, block_bytes=BLOCK_BYTES):
     return [range(start, min(C, start + size)) for start in range(0, C, size)]
 
 
-def cw_nnk(acts, params, log=print):
+def cw_nnk(acts, params, log=print, timings=None):
     """NNK graphs of every channel (in blocks of channels) and of the aggregate.
 
     acts: (N, C, D) float32 (see read_layer). params: k, kernel, sigma, solver, duplicates, device.
+    timings: optional dict receiving the engine's seconds per part (see cwnnk.engine.nnk).
     Returns (channel fields stacked over C plus the per-block results and zero-map
     fractions, the aggregate NNKResult, seconds per part).
     """
-    from cwnnk.nnk import nnk  # torch: imported by the jobs that solve, not by readers (overlap)
+    from cwnnk.engine import nnk  # torch: imported by the jobs that solve, not by readers (overlap)
 
     N, C, D = acts.shape
     engine = dict(k=params["k"], kernel=params["kernel"], sigma=params["sigma"], solver=params["solver"],
-                  duplicates=params["duplicates"], device=params["device"])
+                  duplicates=params["duplicates"], device=params["device"], timings=timings)
     parts, zero_maps, seconds = [], [], {}
     start = time.perf_counter()
     for block in channel_blocks(C, N, D):
@@ -76,7 +77,7 @@ def cw_nnk(acts, params, log=print):
     return channels, aggregate, seconds
 
 
-def build_layer_graphs(store_path, layer, out_dir, params, log=print):
+def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=None):
     """The `graphs` job of one (model, layer): read the store, build CW-NNK, write out_dir atomically.
 
     params: k, kernel, sigma, solver, duplicates, n_samples, seed, symmetrize, device.
@@ -91,7 +92,7 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print):
         raise ValueError(f"graphs.k = {params['k']} needs more than k samples; {store_path} layer {layer!r} has N = {N}")
     log(f"{store_path} layer {layer}: C={C} channels, N={N} samples, D={D} per channel; k={params['k']}, "
         f"{params['kernel']}/{params['sigma']}, solver {params['solver']}")
-    channels, aggregate, seconds = cw_nnk(acts, params, log)
+    channels, aggregate, seconds = cw_nnk(acts, params, log, timings)
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()

@@ -117,7 +117,7 @@ def _pool_gram(Y, G, pos, k):
     return G
 
 
-class _Buffers:
+class Buffers:
     """Scratch tensors reused from tile to tile: fresh large allocations page-fault on every tile."""
 
     def __init__(self, device):
@@ -139,7 +139,8 @@ def _distinct_rows(Xc):
     """
     direction = torch.randn(Xc.shape[1], dtype=Xc.dtype, device=Xc.device, generator=_generator(Xc.device))
     _, group, mult = torch.unique(Xc @ direction, return_inverse=True, return_counts=True)
-    first = torch.full_like(mult, len(group)).scatter_reduce_(0, group, torch.arange(len(group), device=Xc.device), "amin")
+    index = torch.arange(len(group), device=Xc.device)
+    first = torch.full_like(mult, len(group)).scatter_reduce_(0, group, index, "amin")
     if torch.equal(Xc, Xc[first[group]]):
         return Xc[first], group, mult
     return torch.unique(Xc, dim=0, return_inverse=True, return_counts=True)
@@ -173,7 +174,8 @@ class _PointSet:
         j = torch.searchsorted(end, slot, right=True)  # the distinct row that fills each slot
         inside = j < P
         j = j.clamp(max=P - 1)
-        member = self.members[cand_u.gather(1, j), (slot - (end - count).gather(1, j)).clamp(max=self.members.shape[1] - 1)]
+        offset = (slot - (end - count).gather(1, j)).clamp(max=self.members.shape[1] - 1)
+        member = self.members[cand_u.gather(1, j), offset]
         return (
             torch.where(inside, member, -1),
             torch.where(inside, d2_u.gather(1, j), math.inf),
@@ -252,11 +254,12 @@ class _PointSet:
         return indices, sqdist, n_dup
 
 
-def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None):
+def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=None):
     """Exact kNN of every point of each point set in X (C, N, D) float64; see the module docstring.
 
     Also returns, per point, the Gram matrix of its candidates' differences to it, from which
-    the kernels are built without touching the data again.
+    the kernels are built without touching the data again. `buffers` (a Buffers) lets repeated
+    calls share their scratch memory.
     """
     C, N, D = X.shape
     tile_bytes = tile_bytes or TILE_BYTES.get(X.device.type, TILE_BYTES["cuda"])
@@ -266,7 +269,7 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None):
     groups = torch.empty((C, N), dtype=torch.int64, device=X.device)
     n_dups = torch.empty((C, N), dtype=torch.int64, device=X.device)
     rows_by_pass = {"float32": 0, "float64": 0, "brute": 0}
-    buffers = _Buffers(X.device)
+    buffers = buffers or Buffers(X.device)
     for c in range(C):
         ps = _PointSet(X[c], k)
         # float32 would overflow on huge values; such data go straight to the float64 pass

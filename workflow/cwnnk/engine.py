@@ -7,6 +7,8 @@ iteration is one batched (masked) Cholesky over the nodes still running, and fin
 leave the batch. See docs/engine.md for the algorithms and the memory they need.
 """
 
+import contextlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
@@ -67,12 +69,16 @@ class NNKResult:
         return NNKResult(**pick)
 
 
-def nnk(X, k=25, *, kernel="gaussian", sigma="local", solver="exact", duplicates="drop", tol=1e-10, device="auto"):
+def nnk(X, k=25, *, kernel="gaussian", sigma="local", solver="exact", duplicates="drop", tol=1e-10, device="auto",
+        timings=None):
     """NNK graph of X (N, D), or of each of C point sets X (C, N, D), as an NNKResult.
 
     kernel: "gaussian" (sigma "local": d_k(i)/3 per query, or "global": mean_i d_k(i)/3 per set)
     or "cosine"; solver: "exact" (KKT to 1e-9) or "pynnk" (the authors' pruning-only active set);
     duplicates: "drop" or "keep" zero-distance candidates; tol: support threshold tau.
+    timings: optional dict that receives the seconds spent in "knn", "kernel" and "solver" (added
+    to what it holds; the solver of one group overlaps the next group's kNN, so they can sum to
+    more than the wall time).
     """
     _check_choice("kernel", kernel, KERNELS)
     _check_choice("sigma", sigma, SIGMAS)
@@ -107,15 +113,17 @@ def nnk(X, k=25, *, kernel="gaussian", sigma="local", solver="exact", duplicates
     # Cholesky is a single-threaded loop whose idle core the search's products fill. On a busy CPU
     # this was also measured to be up to 3x faster than running the two in turn.
     buffers = Buffers(dev)
+    clock = _Clock(timings, dev)
     with ThreadPoolExecutor(max_workers=1) as worker:
         solving = None
         for c0 in range(0, C, per_group):
             part = slice(c0, min(C, c0 + per_group))
             views = {name: value[part] for name, value in out.items()}
-            nn, sq = _search_group(X[part], k, kernel, sigma, duplicates, buffers, views)
+            with clock("knn"):
+                nn, sq = _search_group(X[part], k, kernel, sigma, duplicates, buffers, views)
             if solving is not None:
                 solving.result()
-            solving = worker.submit(_solve_group, nn, sq, kernel, solver, tol, budget, views)
+            solving = worker.submit(_solve_group, nn, sq, kernel, solver, tol, budget, views, clock)
         solving.result()
 
     gaussian = kernel == "gaussian"
@@ -152,7 +160,7 @@ def _search_group(X, k, kernel, sigma, duplicates, buffers, out):
     return nn, sq
 
 
-def _solve_group(nn, sq, kernel, solver, tol, budget, out):
+def _solve_group(nn, sq, kernel, solver, tol, budget, out, clock):
     """NNK weights of every node of a group, in solver batches, into the views `out`."""
     C, N, k = nn.indices.shape
     sig = out["sigma"] if kernel == "gaussian" else None
@@ -161,11 +169,34 @@ def _solve_group(nn, sq, kernel, solver, tol, budget, out):
     step = max(1, budget // (k * k * 8))
     for lo in range(0, C * N, step):
         nodes = slice(lo, min(C * N, lo + step))
-        theta, error, not_pd, kkt_failed = _solve_chunk(_problems(nn, sq, sig, kernel, nodes), solver, tol)
+        with clock("kernel"):
+            problems = _problems(nn, sq, sig, kernel, nodes)
+        with clock("solver"):
+            theta, error, not_pd, kkt_failed = _solve_chunk(problems, solver, tol)
         if kernel == "cosine":
             error = torch.where(sq.view(-1)[nodes] == 0, torch.nan, error)  # K_ii itself is undefined
         flat["weights"][nodes], flat["error"][nodes] = theta, error
         flat["not_pd"][nodes], flat["kkt_failed"][nodes] = not_pd, kkt_failed
+
+
+class _Clock:
+    """Adds the seconds spent in a named part of the engine to `timings`, when one is given."""
+
+    def __init__(self, timings, device):
+        self.timings, self.cuda = timings, device.type == "cuda"
+
+    @contextlib.contextmanager
+    def __call__(self, part):
+        if self.timings is None:
+            yield
+            return
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
 
 
 def _check_choice(name, value, allowed):
