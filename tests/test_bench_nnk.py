@@ -22,3 +22,17 @@ def test_bench_cosine_all_nodes(capsys):
                  "--baseline-nodes", "1000"]) is True
     out = capsys.readouterr().out
     assert "on all nodes" in out and "60/60 nodes" in out
+
+
+def test_bench_gpu_runs_on_cpu_and_checks_agreement_first():
+    import argparse
+
+    from cwnnk.bench import bench_gpu
+
+    lines = []
+    bench_gpu(argparse.Namespace(device="cpu", n=40, check_n=30, cpu_n=20, threads=1, k=10), out=lines.append)
+    agreement = [line for line in lines if line.startswith("agreement")]
+    assert len(agreement) == 17 and all("other supports 0" in line for line in agreement)
+    first_time = next(i for i, line in enumerate(lines) if line.rstrip().endswith(" s") and "C=" in line)
+    assert first_time > max(i for i, line in enumerate(lines) if line.startswith("agreement"))
+    assert lines[-1].startswith("speedup ") and float(lines[-1].split()[1]) > 0

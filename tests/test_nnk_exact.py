@@ -261,3 +261,20 @@ def test_cuda_matches_cpu(solver):
     np.testing.assert_array_equal(cpu.indices, gpu.indices)
     np.testing.assert_allclose(cpu.weights, gpu.weights, rtol=0, atol=1e-9)
     np.testing.assert_allclose(cpu.error, gpu.error, rtol=0, atol=1e-9)
+
+
+def test_deep_relu_layers_meet_kkt_with_bounded_weights(monkeypatch):
+    """Low-dimensional post-ReLU maps (ResNet-18's 4x4 layer4, random weights) give K_SS so ill
+    conditioned that the batched active set can stall; those nodes are solved again with NNLS.
+    Since K has non-negative entries and a unit diagonal, an optimal theta has ||theta|| <= 2 sqrt(k)."""
+    import cwnnk.engine
+    from cwnnk.bench import resnet18_layers
+
+    calls = []
+    original = cwnnk.engine._nnls_rows
+    monkeypatch.setattr(cwnnk.engine, "_nnls_rows", lambda *a: calls.append(len(a[1])) or original(*a))
+    acts = resnet18_layers(160, torch.device("cpu"))["layer4.1.relu"][:, :96]
+    result = nnk(acts.transpose(0, 1).contiguous(), 25, device="cpu")
+    assert calls, "this data no longer exercises the fallback; pick harder data"
+    assert result.counts["kkt_failed"].sum() == 0
+    assert np.linalg.norm(result.weights, axis=-1).max() <= 2 * np.sqrt(25) + 1e-9

@@ -199,6 +199,33 @@ class _Clock:
         self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
 
 
+def _kkt(K, b, valid, theta, ridge, mult):
+    """K theta, the gradient b - K theta (less the ridge on each merged variable), KKT failures."""
+    Kt = (K @ theta[:, :, None])[..., 0]
+    grad = b - Kt - ridge[:, None] * theta * mult
+    on = theta > 0
+    return Kt, grad, ((on & (grad.abs() > KKT_TOL)) | (valid & ~on & (grad > KKT_TOL))).any(1)
+
+
+def _nnls_rows(K, b, valid, tol):
+    """Exact NNK weights of a few nodes with scipy's NNLS on the factorised problem.
+
+    K = V diag(w) V^T gives A = diag(sqrt(w)) V^T and y = diag(1/sqrt(w)) V^T b, so that
+    ||A theta - y||^2 = theta^T K theta - 2 b^T theta + const; directions with w ~ 0 (duplicate
+    or nearly collinear candidates) are left out, which the Lawson-Hanson active set handles.
+    """
+    from scipy.optimize import nnls
+
+    out = np.zeros(tuple(b.shape))
+    for row, (Kr, br, vr) in enumerate(zip(K.cpu().numpy(), b.cpu().numpy(), valid.cpu().numpy())):
+        w, V = np.linalg.eigh(Kr[np.ix_(vr, vr)])
+        keep = w > w.max() * 1e-15
+        A = np.sqrt(w[keep])[:, None] * V[:, keep].T
+        x, _ = nnls(A, (V[:, keep].T @ br[vr]) / np.sqrt(w[keep]), maxiter=50 * len(br))
+        out[row, vr] = np.where(x > tol, x, 0)
+    return torch.as_tensor(out, dtype=b.dtype, device=b.device)
+
+
 def _check_choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
@@ -426,10 +453,12 @@ def _solve_chunk(pb, solver, tol):
         merged, ridge[todo] = (_exact if solver == "exact" else _pynnk)(K[todo], b[todo], free, tol)
         x[todo] = merged.gather(1, pb.rep[todo]) / pb.mult[todo] * valid[todo]
     theta = torch.where(x > tol, x, 0)
-    Kt = (K @ theta[:, :, None])[..., 0]
-    grad = b - Kt - ridge[:, None] * theta * pb.mult  # the ridge acts on each merged variable
-    on = theta > 0
-    kkt_failed = ((on & (grad.abs() > KKT_TOL)) | (valid & ~on & (grad > KKT_TOL))).any(1)
+    Kt, grad, kkt_failed = _kkt(K, b, valid, theta, ridge, pb.mult)
+    if solver == "exact" and kkt_failed.any():
+        # the few nodes the batched active set left off the KKT conditions: solved again one by one
+        rows = kkt_failed.nonzero()[:, 0]
+        theta[rows], ridge[rows] = _nnls_rows(K[rows], b[rows], valid[rows], tol), 0
+        Kt, grad, kkt_failed = _kkt(K, b, valid, theta, ridge, pb.mult)
     error = 1 - 2 * (theta * b).sum(1) + (theta * Kt).sum(1)
     not_pd = (ridge > 0) | (valid & (pb.mult > 1) & ~dup).any(1)
     return theta, error, not_pd, kkt_failed
