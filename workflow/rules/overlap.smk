@@ -31,7 +31,6 @@ rule tables:
     params:
         models=MODELS,
         layers={m: layers_of(m) for m in MODELS},
-        results=R,
     log:
         f"{R}/logs/tables.log",
     benchmark:

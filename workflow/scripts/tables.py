@@ -5,6 +5,6 @@ from cwnnk.analysis import collect_tables
 from cwnnk.logs import stage_logger
 
 log = stage_logger("tables", snakemake.log[0])
-collect_tables(snakemake.params.models, snakemake.params.layers, snakemake.params.results,
-               Path(snakemake.output.overlap).parent)
+results = Path(snakemake.input.metrics[0]).parents[2]  # {results}/models/{model}/metrics.json
+collect_tables(snakemake.params.models, snakemake.params.layers, results, Path(snakemake.output.overlap).parent)
 log.info(f"wrote {list(snakemake.output)}")
