@@ -27,7 +27,7 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarForm
 from scipy import stats
 
 from cwnnk.atomic import atomic_path
-from cwnnk.tables import n_rows, read_table
+from cwnnk.tables import n_rows, read_table, select
 
 # Okabe & Ito (2008), "Color universal design"; yellow last (weak on white).
 OKABE_ITO = {
@@ -414,8 +414,7 @@ def f4_heatmaps(pairwise, prefix, model=None):
     if n_rows(pairwise) == 0:
         return _placeholder(prefix, title, "pairwise.csv has no rows")
     model = _pick_model(pairwise, model, "pairwise.csv", "heatmap_model")
-    rows = _text(pairwise["model"]) == model
-    table = {name: values[rows] for name, values in pairwise.items()}
+    table = select(pairwise, _text(pairwise["model"]) == model)
     depths = _depths(table)
     n = len(depths)
     ncols = min(n, 4)
@@ -559,8 +558,7 @@ def f6_solvers(solvers, prefix, model=None):
     if n_rows(solvers) == 0:
         return _placeholder(prefix, title, "solvers.csv has no rows")
     model = _pick_model(solvers, model, "solvers.csv", "solver_model")
-    rows = _text(solvers["model"]) == model
-    table = {name: values[rows] for name, values in solvers.items()}
+    table = select(solvers, _text(solvers["model"]) == model)
     depths = _depths(table)
     diff = table["degree_exact"] - table["degree_pynnk"]
     channel = table["channel"]
