@@ -45,11 +45,9 @@ def analyse_layer(graph_dir, out_json):
 
 
 def _model_context(entry, metrics):
-    final = metrics["final"]
-    context = {key: entry.get(key) for key in MODEL_COLUMNS if key not in ("model", "arch")}
-    context = dict(model=entry["name"], arch=entry["spec"]["arch"], **context)
-    context.update({key: final[key] for key in METRIC_COLUMNS})
-    return context
+    """The model columns (MODEL_COLUMNS, then METRIC_COLUMNS) of every row of one model."""
+    source = dict(entry, model=entry["name"], arch=entry["spec"]["arch"], **metrics["final"])
+    return {key: source.get(key) for key in (*MODEL_COLUMNS, *METRIC_COLUMNS)}
 
 
 def collect_tables(models, layers, results, out_dir):
