@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import cwnnk.engine
 from cwnnk.engine import NNKResult, nnk
 
 TAU = 1e-10
@@ -119,7 +120,11 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_kkt_and_nnls_on_thousands_of_problems(case):
+@pytest.mark.parametrize("bpp_rounds", ["default", 0])
+def test_kkt_and_nnls_on_thousands_of_problems(case, bpp_rounds, monkeypatch):
+    """bpp_rounds 0 sends every node to Lawson-Hanson, the path of the stragglers."""
+    if bpp_rounds != "default":
+        monkeypatch.setattr(cwnnk.engine, "BPP_ROUNDS", bpp_rounds)
     make, kwargs = CASES[case]
     X = make()
     result = nnk(X, **kwargs)
@@ -265,16 +270,27 @@ def test_cuda_matches_cpu(solver):
 
 def test_deep_relu_layers_meet_kkt_with_bounded_weights(monkeypatch):
     """Low-dimensional post-ReLU maps (ResNet-18's 4x4 layer4, random weights) give K_SS so ill
-    conditioned that the batched active set can stall; those nodes are solved again with NNLS.
+    conditioned that block principal pivoting cycles; those nodes go to Lawson-Hanson.
     Since K has non-negative entries and a unit diagonal, an optimal theta has ||theta|| <= 2 sqrt(k)."""
-    import cwnnk.engine
     from cwnnk.bench import resnet18_layers
 
     calls = []
-    original = cwnnk.engine._nnls_rows
-    monkeypatch.setattr(cwnnk.engine, "_nnls_rows", lambda *a: calls.append(len(a[1])) or original(*a))
+    original = cwnnk.engine._lawson_hanson
+    monkeypatch.setattr(cwnnk.engine, "_lawson_hanson", lambda *a: calls.append(len(a[1])) or original(*a))
     acts = resnet18_layers(160, torch.device("cpu"))["layer4.1.relu"][:, :96]
     result = nnk(acts.transpose(0, 1).contiguous(), 25, device="cpu")
-    assert calls, "this data no longer exercises the fallback; pick harder data"
+    assert calls, "this data no longer exercises Lawson-Hanson; pick harder data"
     assert result.counts["kkt_failed"].sum() == 0
+    assert result.counts["not_pd"].sum() > 0  # K_SS's own check still counts, whichever solver finished
     assert np.linalg.norm(result.weights, axis=-1).max() <= 2 * np.sqrt(25) + 1e-9
+
+
+def test_nodes_off_kkt_are_solved_again_with_nnls(monkeypatch):
+    """The last resort: if both batched solvers leave a node off KKT, scipy's NNLS solves it."""
+    X = relu(300, 8, 3)
+    expected = nnk(X, 15)
+    monkeypatch.setattr(cwnnk.engine, "BPP_ROUNDS", 0)
+    monkeypatch.setattr(cwnnk.engine, "_lawson_hanson", lambda K, b, valid, tol: (torch.zeros_like(b), b[:, 0] * 0))
+    result = nnk(X, 15)
+    assert result.counts["kkt_failed"] == 0
+    np.testing.assert_allclose(result.weights, expected.weights, rtol=0, atol=1e-9)

@@ -29,6 +29,8 @@ COUNTS = ("duplicates", "zero_vectors", "zero_sigma", "not_pd", "kkt_failed")
 # together and the solver batches. On CPU it is kept small: batches that stay in cache and in
 # malloc's reused memory were measured faster (fresh large buffers page-fault); a GPU wants big ones.
 BATCH_BYTES = {"cpu": 1 << 24, "cuda": 1 << 30}
+# Rounds of block principal pivoting before the nodes still running go to Lawson-Hanson.
+BPP_ROUNDS = 10
 
 
 @dataclass
@@ -366,12 +368,12 @@ def _ridged_solve(K, b, F, valid, ridge):
 
 
 def _exact(K, b, valid, tol):
-    """Block principal pivoting (Kim & Park 2011) from the full passive set, all nodes at once.
+    """Exact NNLS weights of a batch of nodes: (x, ridge, whether K_SS itself needed a ridge).
 
-    Each round swaps every infeasible variable (x_j < 0 in F, gradient b_j - (Kx)_j > tol off F)
-    between the sets; if that stops shrinking the infeasible count for 3 rounds, a node swaps only
-    its largest infeasible index until it improves, which guarantees termination. Nodes whose
-    sets are feasible leave the batch. Returns (x, ridge).
+    Block principal pivoting (Kim & Park 2011) from the full passive set settles almost every node
+    in a few rounds; the nodes it has not settled after BPP_ROUNDS (on nearly singular K_SS it can
+    cycle on rounding noise) are solved by Lawson-Hanson, which grows the passive set one variable
+    at a time and never lets a numerically dependent one in.
     """
     B, k = b.shape
     x, ridge_out = torch.zeros_like(b), torch.zeros_like(b[:, 0])
@@ -379,10 +381,11 @@ def _exact(K, b, valid, tol):
     F = valid.clone()
     # the first solve on the whole of K_SS is also its positive-definiteness check
     xa, ridge = _ridged_solve(K, b, F, valid, torch.zeros_like(ridge_out))
+    not_pd = ridge > 0
     best = torch.full((B,), k + 1, device=b.device)
     backup = torch.full((B,), 3, device=b.device)
     cols = torch.arange(1, k + 1, device=b.device)
-    for _ in range(50 * k):
+    for _ in range(BPP_ROUNDS):
         grad = b - (K @ xa[:, :, None])[..., 0]
         V = (F & (xa < 0)) | (valid & ~F & (grad > tol))
         n_bad = V.sum(1)
@@ -394,7 +397,7 @@ def _exact(K, b, valid, tol):
                 t[keep] for t in (ids, K, b, valid, F, xa, V, n_bad, best, backup, ridge)
             )
             if len(ids) == 0:
-                return x, ridge_out
+                return x, ridge_out, not_pd
         better = n_bad < best
         swap_all = better | (backup > 0)
         backup = torch.where(better, 3, torch.where(backup > 0, backup - 1, backup))
@@ -402,12 +405,62 @@ def _exact(K, b, valid, tol):
         last = torch.nn.functional.one_hot((V * cols).argmax(1), k).bool()
         F ^= torch.where(swap_all[:, None], V, last)
         xa, ridge = _ridged_solve(K, b, F, valid, ridge)
-    x[ids], ridge_out[ids] = xa, ridge  # out of rounds: left to the KKT check, which counts it
-    return x, ridge_out
+    x[ids], ridge_out[ids] = _lawson_hanson(K, b, valid, tol)
+    return x, ridge_out, not_pd
+
+
+def _lawson_hanson(K, b, valid, tol):
+    """Lawson-Hanson active set from the empty set, all nodes at once: (x, ridge).
+
+    x stays feasible (x >= 0, 0 off the passive set F). A node whose x is optimal on F adds its
+    most violated variable (gradient > tol); if that variable's own solution is <= 0 it is
+    numerically dependent on F and is blocked instead. Otherwise, if the solution on F has
+    entries <= 0, x moves towards it as far as it stays feasible and the variables that reach 0
+    leave F. Each round is one batched solve; nodes with nothing left to add leave the batch.
+    Blocked variables, if their gradient stays above tol, surface in the KKT check.
+    """
+    B, k = b.shape
+    x_out, ridge_out = torch.zeros_like(b), torch.zeros_like(b[:, 0])
+    ids = torch.arange(B, device=b.device)
+    x, ridge = torch.zeros_like(b), torch.zeros_like(ridge_out)
+    F, blocked = torch.zeros_like(valid), ~valid
+    optimal = torch.ones(B, dtype=torch.bool, device=b.device)  # x is the solution on F
+    for _ in range(4 * k):
+        grad = b - (K @ x[:, :, None])[..., 0] - ridge[:, None] * x
+        enter = optimal[:, None] & ~F & ~blocked & (grad > tol)
+        done = optimal & ~enter.any(1)
+        if done.any():
+            x_out[ids[done]], ridge_out[ids[done]] = x[done], ridge[done]
+            keep = ~done
+            ids, K, b, x, F, blocked, ridge, optimal, enter, grad = (
+                t[keep] for t in (ids, K, b, x, F, blocked, ridge, optimal, enter, grad)
+            )
+            if len(ids) == 0:
+                return x_out, ridge_out
+        rows = torch.arange(len(ids), device=b.device)
+        added = torch.where(enter, grad, -torch.inf).argmax(1)
+        F[rows[optimal], added[optimal]] = True
+        z, ridge = _ridged_solve(K, b, F, F, ridge)
+        stuck = optimal & (z[rows, added] <= 0)
+        F[rows[stuck], added[stuck]] = False
+        blocked[rows[stuck], added[stuck]] = True
+        negative = (F & (z <= 0)).any(1) & ~stuck
+        optimal = ~negative
+        x = torch.where((optimal & ~stuck)[:, None], z, x)
+        if negative.any():
+            xs, zs = x[negative], z[negative]
+            gap = xs - zs  # > 0 where an x_j > 0 heads to z_j <= 0; 0 only where both are 0 (no step)
+            ratio = torch.where(F[negative] & (zs <= 0), xs / gap.masked_fill(gap <= 0, 1), torch.inf)
+            xs = xs + ratio.amin(1, keepdim=True).clamp(0, 1) * (zs - xs)
+            leave = xs <= tol
+            x[negative], F[negative] = xs.masked_fill(leave, 0), F[negative] & ~leave
+    x_out[ids], ridge_out[ids] = x, ridge  # out of rounds: left to the KKT check, which counts it
+    return x_out, ridge_out
 
 
 def _pynnk(K, b, valid, tol):
-    """The authors' pruning-only active set (METHOD.md section 2), all nodes at once: (x, ridge)."""
+    """The authors' pruning-only active set (METHOD.md section 2), all nodes at once: (x, ridge,
+    whether a ridge was needed)."""
     k = b.shape[1]
     x, ridge_out = torch.zeros_like(b), torch.zeros_like(b[:, 0])
     ids = torch.arange(b.shape[0], device=b.device)
@@ -422,9 +475,9 @@ def _pynnk(K, b, valid, tol):
         keep = ~done
         ids, K, b, valid, F, ridge = ids[keep], K[keep], b[keep], valid[keep], F[keep], ridge[keep]
         if len(ids) == 0:
-            return x, ridge_out
+            return x, ridge_out, ridge_out > 0
     x[ids], ridge_out[ids] = xa[keep], ridge
-    return x, ridge_out
+    return x, ridge_out, ridge_out > 0
 
 
 def _solve_chunk(pb, solver, tol):
@@ -446,11 +499,12 @@ def _solve_chunk(pb, solver, tol):
         x[direct] = torch.where(near, b, 0)[direct]
     todo = (~direct).nonzero()[:, 0]
     ridge = torch.zeros_like(x[:, 0])
+    not_pd = torch.zeros_like(direct)
     if len(todo):
         todo = slice(None) if len(todo) == len(b) else todo  # a view, not a copy, in the common case
         # merged candidates leave the problem: only each group's first is a free variable
         free = valid[todo] & (pb.rep[todo] == torch.arange(b.shape[1], device=b.device))
-        merged, ridge[todo] = (_exact if solver == "exact" else _pynnk)(K[todo], b[todo], free, tol)
+        merged, ridge[todo], not_pd[todo] = (_exact if solver == "exact" else _pynnk)(K[todo], b[todo], free, tol)
         x[todo] = merged.gather(1, pb.rep[todo]) / pb.mult[todo] * valid[todo]
     theta = torch.where(x > tol, x, 0)
     Kt, grad, kkt_failed = _kkt(K, b, valid, theta, ridge, pb.mult)
@@ -460,5 +514,5 @@ def _solve_chunk(pb, solver, tol):
         theta[rows], ridge[rows] = _nnls_rows(K[rows], b[rows], valid[rows], tol), 0
         Kt, grad, kkt_failed = _kkt(K, b, valid, theta, ridge, pb.mult)
     error = 1 - 2 * (theta * b).sum(1) + (theta * Kt).sum(1)
-    not_pd = (ridge > 0) | (valid & (pb.mult > 1) & ~dup).any(1)
+    not_pd |= (valid & (pb.mult > 1) & ~dup).any(1)
     return theta, error, not_pd, kkt_failed
