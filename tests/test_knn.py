@@ -12,10 +12,9 @@ from cwnnk.knn import exact_knn
 def brute_knn(X, k, keep):
     """Reference: float64 direct differences, self excluded, duplicates dropped unless keep."""
     N = len(X)
-    d2 = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
     indices, sqdist = np.full((N, k), -1), np.full((N, k), np.inf)
     for i in range(N):
-        d = d2[i].copy()
+        d = ((X - X[i]) ** 2).sum(-1)
         d[i] = np.inf
         if not keep:
             d[d == 0] = np.inf
@@ -90,6 +89,30 @@ def test_reduced_precision_float32_products_stay_exact():
     finally:
         torch.set_float32_matmul_precision(previous)
     assert_matches_brute_force(X, result, 10, keep=False)
+
+
+@pytest.mark.parametrize("held", [True, False])
+@pytest.mark.parametrize("widest", ["default", "never"])
+def test_float32_points_far_from_the_origin(monkeypatch, held, widest):
+    """float32 input (searched as is, float64 made tile by tile) on concentrated data far from the
+    origin, where the float32 bound cannot certify the first pool: rows go to a wider pool or, with
+    `never`, to the float64 pass; both exact. `held` False centres the points block by block."""
+    import cwnnk.knn
+
+    if not held:
+        monkeypatch.setattr(cwnnk.knn, "CENTRED_BYTES", 0)
+        monkeypatch.setattr(cwnnk.knn, "CONVERT_BYTES", 4096)
+    if widest == "never":
+        monkeypatch.setattr(cwnnk.knn, "WIDER_POOL", {"cpu": 10**9, "cuda": 10**9})
+    rng = np.random.default_rng(4)
+    X = (100 + rng.normal(size=(2, 200, 4096)) * 0.05).astype(np.float32)  # distances within ~2%
+    X[:, 5] = X[:, 9]  # a duplicate pair
+    result = exact_knn(torch.from_numpy(X), 10, tile_bytes=1 << 20)
+    assert_matches_brute_force(X.astype(np.float64), result, 10, keep=False)
+    assert result.rows_by_pass["float64" if widest == "never" else "float32"] > 0
+    for c in range(2):  # the Gram is exact too: differences of float32 values are exact in float64
+        Y = X[c][result.indices[c, 0].numpy()].astype(np.float64) - X[c][0]
+        np.testing.assert_allclose(result.gram[c, 0].numpy(), Y @ Y.T, rtol=1e-12)
 
 
 def test_all_points_equal_leaves_no_candidate_under_drop():

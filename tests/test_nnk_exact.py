@@ -234,6 +234,14 @@ def test_non_finite_value_names_point_set_and_row():
         nnk(np.where(np.arange(10)[:, None] == 4, np.inf, 1.0) * np.ones((10, 2)), 3)
 
 
+def test_float32_input_gives_the_float64_result():
+    """float32 points are searched as they are (no float64 copy of the data) with the same result."""
+    X = np.stack([relu(400, 24, s) for s in range(2)]).astype(np.float32)
+    single, double = nnk(X, 15), nnk(X.astype(np.float64), 15)
+    np.testing.assert_array_equal(single.indices, double.indices)
+    np.testing.assert_allclose(single.weights, double.weights, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [

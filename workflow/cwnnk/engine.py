@@ -17,13 +17,16 @@ import torch
 
 from cwnnk import kernels
 from cwnnk.device import resolve_device
-from cwnnk.knn import Buffers, exact_knn
+from cwnnk.knn import Buffers, row_blocks, exact_knn, sq_norms
 
 KERNELS = ("gaussian", "cosine")
 SIGMAS = ("local", "global")
 SOLVERS = ("exact", "pynnk")
 DUPLICATES = ("drop", "keep")
 KKT_TOL = 1e-9  # METHOD.md: |g| <= 1e-9 on the support, g <= 1e-9 off it
+# A kernel value this close to 1 means one point in feature space: exact multiples under cosine
+# can come out a rounding error below 1, and K is then numerically singular either way.
+SAME_POINT = 1 - 4 * torch.finfo(torch.float64).eps
 COUNTS = ("duplicates", "zero_vectors", "zero_sigma", "not_pd", "kkt_failed")
 # Bytes of one (nodes, k, k) float64 array, which sizes both the groups of point sets searched
 # together and the solver batches. On CPU it is kept small: batches that stay in cache and in
@@ -157,7 +160,7 @@ def _search_group(X, k, kernel, sigma, duplicates, buffers, out):
     out["indices"][:], out["sqdist"][:], out["n_dup"][:] = nn.indices, nn.sqdist, nn.n_dup
     if kernel == "gaussian":
         out["sigma"][:] = _sigma(nn, sigma)
-    sq = (X * X).sum(-1)
+    sq = sq_norms(X)
     out["zero"][:] = sq == 0
     return nn, sq
 
@@ -238,12 +241,18 @@ def _as_point_sets(X, device):
         raise ValueError(f"X must be a numpy array or a torch tensor, not {type(X).__name__}")
     if X.ndim not in (2, 3) or X.shape[-2] < 2 or X.shape[-1] < 1:
         raise ValueError(f"X has shape {tuple(X.shape)}; allowed: (N, D) or (C, N, D) with N >= 2 and D >= 1")
-    return torch.as_tensor(X).to(device=device, dtype=torch.float64)
+    X = torch.as_tensor(X)
+    # float32 stays float32 (the data is held once; float64 is made tile by tile from it)
+    dtype = X.dtype if X.dtype in (torch.float32, torch.float64) else (
+        torch.float32 if X.dtype.is_floating_point else torch.float64)
+    return X.to(device=device, dtype=dtype)
 
 
 def _check_finite(X, single):
-    bad = ~torch.isfinite(X).all(-1)
+    flat = X.reshape(-1, X.shape[-1])
+    bad = torch.cat([~torch.isfinite(flat[part]).all(-1) for part in row_blocks(len(flat), flat.shape[1], 1 << 26)])
     if bad.any():
+        bad = bad.view(X.shape[:-1])
         c, i = (int(v) for v in bad.nonzero()[0])
         value = X[c, i][~torch.isfinite(X[c, i])][0].item()
         where = f"row {i}" if single else f"point set {c}, row {i}"
@@ -305,7 +314,7 @@ def _problems(nn, sq, sig, kernel, nodes):
         K = torch.where(valid[:, :, None] & valid[:, None, :], K, torch.eye(k, dtype=K.dtype, device=K.device))
         b = b.masked_fill_(~valid, 0)
     rep, mult = _feature_space_groups(K)
-    return _Problems(K, b, valid, valid & (b == 1), rep, mult)
+    return _Problems(K, b, valid, valid & (b >= SAME_POINT), rep, mult)
 
 
 def _feature_space_groups(K):
@@ -316,7 +325,7 @@ def _feature_space_groups(K):
     B, k = K.shape[:2]
     rep = torch.arange(k, device=K.device).repeat(B, 1)
     mult = torch.ones_like(rep)
-    same = K == 1
+    same = K >= SAME_POINT
     multi = (same.sum((1, 2)) > k).nonzero()[:, 0]  # more ones than the diagonal's
     if len(multi):
         r = same[multi].to(torch.int8).argmax(-1)

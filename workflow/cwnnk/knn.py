@@ -5,7 +5,10 @@ lower index, as a float64 brute force on direct differences finds them. Points e
 the query (duplicates, e.g. all-zero maps after ReLU) follow the policy: `drop` leaves them out,
 `keep` puts them first (distance 0, ascending index).
 
-Exactly equal points are merged first (grouped by a random projection, then verified), so the
+The points may be float32 (kept as they are: the data is held once) or float64; every float64
+quantity is computed from them converted tile by tile.
+
+Exactly equal points are merged first (grouped by an integer hash of their bits, then verified), so the
 search runs over the distinct rows U, a group of m equal points being one entry that stands for
 its m members (ties inside a group cost nothing). Per point set, over tiles of distinct query
 rows (no N x N matrix is held):
@@ -26,6 +29,13 @@ import torch
 
 # Bytes a query tile may use (bound block, pool differences and Gram), by device; see docs/engine.md.
 TILE_BYTES = {"cpu": 1 << 27, "cuda": 1 << 30}
+# Bytes of the float64 (or float32) copy of a block of points made where the dtypes differ.
+CONVERT_BYTES = 1 << 26
+# A pool may grow to n_u / this (see exact_knn), by device.
+WIDER_POOL = {"cpu": 8, "cuda": 64}
+# Point sets whose centred copy (in a search pass's dtype) is at most this large keep it; larger
+# ones (a whole layer's aggregate) are centred block by block on every tile instead.
+CENTRED_BYTES = 1 << 28
 
 
 @dataclass
@@ -55,23 +65,32 @@ def _unit_roundoff(dtype, device):
     return 2.0**-24 if exact_fp32 else 2.0**-8
 
 
-def _bound_factors(U, sq, dtype):
-    """Q, R, c such that (1 - c)|u_i|^2 - Q_i . R_j <= ||u_i - u_j||^2, Q and R in `dtype`.
+def _bound_constant(D, dtype, device):
+    """c such that S_ij = 2 u_i.u_j - (1 - 2c)|u_j|^2, computed in `dtype`, gives the lower bound
+    (1 - 2c)|u_i|^2 - S_ij <= ||u_i - u_j||^2.
 
-    Q_i . R_j = 2 u_i . u_j + 2 c |u_i| |u_j| - (1 - c)|u_j|^2: one product gives the float
-    computation of |u_i|^2 + |u_j|^2 - 2 u_i . u_j (inputs rounded to `dtype`, dot products of
-    length D + 2), which errs by at most about (D/2 + 6) eps (|u_i| + |u_j|)^2 for unit roundoff
-    eps; c = (D + 8) eps covers that with room, and c (|u_i| + |u_j|)^2 is subtracted through the
-    columns sqrt(c) |u|. The bound is negated so that the pool is torch.topk's faster `largest` end.
+    The float computation of S (inputs rounded to `dtype`, dot products of length D) errs by at
+    most about (D/2 + 4) eps (|u_i| + |u_j|)^2 <= 2 c (|u_i|^2 + |u_j|^2) for unit roundoff eps with
+    c = (D + 8) eps, which the two (1 - 2c) factors absorb. The bound is negated so that the pool
+    is torch.topk's faster `largest` end, and its query term is left out of the ranking.
     """
-    n, D = U.shape
-    c = (D + 8) * _unit_roundoff(dtype, U.device)
-    Q = torch.empty((n, D + 2), dtype=dtype, device=U.device)
-    Q[:, :D], Q[:, D], Q[:, D + 1] = U, math.sqrt(c) * sq.sqrt(), 1
-    R = Q.clone()
-    R[:, : D + 1] *= 2  # exact in binary floating point
-    R[:, D + 1] = -(1 - c) * sq
-    return Q, R, c
+    return (D + 8) * _unit_roundoff(dtype, device)
+
+
+def row_blocks(n, row_bytes, budget):
+    """Slices of range(n) whose rows take at most `budget` bytes (one row at least)."""
+    step = max(1, budget // max(1, row_bytes))
+    return [slice(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+
+def sq_norms(X):
+    """Squared norms of the rows of X (..., D) in float64, converted block by block."""
+    flat = X.reshape(-1, X.shape[-1])
+    out = torch.empty(len(flat), dtype=torch.float64, device=X.device)
+    for part in row_blocks(len(flat), 8 * flat.shape[1], CONVERT_BYTES):
+        block = flat[part].to(torch.float64)
+        out[part] = torch.einsum("nd,nd->n", block, block)
+    return out.view(X.shape[:-1])
 
 
 def _sort_by_distance_then_index(index, d2, *more):
@@ -89,32 +108,32 @@ def _pad(t, k, value):
     return t[:, :k]
 
 
-def _take_gram(G, pos):
-    """G[b, pos[b, a], pos[b, c]] for each row b, and 0 where pos < 0."""
-    B, k = pos.shape
-    p = pos.clamp(min=0)
-    rows = G.gather(1, p[:, :, None].expand(B, k, G.shape[2]))
-    sub = rows.gather(2, p[:, None, :].expand(B, k, k))
-    ok = pos >= 0
-    return sub.masked_fill_(~(ok[:, :, None] & ok[:, None, :]), 0)
+def _chosen_gram(Y, pos, rows):
+    """Gram matrices (B, k, k) of the chosen pool entries pos (B, k) of the pool's differences
+    Y (B, P, D), for the rows selected by the mask `rows` (0 elsewhere, and where pos < 0).
 
-
-def _pool_gram(Y, G, pos, k):
-    """Gram matrices of the candidates from the pool's differences Y (B, P, D) and the Gram G of its
-    first k entries (the pool is in the order of the bounds).
-
-    Mostly the candidates are those first k entries in order; rows with repeated members or holes
-    are rearranged, and rows that reach beyond the first k entries get the whole P x P Gram.
+    Mostly the chosen entries are the pool's first k (the pool is in the order of the bounds),
+    perhaps reordered: their Gram is computed in place and rearranged. Rows that reach further
+    get the Gram of a copy of just their chosen entries.
     """
-    if Y.shape[1] <= k:  # tiny point sets: G is the whole Gram
-        return _take_gram(G, pos)
-    tail = (pos >= k).any(1)
-    moved = (pos != torch.arange(k, device=pos.device)).any(1) & ~tail
-    if moved.any():
-        G[moved] = _take_gram(G[moved], pos[moved])
-    if tail.any():
-        G[tail] = _take_gram(Y[tail] @ Y[tail].mT, pos[tail])
-    return G
+    B, k = pos.shape
+    G = Y.new_zeros((B, k, k))
+    near = rows & (pos < k).all(1) if Y.shape[1] >= k else rows & False
+    far = rows & ~near
+    if near.sum() > B // 2:  # all rows in place (no copy), even if a few are not needed
+        G = torch.bmm(Y[:, :k], Y[:, :k].mT, out=G)
+    elif near.any():
+        G[near] = Y[near, :k] @ Y[near, :k].mT
+    if far.any():
+        idx = far.nonzero()[:, 0]
+        flat = (idx[:, None] * Y.shape[1] + pos[idx].clamp(min=0)).view(-1)
+        Yk = Y.view(-1, Y.shape[2]).index_select(0, flat).view(len(idx), k, -1)
+        G[idx] = Yk @ Yk.mT
+    order = torch.where(near[:, None], pos.clamp(min=0), torch.arange(k, device=pos.device))
+    if (order != torch.arange(k, device=pos.device)).any():  # rearrange to the candidates' order
+        G = G.gather(1, order[:, :, None].expand(B, k, k)).gather(2, order[:, None, :].expand(B, k, k))
+    ok = pos >= 0
+    return G.masked_fill_(~(ok[:, :, None] & ok[:, None, :] & rows[:, None, None]), 0)
 
 
 class Buffers:
@@ -134,20 +153,29 @@ class Buffers:
 def _distinct_rows(Xc):
     """(distinct rows U, group id of each row, group sizes): equal rows share a group.
 
-    Equal rows have equal random projections; rows grouped by projection are then checked to be
-    equal, and only if some are not (a collision) does the slower lexicographic unique run.
+    Rows are grouped by a hash of their bits (integer arithmetic: equal rows always get equal
+    hashes, whatever the BLAS), then checked to be equal; only if some are not (a collision) does
+    the slower lexicographic unique run. U is Xc itself, without a copy, when no rows are equal.
     """
-    direction = torch.randn(Xc.shape[1], dtype=Xc.dtype, device=Xc.device, generator=_generator(Xc.device))
-    _, group, mult = torch.unique(Xc @ direction, return_inverse=True, return_counts=True)
+    bits = torch.int32 if Xc.element_size() == 4 else torch.int64
+    factor = torch.randint(1, 2**62, (Xc.shape[1],), generator=_generator(Xc.device), device=Xc.device)
+    code = torch.empty(len(Xc), dtype=torch.int64, device=Xc.device)
+    for part in row_blocks(len(Xc), 24 * Xc.shape[1], CONVERT_BYTES):
+        # + 0.0 turns -0.0 into 0.0, the one pair of equal floats with different bits; int64 wraps
+        code[part] = ((Xc[part] + 0.0).view(bits).to(torch.int64) * factor).sum(1)
+    _, group, mult = torch.unique(code, return_inverse=True, return_counts=True)
     index = torch.arange(len(group), device=Xc.device)
     first = torch.full_like(mult, len(group)).scatter_reduce_(0, group, index, "amin")
-    if torch.equal(Xc, Xc[first[group]]):
+    if len(first) == len(group):  # all distinct: each row is its own group
+        return Xc, index, torch.ones_like(mult)
+    copy = (first[group] != index).nonzero()[:, 0]
+    if torch.equal(Xc[copy], Xc[first[group[copy]]]):
         return Xc[first], group, mult
     return torch.unique(Xc, dim=0, return_inverse=True, return_counts=True)
 
 
 def _generator(device):
-    return torch.Generator(device=device).manual_seed(0)  # the same grouping on every call
+    return torch.Generator(device=device).manual_seed(0)  # the same hash on every call
 
 
 class _PointSet:
@@ -156,7 +184,14 @@ class _PointSet:
     def __init__(self, Xc, k):
         U, self.group, self.mult = _distinct_rows(Xc)
         self.U, self.k = U, k
-        self.sq = (U * U).sum(1)
+        # the bounds are computed on centred points v = u - m: the same distances, but rounding
+        # errors that scale with |v|^2 instead of |u|^2 (activations sit far from the origin)
+        mean = sum(U[part].to(torch.float64).sum(0) for part in row_blocks(len(U), 8 * U.shape[1], CONVERT_BYTES))
+        self.mean = (mean / len(U)).to(U.dtype)  # float32 m keeps u - m exact in float64
+        self.sq = torch.cat([sq_norms(self.centred(part, torch.float64))
+                             for part in row_blocks(len(U), 8 * U.shape[1], CONVERT_BYTES)])
+        self.held = {}  # the centred points in each search dtype, where they fit CENTRED_BYTES
+        self.slack = 1 + 4 * (U.shape[1] + 2) * 2.0**-53  # a float64 squared distance's relative error
         # members of each distinct row, ascending index; only the first k + 1 can reach a list
         width = int(self.mult.max().clamp(max=k + 1))
         order = torch.argsort(self.group, stable=True)
@@ -182,43 +217,75 @@ class _PointSet:
             torch.where(inside, pos.gather(1, j), -1),
         )
 
-    def pool_pass(self, rows, Q, R, c, P, buffers):
-        """Certified candidates of distinct query rows: (cand, d2, gram, certified)."""
-        U, k, B = self.U, self.k, len(rows)
-        S = torch.mm(Q.index_select(0, rows), R.T, out=buffers.get("bound", (B, len(U)), Q.dtype))
-        S[torch.arange(B, device=S.device), rows] = -math.inf  # the query itself
+    def centred(self, rows, dtype):
+        """v = u - m of the given rows (a slice or an index tensor), rounded to `dtype`."""
+        return (self.U[rows].to(torch.float64) - self.mean.to(torch.float64)).to(dtype)
+
+    def bounds(self, rows, dtype, c, buffers):
+        """S (B, n_u) in `dtype` of _bound_constant: 2 v_i.v_j - (1 - 2c)|v_j|^2 for the query rows."""
+        n_u, D = self.U.shape
+        S = buffers.get("bound", (len(rows), n_u), dtype)
+        bias = (-(1 - 2 * c) * self.sq).to(dtype)
+        size = torch.finfo(dtype).bits // 8
+        if dtype not in self.held and n_u * D * size <= CENTRED_BYTES:
+            self.held[dtype] = self.centred(slice(None), dtype)
+        if dtype in self.held:
+            V = self.held[dtype]
+            torch.addmm(bias, V.index_select(0, rows), V.T, alpha=2, out=S)
+        else:  # too large to hold twice: centred a block of columns at a time
+            Q = self.centred(rows, dtype)
+            for part in row_blocks(n_u, 8 * D, CONVERT_BYTES):
+                S[:, part] = torch.addmm(bias[part], Q, self.centred(part, dtype).T, alpha=2)
+        S[torch.arange(len(rows), device=S.device), rows] = -math.inf  # the query itself
+        return S
+
+    def pools(self, S, rows, c, P):
+        """The pools of query rows from their bounds S: the P distinct rows of smallest lower bound,
+        and for each query the P-th smallest bound (no distinct row left out of the pool is nearer)."""
         low, cand_u = torch.topk(S, P, dim=1)
-        # P-th smallest lower bound: no distinct row left out of the pool is nearer than this
-        outside = (1 - c) * self.sq[rows] - low[:, -1].double()
-        if P == len(U) - 1:
+        outside = (1 - 2 * c) * self.sq[rows] - low[:, -1].double()
+        if P == len(self.U) - 1:
             outside.fill_(math.inf)  # nothing was left out
-        Y = torch.index_select(U, 0, cand_u.view(-1), out=buffers.get("diff", (B * P, U.shape[1]), U.dtype))
-        Y = Y.view(B, P, -1).sub_(U.index_select(0, rows)[:, None, :])
-        # squared distances: the diagonal of the first k entries' Gram (kept for the kernels), then the rest
-        G = Y[:, :k] @ Y[:, :k].mT
-        d2_u = torch.cat([G.diagonal(dim1=1, dim2=2), (Y[:, k:] * Y[:, k:]).sum(-1)], 1)
+        return cand_u, outside
+
+    def rerank(self, rows, cand_u, outside, buffers):
+        """Certified candidates of query rows from their pools: (cand, d2, gram, certified)."""
+        U, k, (B, P) = self.U, self.k, cand_u.shape
+        # the pool's differences in float64, exact for float32 points
+        Y = buffers.get("diff", (B * P, U.shape[1]), torch.float64)
+        if U.dtype == torch.float64:
+            torch.index_select(U, 0, cand_u.view(-1), out=Y)
+        else:
+            Y.copy_(torch.index_select(U, 0, cand_u.view(-1), out=buffers.get("pick", (B * P, U.shape[1]), U.dtype)))
+        Y = Y.view(B, P, -1).sub_(U.index_select(0, rows).to(torch.float64)[:, None, :])
+        d2_u = torch.einsum("bpd,bpd->bp", Y, Y)
         # distinct rows by distance (a row's members are tied with each other, in index order);
         # members of two distinct rows at one distance would interleave: left to the brute force
         d2_u, order = d2_u.sort(dim=1)
         cand, d2, pos = self.unfold(cand_u.gather(1, order), d2_u, order)
         tied = (d2_u[:, 1:] == d2_u[:, :-1]).any(1)
         # the float64 squared distance itself may be off by a few ulps per coordinate
-        slack = 1 + 4 * (U.shape[1] + 2) * 2.0**-53
-        certified = ~tied & ((d2[:, -1] * slack < outside) | (outside == math.inf))
-        return cand, d2, _pool_gram(Y, G, pos, k), certified
+        certified = ~tied & ((d2[:, -1] * self.slack < outside) | (outside == math.inf))
+        # the Gram of the candidates' differences, kept for the kernels: only where certified
+        return cand, d2, _chosen_gram(Y, pos, certified), certified
 
     def brute(self, rows, tile_bytes):
         """Float64 brute force over whole rows: the reference definition, for rows nothing certifies."""
         U, k = self.U, self.k
+        n_u, D = U.shape
         out = []
-        for part in torch.split(rows, max(1, tile_bytes // (8 * len(U) * U.shape[1]))):
-            d2_u = ((U[None, :, :] - U[part][:, None, :]) ** 2).sum(-1)
+        for part in row_blocks(len(rows), 8 * (3 * len(self.group) + k * D), tile_bytes):
+            part = rows[part]
+            Up = U[part].to(torch.float64)
+            d2_u = torch.empty((len(part), n_u), dtype=torch.float64, device=U.device)
+            for cols in row_blocks(n_u, 8 * len(part) * D, tile_bytes):
+                d2_u[:, cols] = ((U[cols].to(torch.float64)[None, :, :] - Up[:, None, :]) ** 2).sum(-1)
             d2_u[torch.arange(len(part), device=U.device), part] = math.inf
             d2 = d2_u[:, self.group]  # to every point (members of a distinct row share its distance)
             point = torch.arange(d2.shape[1], device=U.device).expand_as(d2)
             cand, d2 = (t[:, :k] for t in _sort_by_distance_then_index(point, d2))
             cand = cand.masked_fill(d2 == math.inf, -1)
-            Y = (U[self.group[cand.clamp(min=0)]] - U[part][:, None, :]).masked_fill_((cand < 0)[:, :, None], 0)
+            Y = (U[self.group[cand.clamp(min=0)]].to(torch.float64) - Up[:, None, :]).masked_fill_((cand < 0)[:, :, None], 0)
             out.append((cand, d2, Y @ Y.mT))
         return [torch.cat(t) for t in zip(*out)]
 
@@ -255,7 +322,8 @@ class _PointSet:
 
 
 def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=None):
-    """Exact kNN of every point of each point set in X (C, N, D) float64; see the module docstring.
+    """Exact kNN of every point of each point set in X (C, N, D) float32 or float64; see the module
+    docstring.
 
     Also returns, per point, the Gram matrix of its candidates' differences to it, from which
     the kernels are built without touching the data again. `buffers` (a Buffers) lets repeated
@@ -285,19 +353,43 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=
         for dtype in passes:
             if len(pending) == 0:
                 break
-            Q, R, cst = _bound_factors(ps.U, ps.sq, dtype)
-            row_bytes = n_u * Q.element_size() * 2 + P * D * 8 * 2 + k * k * 8 * 4
+            cst = _bound_constant(D, dtype, X.device)
+            # tiles of queries for the bound product, then smaller ones for the float64 re-rank
+            bound_rows = max(1, tile_bytes // (n_u * 2 * torch.finfo(dtype).bits // 8))
+            # how far a pool may grow before the float64 product of the next pass is cheaper; a GPU's
+            # float64 products are fast next to the gathers of a wide re-rank
+            widest = min(n_u // WIDER_POOL.get(X.device.type, WIDER_POOL["cuda"]),
+                         tile_bytes // (D * (8 * 2 + X.element_size())))
             failed = []
-            for rows in torch.split(pending, max(1, tile_bytes // row_bytes)):
-                cand_t, d2_t, G_t, ok = ps.pool_pass(rows, Q, R, cst, P, buffers)
-                if not ok.all():
-                    rows, cand_t, d2_t, G_t, failed = rows[ok], cand_t[ok], d2_t[ok], G_t[ok], failed + [rows[~ok]]
-                cand.index_copy_(0, rows, cand_t)
-                d2.index_copy_(0, rows, d2_t)
-                G.index_copy_(0, slot[rows], G_t)
+
+            def settle(rows, pool, outside):
+                """Re-rank in tiles; keep the certified rows, return the others and their k-th distance."""
+                missed = []
+                row_bytes = pool.shape[1] * D * (8 * 2 + X.element_size()) + k * k * 8 * 4
+                for part in row_blocks(len(rows), row_bytes, tile_bytes):
+                    cand_t, d2_t, G_t, ok = ps.rerank(rows[part], pool[part], outside[part], buffers)
+                    cand.index_copy_(0, rows[part][ok], cand_t[ok])
+                    d2.index_copy_(0, rows[part][ok], d2_t[ok])
+                    G.index_copy_(0, slot[rows[part][ok]], G_t[ok])
+                    missed.append((part.start + (~ok).nonzero()[:, 0], d2_t[~ok, -1]))
+                return [torch.cat(t) for t in zip(*missed)]
+
+            for tile in torch.split(pending, bound_rows):
+                S = ps.bounds(tile, dtype, cst, buffers)
+                missed, kth = settle(tile, *ps.pools(S, tile, cst, P))
+                # a missed row's pool grows to every distinct row whose bound is within its current
+                # k-th distance (then certified unless tied), where that is far fewer than all
+                reach = (1 - 2 * cst) * ps.sq[tile[missed]] - kth * ps.slack
+                size = (S[missed] >= reach.to(S.dtype)[:, None]).sum(1) + 1
+                wider = size <= min(n_u - 1, max(P + 1, widest))
+                if wider.any():
+                    local = missed[wider]
+                    again = ps.pools(S[local], tile[local], cst, int(size[wider].max()))
+                    missed = torch.cat([missed[~wider], local[settle(tile[local], *again)[0]]])
+                failed.append(tile[missed])
             name = str(dtype).removeprefix("torch.")
             rows_by_pass[name] += len(pending)
-            pending = torch.cat(failed) if failed else pending[:0]
+            pending = torch.cat(failed)
             rows_by_pass[name] -= len(pending)
         if len(pending):
             cand[pending], d2[pending], G[slot[pending]] = ps.brute(pending, tile_bytes)
