@@ -31,8 +31,10 @@ import torch
 TILE_BYTES = {"cpu": 1 << 27, "cuda": 1 << 30}
 # Bytes of the float64 (or float32) copy of a block of points made where the dtypes differ.
 CONVERT_BYTES = 1 << 26
-# A pool may grow to n_u / this (see exact_knn), by device.
-WIDER_POOL = {"cpu": 8, "cuda": 64}
+# The fraction of the distinct rows a missed row's pool may grow to before the float64 pass takes
+# it instead (see exact_knn), by device: a GPU's float64 products are fast next to a wide re-rank's
+# gathers (an H200 spent 6.8 s on ResNet-18's stem aggregate at N = 10,000 with 1/64).
+WIDER_POOL = {"cpu": 1 / 8, "cuda": 0}
 # Point sets whose centred copy (in a search pass's dtype) is at most this large keep it; larger
 # ones (a whole layer's aggregate) are centred block by block on every tile instead.
 CENTRED_BYTES = 1 << 28
@@ -356,9 +358,8 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=
             cst = _bound_constant(D, dtype, X.device)
             # tiles of queries for the bound product, then smaller ones for the float64 re-rank
             bound_rows = max(1, tile_bytes // (n_u * 2 * torch.finfo(dtype).bits // 8))
-            # how far a pool may grow before the float64 product of the next pass is cheaper; a GPU's
-            # float64 products are fast next to the gathers of a wide re-rank
-            widest = min(n_u // WIDER_POOL.get(X.device.type, WIDER_POOL["cuda"]),
+            # how far a pool may grow before the float64 product of the next pass is cheaper
+            widest = min(int(n_u * WIDER_POOL.get(X.device.type, WIDER_POOL["cuda"])),
                          tile_bytes // (D * (8 * 2 + X.element_size())))
             failed = []
 
