@@ -36,3 +36,13 @@ def test_bench_gpu_runs_on_cpu_and_checks_agreement_first():
     first_time = next(i for i, line in enumerate(lines) if line.rstrip().endswith(" s") and "C=" in line)
     assert first_time > max(i for i, line in enumerate(lines) if line.startswith("agreement"))
     assert lines[-1].startswith("speedup ") and float(lines[-1].split()[1]) > 0
+
+
+def test_bench_scale_builds_a_real_store_and_checks_the_memory_bound(capsys):
+    """`bench scale` at a tiny size: a real store, the real graphs stage, and the memory check's verdict."""
+    args = ["scale", "--n", "120", "--layer", "layer3.1", "--threads", "1"]
+    assert main(args) is True
+    out = capsys.readouterr().out
+    assert "C=256 channels x N=120 x D=64 (aggregate D=16384)" in out
+    assert re.search(r"peak RSS \d+ MiB", out)
+    assert main(args + ["--max-mib", "1"]) is False  # no process fits in 1 MiB: the check can fail

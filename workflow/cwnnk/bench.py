@@ -3,6 +3,7 @@
 Each command is a function of the parsed arguments with its own subparser in `main`; it returns
 False when a check it makes fails (the exit status is then 1).
 
+    scale the graphs stage of one full-size ResNet-18 layer on the CPU: wall time and peak memory
     nnk   the NNK engine (solvers `pynnk` and `exact`) against the authors' reference approach
           (brute-force kNN, then a Python loop over nodes with scipy's Cholesky) and against
           the floor of the kNN step (one float32 product per channel plus torch.topk).
@@ -249,6 +250,55 @@ def bench_pipeline(args, out=print):
     out(f"graph stage / kNN floor: {rows['graphs'][0] / floor:.2f}")
 
 
+# ---------------------------------------------------------------------------- scale
+
+def _graph_stage(store, layer, out, params, threads):
+    """The graphs stage of one layer in this (fresh) process: (wall seconds, peak RSS MiB, summary)."""
+    import resource
+
+    from cwnnk.graphs import build_layer_graphs
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    _, aggregate = build_layer_graphs(store, layer, out, params, log=lambda *a, **k: None)
+    seconds = time.perf_counter() - start
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, aggregate.degree.mean()
+
+
+def bench_scale(args, out=print):
+    """The graphs stage of one ResNet-18 layer at full size, from a real activation store."""
+    import multiprocessing
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+    from pathlib import Path
+
+    from cwnnk.datasets import load_synthetic
+    from cwnnk.extract import extract_to_store
+    from cwnnk.models import build_model
+
+    torch.manual_seed(args.seed)
+    model = build_model({"arch": "resnet18", "input_shape": [3, 32, 32], "num_classes": 10, "cifar_stem": True}).eval()
+    data = load_synthetic(n_train=args.n, n_test=1, num_classes=10, image_size=32, channels=3, seed=args.seed)
+    with tempfile.TemporaryDirectory() as work:
+        store, graphs = Path(work) / "store.zarr", Path(work) / "graphs"
+        start = time.perf_counter()
+        extract_to_store(model, {args.layer: model.layers[args.layer]}, data, store, batch_size=500,
+                         log=lambda *a, **k: None)
+        out(f"ResNet-18 (CIFAR stem, random weights) layer {args.layer} on {args.n} synthetic 32x32 RGB images: "
+            f"store written in {time.perf_counter() - start:.0f} s")
+        params = dict(k=args.k, kernel="gaussian", sigma="local", solver="exact", duplicates="drop",
+                      n_samples=None, seed=0, symmetrize="none", device="cpu")
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:  # fresh process: its own peak RSS
+            seconds, peak, degree = pool.submit(_graph_stage, store, args.layer, graphs, params, args.threads).result()
+        summary = __import__("json").loads((graphs / "summary.json").read_text())
+    C, N, D = summary["n_channels"], summary["n_samples"], summary["dim_channel"]
+    out(f"graphs stage: C={C} channels x N={N} x D={D} (aggregate D={C * D}), k={args.k}, CPU threads {args.threads}")
+    out(f"wall {seconds:.0f} s (channels {summary['seconds']['channels']:.0f} s, aggregate "
+        f"{summary['seconds']['aggregate']:.0f} s), peak RSS {peak:.0f} MiB, aggregate mean degree {degree:.2f}")
+    return peak < args.max_mib
+
+
 # ------------------------------------------------------------------------------ gpu
 
 def resnet18_layers(n, device, seed=0, batch=500):
@@ -342,6 +392,15 @@ def main(argv=None):
     p.add_argument("--config", default="config.yaml", help="the experiment whose first model is run")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=bench_pipeline)
+
+    p = commands.add_parser("scale", help="the graphs stage of one full-size ResNet-18 layer on the CPU")
+    p.add_argument("--n", type=int, default=10_000, help="images (nodes per graph)")
+    p.add_argument("--layer", default="stem", help="ResNet-18 layer (stem and layer1.* have 64 channels of 32x32)")
+    p.add_argument("--k", type=int, default=25)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads of the stage")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-mib", type=float, default=4096, help="peak RSS the stage must stay under (exit 1 if not)")
+    p.set_defaults(func=bench_scale)
 
     p = commands.add_parser("gpu", help="CW-NNK of every ResNet-18 layer on a device vs the CPU")
     p.add_argument("--n", type=int, default=10_000, help="images (nodes per graph)")

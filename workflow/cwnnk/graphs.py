@@ -22,7 +22,7 @@ from cwnnk.sparse import to_sparse
 
 GRAPH_FILES = ("aggregate.npz", "knn.npz", "summary.json")
 # Channels per engine call: bounds the (block, N, D) float32 copy handed to the engine.
-BLOCK_BYTES = 256 << 20
+BLOCK_BYTES = 64 << 20
 
 
 def channel_file(c):
@@ -49,15 +49,22 @@ def cw_nnk(acts, params, log=print, timings=None):
 
     acts: (N, C, D) float32 (see read_layer). params: k, kernel, sigma, solver, duplicates, device.
     timings: optional dict receiving the engine's seconds per part (see cwnnk.engine.nnk).
-    Returns (channel fields stacked over C plus the per-block results and zero-map
-    fractions, the aggregate NNKResult, seconds per part).
+    Returns (the channels' NNKResult, stacked over C; the fraction of all-zero maps per channel;
+    the aggregate NNKResult; seconds per part).
     """
-    from cwnnk.engine import nnk  # torch: imported by the jobs that solve, not by readers (overlap)
+    from cwnnk.engine import NNKResult, nnk  # torch: imported by the jobs that solve, not by readers
 
     N, C, D = acts.shape
     engine = dict(k=params["k"], kernel=params["kernel"], sigma=params["sigma"], solver=params["solver"],
                   duplicates=params["duplicates"], device=params["device"], timings=timings)
-    parts, zero_maps, seconds = [], [], {}
+    seconds = {}
+    # the aggregate first: its search is the largest working set, so it runs before the
+    # channels' results (C x N x k of each field) accumulate
+    start = time.perf_counter()
+    aggregate = nnk(acts.reshape(N, C * D), **engine)
+    seconds["aggregate"] = time.perf_counter() - start
+    log(f"aggregate ({N} x {C * D}) done ({seconds['aggregate']:.1f}s)")
+    parts, zero_maps = [], []
     start = time.perf_counter()
     for block in channel_blocks(C, N, D):
         X = np.ascontiguousarray(acts[:, block.start : block.stop].transpose(1, 0, 2))
@@ -65,16 +72,12 @@ def cw_nnk(acts, params, log=print, timings=None):
         parts.append(nnk(X, **engine))
         log(f"channels {block.stop}/{C} done ({time.perf_counter() - start:.1f}s)")
     seconds["channels"] = time.perf_counter() - start
-    channels = {name: np.concatenate([getattr(p, name) for p in parts])
-                for name in ("indices", "distances", "weights", "degree", "error")}
-    channels["counts"] = {name: np.concatenate([p.counts[name] for p in parts]) for name in parts[0].counts}
-    channels["results"] = parts
-    channels["zero_map_fraction"] = np.concatenate(zero_maps)
-    start = time.perf_counter()
-    aggregate = nnk(acts.reshape(N, C * D), **engine)
-    seconds["aggregate"] = time.perf_counter() - start
-    log(f"aggregate ({N} x {C * D}) done ({seconds['aggregate']:.1f}s)")
-    return channels, aggregate, seconds
+    stacked = {name: np.concatenate([getattr(p, name) for p in parts])
+               for name in ("indices", "distances", "weights", "degree", "error")}
+    sigma = None if parts[0].sigma is None else np.concatenate([p.sigma for p in parts])
+    counts = {name: np.concatenate([p.counts[name] for p in parts]) for name in parts[0].counts}
+    channels = NNKResult(**stacked, sigma=sigma, counts=counts, kernel=parts[0].kernel, solver=parts[0].solver)
+    return channels, np.concatenate(zero_maps), aggregate, seconds
 
 
 def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=None):
@@ -92,29 +95,29 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
         raise ValueError(f"graphs.k = {params['k']} needs more than k samples; {store_path} layer {layer!r} has N = {N}")
     log(f"{store_path} layer {layer}: C={C} channels, N={N} samples, D={D} per channel; k={params['k']}, "
         f"{params['kernel']}/{params['sigma']}, solver {params['solver']}")
-    channels, aggregate, seconds = cw_nnk(acts, params, log, timings)
+    channels, zero_maps, aggregate, seconds = cw_nnk(acts, params, log, timings)
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        for c, result in enumerate(r.channel(i) for r in channels["results"] for i in range(r.n_sets)):
-            scipy.sparse.save_npz(tmp / channel_file(c), to_sparse(result, params["symmetrize"]))
+        for c in range(C):
+            scipy.sparse.save_npz(tmp / channel_file(c), to_sparse(channels.channel(c), params["symmetrize"]))
         scipy.sparse.save_npz(tmp / "aggregate.npz", to_sparse(aggregate, params["symmetrize"]))
         np.savez(
             tmp / "knn.npz", positions=positions, labels=store.labels[positions],
-            channel_indices=channels["indices"], channel_distances=channels["distances"],
-            channel_weights=channels["weights"], channel_error=channels["error"],
+            channel_indices=channels.indices, channel_distances=channels.distances,
+            channel_weights=channels.weights, channel_error=channels.error,
             agg_indices=aggregate.indices, agg_distances=aggregate.distances, agg_weights=aggregate.weights,
             agg_error=aggregate.error,
         )
         write_json(tmp / "summary.json", dict(
             layer=layer, n_channels=C, n_samples=N, dim_channel=D, params=params,
-            counts={name: values.tolist() for name, values in channels["counts"].items()},
+            counts={name: values.tolist() for name, values in channels.counts.items()},
             aggregate_counts={name: int(value) for name, value in aggregate.counts.items()},
-            zero_map_fraction=channels["zero_map_fraction"].tolist(), seconds=seconds,
+            zero_map_fraction=zero_maps.tolist(), seconds=seconds,
             store=str(store_path), checkpoint_sha256=store.attrs.get("checkpoint", {}).get("sha256"),
             sample_positions_sha256=sha256_array(positions), versions=versions(), created=now(),
         ))
-    failed = int(channels["counts"]["kkt_failed"].sum() + aggregate.counts["kkt_failed"])
+    failed = int(channels.counts["kkt_failed"].sum() + aggregate.counts["kkt_failed"])
     if failed:
         log(f"WARNING: {failed} nodes missed the KKT tolerance (counted in summary.json)")
     return channels, aggregate
@@ -150,9 +153,9 @@ def compare_solvers(store_path, graph_dirs, params, log=print):
     for depth, (layer, folder) in enumerate(graph_dirs.items()):
         arrays, _ = load_layer_graphs(folder)
         acts = read_layer(store, layer, arrays["positions"])
-        channels, aggregate, _ = cw_nnk(acts, dict(params, solver=other), log)
+        channels, _, aggregate, _ = cw_nnk(acts, dict(params, solver=other), log)
         done = {"channel": arrays["channel_weights"], "aggregate": arrays["agg_weights"]}
-        fresh = {"channel": channels["weights"], "aggregate": aggregate.weights}
+        fresh = {"channel": channels.weights, "aggregate": aggregate.weights}
         degree = {key: {params["solver"]: (done[key] > 0).sum(-1).mean(-1), other: (fresh[key] > 0).sum(-1).mean(-1)}
                   for key in done}
         for c in range(acts.shape[1]):

@@ -221,6 +221,8 @@ class _PointSet:
 
     def centred(self, rows, dtype):
         """v = u - m of the given rows (a slice or an index tensor), rounded to `dtype`."""
+        if self.U.dtype == dtype:  # one correctly rounded subtraction: fl(u - m), no float64 detour
+            return self.U[rows] - self.mean
         return (self.U[rows].to(torch.float64) - self.mean.to(torch.float64)).to(dtype)
 
     def bounds(self, rows, dtype, c, buffers):
@@ -230,7 +232,7 @@ class _PointSet:
         bias = (-(1 - 2 * c) * self.sq).to(dtype)
         size = torch.finfo(dtype).bits // 8
         if dtype not in self.held and n_u * D * size <= CENTRED_BYTES:
-            self.held[dtype] = self.centred(slice(None), dtype)
+            self.held[dtype] = torch.cat([self.centred(part, dtype) for part in row_blocks(n_u, 8 * D, CONVERT_BYTES)])
         if dtype in self.held:
             V = self.held[dtype]
             torch.addmm(bias, V.index_select(0, rows), V.T, alpha=2, out=S)
@@ -357,7 +359,8 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=
                 break
             cst = _bound_constant(D, dtype, X.device)
             # tiles of queries for the bound product, then smaller ones for the float64 re-rank
-            bound_rows = max(1, tile_bytes // (n_u * 2 * torch.finfo(dtype).bits // 8))
+            size = torch.finfo(dtype).bits // 8
+            bound_rows = max(1, tile_bytes // (n_u * 2 * size + D * (size + 8)))  # bounds, centred queries
             # how far a pool may grow before the float64 product of the next pass is cheaper
             widest = min(int(n_u * WIDER_POOL.get(X.device.type, WIDER_POOL["cuda"])),
                          tile_bytes // (D * (8 * 2 + X.element_size())))
