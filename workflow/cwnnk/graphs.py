@@ -52,7 +52,7 @@ def cw_nnk(acts, params, log=print, timings=None):
     Returns (the channels' NNKResult, stacked over C; the fraction of all-zero maps per channel;
     the aggregate NNKResult; seconds per part).
     """
-    from cwnnk.engine import NNKResult, nnk  # torch: imported by the jobs that solve, not by readers
+    from cwnnk.engine import nnk  # torch: imported by the jobs that solve, not by readers (overlap)
 
     N, C, D = acts.shape
     engine = dict(k=params["k"], kernel=params["kernel"], sigma=params["sigma"], solver=params["solver"],
@@ -64,20 +64,35 @@ def cw_nnk(acts, params, log=print, timings=None):
     aggregate = nnk(acts.reshape(N, C * D), **engine)
     seconds["aggregate"] = time.perf_counter() - start
     log(f"aggregate ({N} x {C * D}) done ({seconds['aggregate']:.1f}s)")
-    parts, zero_maps = [], []
+    channels, zero_maps = None, np.empty(C)
     start = time.perf_counter()
     for block in channel_blocks(C, N, D):
         X = np.ascontiguousarray(acts[:, block.start : block.stop].transpose(1, 0, 2))
-        zero_maps.append((X == 0).all(axis=2).mean(axis=1))
-        parts.append(nnk(X, **engine))
+        zero_maps[block.start : block.stop] = (X == 0).all(axis=2).mean(axis=1)
+        part = nnk(X, **engine)
+        if channels is None:  # filled block by block: the channels' results are held once
+            channels = _stacked_like(part, C)
+        for field in ("indices", "distances", "weights", "degree", "error", "sigma"):
+            if getattr(part, field) is not None:
+                getattr(channels, field)[block.start : block.stop] = getattr(part, field)
+        for name, values in part.counts.items():
+            channels.counts[name][block.start : block.stop] = values
         log(f"channels {block.stop}/{C} done ({time.perf_counter() - start:.1f}s)")
     seconds["channels"] = time.perf_counter() - start
-    stacked = {name: np.concatenate([getattr(p, name) for p in parts])
-               for name in ("indices", "distances", "weights", "degree", "error")}
-    sigma = None if parts[0].sigma is None else np.concatenate([p.sigma for p in parts])
-    counts = {name: np.concatenate([p.counts[name] for p in parts]) for name in parts[0].counts}
-    channels = NNKResult(**stacked, sigma=sigma, counts=counts, kernel=parts[0].kernel, solver=parts[0].solver)
-    return channels, np.concatenate(zero_maps), aggregate, seconds
+    return channels, zero_maps, aggregate, seconds
+
+
+def _stacked_like(part, C):
+    """An empty NNKResult of C point sets with the fields and dtypes of `part` (a block's result)."""
+    from cwnnk.engine import NNKResult
+
+    def empty(a):
+        return None if a is None else np.empty((C, *a.shape[1:]), dtype=a.dtype)
+
+    return NNKResult(indices=empty(part.indices), distances=empty(part.distances), weights=empty(part.weights),
+                     degree=empty(part.degree), error=empty(part.error), sigma=empty(part.sigma),
+                     counts={name: empty(values) for name, values in part.counts.items()},
+                     kernel=part.kernel, solver=part.solver)
 
 
 def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=None):

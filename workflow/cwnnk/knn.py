@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 # Bytes a query tile may use (bound block, pool differences and Gram), by device; see docs/engine.md.
-TILE_BYTES = {"cpu": 1 << 27, "cuda": 1 << 30}
+TILE_BYTES = {"cpu": 1 << 26, "cuda": 1 << 30}
 # Bytes of the float64 (or float32) copy of a block of points made where the dtypes differ.
 CONVERT_BYTES = 1 << 26
 # The fraction of the distinct rows a missed row's pool may grow to before the float64 pass takes
