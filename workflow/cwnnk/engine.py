@@ -17,7 +17,7 @@ import torch
 
 from cwnnk import kernels
 from cwnnk.device import resolve_device
-from cwnnk.knn import Buffers, row_blocks, exact_knn, sq_norms
+from cwnnk.knn import CONVERT_BYTES, Buffers, exact_knn, row_blocks, sq_norms
 
 KERNELS = ("gaussian", "cosine")
 SIGMAS = ("local", "global")
@@ -250,7 +250,7 @@ def _as_point_sets(X, device):
 
 def _check_finite(X, single):
     flat = X.reshape(-1, X.shape[-1])
-    bad = torch.cat([~torch.isfinite(flat[part]).all(-1) for part in row_blocks(len(flat), flat.shape[1], 1 << 26)])
+    bad = torch.cat([~torch.isfinite(flat[part]).all(-1) for part in row_blocks(len(flat), flat.shape[1], CONVERT_BYTES)])
     if bad.any():
         bad = bad.view(X.shape[:-1])
         c, i = (int(v) for v in bad.nonzero()[0])

@@ -361,15 +361,15 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=
             # tiles of queries for the bound product, then smaller ones for the float64 re-rank
             size = torch.finfo(dtype).bits // 8
             bound_rows = max(1, tile_bytes // (n_u * 2 * size + D * (size + 8)))  # bounds, centred queries
+            entry_bytes = D * (8 * 2 + X.element_size())  # one pool entry's differences in a re-rank
             # how far a pool may grow before the float64 product of the next pass is cheaper
-            widest = min(int(n_u * WIDER_POOL.get(X.device.type, WIDER_POOL["cuda"])),
-                         tile_bytes // (D * (8 * 2 + X.element_size())))
+            widest = min(int(n_u * WIDER_POOL.get(X.device.type, WIDER_POOL["cuda"])), tile_bytes // entry_bytes)
             failed = []
 
             def settle(rows, pool, outside):
                 """Re-rank in tiles; keep the certified rows, return the others and their k-th distance."""
                 missed = []
-                row_bytes = pool.shape[1] * D * (8 * 2 + X.element_size()) + k * k * 8 * 4
+                row_bytes = pool.shape[1] * entry_bytes + k * k * 8 * 4
                 for part in row_blocks(len(rows), row_bytes, tile_bytes):
                     cand_t, d2_t, G_t, ok = ps.rerank(rows[part], pool[part], outside[part], buffers)
                     cand.index_copy_(0, rows[part][ok], cand_t[ok])
@@ -384,11 +384,11 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=
                 # a missed row's pool grows to every distinct row whose bound is within its current
                 # k-th distance (then certified unless tied), where that is far fewer than all
                 reach = (1 - 2 * cst) * ps.sq[tile[missed]] - kth * ps.slack
-                size = (S[missed] >= reach.to(S.dtype)[:, None]).sum(1) + 1
-                wider = size <= min(n_u - 1, max(P + 1, widest))
+                pool_size = (S[missed] >= reach.to(S.dtype)[:, None]).sum(1) + 1
+                wider = pool_size <= min(n_u - 1, max(P + 1, widest))
                 if wider.any():
                     local = missed[wider]
-                    again = ps.pools(S[local], tile[local], cst, int(size[wider].max()))
+                    again = ps.pools(S[local], tile[local], cst, int(pool_size[wider].max()))
                     missed = torch.cat([missed[~wider], local[settle(tile[local], *again)[0]]])
                 failed.append(tile[missed])
             name = str(dtype).removeprefix("torch.")
