@@ -29,6 +29,9 @@ import torch
 
 # Bytes a query tile may use (bound block, pool differences and Gram), by device; see docs/engine.md.
 TILE_BYTES = {"cpu": 1 << 26, "cuda": 1 << 30}
+# Bytes of a tile of the float64 re-rank (pool differences, their Gram). On a CPU it stays in the
+# cache: the gather, the subtraction and the Gram then pass over it without going to memory.
+RERANK_BYTES = {"cpu": 1 << 23, "cuda": 1 << 30}
 # Bytes of the float64 (or float32) copy of a block of points made where the dtypes differ.
 CONVERT_BYTES = 1 << 26
 # The fraction of the distinct rows a missed row's pool may grow to before the float64 pass takes
@@ -262,7 +265,7 @@ class _PointSet:
         else:
             Y.copy_(torch.index_select(U, 0, cand_u.view(-1), out=buffers.get("pick", (B * P, U.shape[1]), U.dtype)))
         Y = Y.view(B, P, -1).sub_(U.index_select(0, rows).to(torch.float64)[:, None, :])
-        d2_u = torch.einsum("bpd,bpd->bp", Y, Y)
+        d2_u = (Y * Y).sum(-1)
         # distinct rows by distance (a row's members are tied with each other, in index order);
         # members of two distinct rows at one distance would interleave: left to the brute force
         d2_u, order = d2_u.sort(dim=1)
@@ -335,6 +338,7 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=
     """
     C, N, D = X.shape
     tile_bytes = tile_bytes or TILE_BYTES.get(X.device.type, TILE_BYTES["cuda"])
+    rerank_bytes = min(tile_bytes, RERANK_BYTES.get(X.device.type, RERANK_BYTES["cuda"]))
     indices = torch.empty((C, N, k), dtype=torch.int64, device=X.device)
     sqdist = torch.empty((C, N, k), dtype=torch.float64, device=X.device)
     grams = torch.empty((C, N, k, k), dtype=torch.float64, device=X.device)
@@ -370,7 +374,7 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=
                 """Re-rank in tiles; keep the certified rows, return the others and their k-th distance."""
                 missed = []
                 row_bytes = pool.shape[1] * entry_bytes + k * k * 8 * 4
-                for part in row_blocks(len(rows), row_bytes, tile_bytes):
+                for part in row_blocks(len(rows), row_bytes, rerank_bytes):
                     cand_t, d2_t, G_t, ok = ps.rerank(rows[part], pool[part], outside[part], buffers)
                     cand.index_copy_(0, rows[part][ok], cand_t[ok])
                     d2.index_copy_(0, rows[part][ok], d2_t[ok])
