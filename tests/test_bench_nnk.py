@@ -1,8 +1,16 @@
-"""`python -m cwnnk.bench nnk` on a tiny layer: output format and the agreement check (not timing)."""
+"""`python -m cwnnk.bench` commands at tiny sizes: output, the agreement checks and their order
+(checks before any time), exit verdicts. Nothing here asserts a timing."""
 
 import re
 
 from cwnnk.bench import main
+
+
+def first_time_after_checks(lines, is_time):
+    """True when every agreement line comes before the first line that reports a time."""
+    checks = [i for i, line in enumerate(lines) if line.startswith("agreement")]
+    times = [i for i, line in enumerate(lines) if is_time(line)]
+    return bool(checks) and bool(times) and max(checks) < min(times)
 
 
 def test_bench_nnk_runs_and_checks_agreement(capsys):
@@ -13,6 +21,9 @@ def test_bench_nnk_runs_and_checks_agreement(capsys):
     for label in ("floor", "engine pynnk", "engine exact", "baseline", "agreement"):
         assert re.search(rf"^{label}", text, re.M), label
     assert re.search(r"supports equal the baseline's on 40/40 nodes", text)
+    assert re.search(r"engine exact on 160 nodes: candidates equal the brute force's on 160, "
+                     r"weights meet the reference problem's KKT conditions on 160", text)
+    assert first_time_after_checks(lines, lambda line: re.search(r"\d\.\d+ s\b", line))
     assert re.search(r"40 of 160 nodes, scaled x4\.0", text)
     assert re.fullmatch(r"speedup \d+\.\d+", lines[-1])
 
@@ -30,11 +41,11 @@ def test_bench_gpu_runs_on_cpu_and_checks_agreement_first():
     from cwnnk.bench import bench_gpu
 
     lines = []
-    bench_gpu(argparse.Namespace(device="cpu", n=40, check_n=30, cpu_n=20, threads=1, k=10), out=lines.append)
+    ok = bench_gpu(argparse.Namespace(device="cpu", n=40, check_n=30, cpu_n=20, threads=1, k=10), out=lines.append)
     agreement = [line for line in lines if line.startswith("agreement")]
+    assert ok is True
     assert len(agreement) == 17 and all("other supports 0" in line for line in agreement)
-    first_time = next(i for i, line in enumerate(lines) if line.rstrip().endswith(" s") and "C=" in line)
-    assert first_time > max(i for i, line in enumerate(lines) if line.startswith("agreement"))
+    assert first_time_after_checks(lines, lambda line: line.rstrip().endswith(" s") and "C=" in line)
     assert lines[-1].startswith("speedup ") and float(lines[-1].split()[1]) > 0
 
 
@@ -44,5 +55,22 @@ def test_bench_scale_builds_a_real_store_and_checks_the_memory_bound(capsys):
     assert main(args) is True
     out = capsys.readouterr().out
     assert "C=256 channels x N=120 x D=64 (aggregate D=16384)" in out
+    assert re.search(r"layer3\.1 channels on 100 nodes: candidates equal the brute force's on 100, "
+                     r"weights meet the reference problem's KKT conditions on 100", out)
+    assert re.search(r"layer3\.1 aggregate on 10 nodes: .* on 10, .* on 10 ", out)
+    assert first_time_after_checks(out.splitlines(), lambda line: re.search(r"\d s\b", line))
     assert re.search(r"peak RSS \d+ MiB", out)
     assert main(args + ["--max-mib", "1"]) is False  # no process fits in 1 MiB: the check can fail
+
+
+def test_bench_pipeline_checks_the_graph_stage_before_the_stage_table(tmp_path, capsys):
+    from conftest import write_config
+
+    config = write_config(tmp_path / "tiny.yaml", tmp_path / "results")
+    assert main(["pipeline", "--config", str(config), "--check-nodes", "40"]) is True
+    lines = capsys.readouterr().out.splitlines()
+    checks = [line for line in lines if line.startswith("agreement")]
+    assert len(checks) == 4  # channels and aggregate of each of the two layers
+    assert all(re.search(r"candidates equal the brute force's on (\d+), .* on \1 ", line) for line in checks)
+    assert first_time_after_checks(lines, lambda line: line.startswith(("train ", "graphs ")))
+    assert re.fullmatch(r"graph stage / kNN floor: \d+\.\d+", lines[-1])

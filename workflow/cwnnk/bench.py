@@ -18,6 +18,7 @@ import torch
 
 from cwnnk.device import resolve_device
 from cwnnk.engine import nnk
+from cwnnk.reference import check_nodes, sample_nodes
 
 
 def make_layer(n, c, d, seed):
@@ -152,26 +153,65 @@ def bench_nnk(args, out=print):
         for name, run in runs.items():
             dt, result[name] = _timed(run)
             best[name] = min(best.get(name, dt), dt)
+    n_loop = min(args.baseline_nodes, C * N)
+    t_knn, t_loop, supports = baseline(X, args.k, args.kernel, n_loop)
+
+    # agreement first, then the times
+    ours = result["pynnk"]
+    equal = sum(set(ours.indices[c, i][ours.weights[c, i] > 0].tolist()) == s for (c, i), s in supports.items())
+    out(f"agreement: engine pynnk supports equal the baseline's on {equal}/{len(supports)} nodes")
+    exact = result["exact"]
+    exact_ok = report_check(X, exact.indices, exact.weights, sample_nodes(C, N, args.check_nodes, args.seed),
+                            dict(k=args.k, kernel=args.kernel, duplicates="drop"), "engine exact", out)
     t_floor = best["floor"]
     out(f"floor (float32 product + topk per channel): {t_floor:.2f} s")
     for solver in ("pynnk", "exact"):
         res = result[solver]
         out(f"engine {solver}: {best[solver]:.2f} s, mean degree {res.degree.mean():.2f}, "
             f"kkt_failed {int(res.counts['kkt_failed'].sum())}, not_pd {int(res.counts['not_pd'].sum())}")
-
-    n_loop = min(args.baseline_nodes, C * N)
-    t_knn, t_loop, supports = baseline(X, args.k, args.kernel, n_loop)
     scale = C * N / len(supports)
     t_base = t_knn + t_loop * scale
     how = "all nodes" if len(supports) == C * N else f"{len(supports)} of {C * N} nodes, scaled x{scale:.1f}"
     out(f"baseline: knn {t_knn:.2f} s (all channels) + per-node loop {t_loop:.2f} s on {how} = {t_base:.2f} s")
-    ours = result["pynnk"]
-    equal = sum(set(ours.indices[c, i][ours.weights[c, i] > 0].tolist()) == s for (c, i), s in supports.items())
-    out(f"agreement: engine pynnk supports equal the baseline's on {equal}/{len(supports)} nodes")
     t_engine = best[args.solver]
     out(f"engine {args.solver} / floor: {t_engine / t_floor:.2f}")
     out(f"speedup {t_base / t_engine:.2f}")
-    return equal == len(supports)
+    return equal == len(supports) and exact_ok
+
+
+def report_check(X, indices, weights, nodes, params, what, out):
+    """Check an engine result on C point sets X (C, N, D) against the float64 reference on `nodes`
+    (cwnnk.reference); print one line and return whether it agrees."""
+    exact = params.get("solver", "exact") == "exact"
+    checked, other, failed, worst = check_nodes(X, indices, weights if exact else None, nodes, params["k"],
+                                                params["kernel"], params["duplicates"])
+    ok = other == 0 and failed == 0
+    kkt = (f", weights meet the reference problem's KKT conditions on {checked - other - failed} "
+           f"(largest violation {worst:.1e})") if exact else " (solver pynnk: weights not checked)"
+    out(f"agreement: {what} on {checked} nodes: candidates equal the brute force's on {checked - other}{kkt}"
+        + ("" if ok else "  <-- DIFFERS"))
+    return ok
+
+
+def check_graphs(store_path, folders, params, n_channel, n_aggregate, out):
+    """Check the graphs stage's output folders {layer: folder} against the reference on n_channel
+    random channel nodes and n_aggregate aggregate nodes per layer; False if any disagrees."""
+    from cwnnk.activations import open_activations
+    from cwnnk.graphs import load_layer_graphs, read_layer
+
+    if params["sigma"] != "local":
+        out(f"agreement: not checked (the reference builds sigma local only; this run has {params['sigma']!r})")
+        return True
+    store, ok = open_activations(store_path), True
+    for layer, folder in folders.items():
+        arrays, _ = load_layer_graphs(folder)
+        acts = read_layer(store, layer, arrays["positions"])
+        N, C, _ = acts.shape
+        ok &= report_check(acts.transpose(1, 0, 2), arrays["channel_indices"], arrays["channel_weights"],
+                           sample_nodes(C, N, n_channel), params, f"{layer} channels", out)
+        ok &= report_check(acts.reshape(1, N, -1), arrays["agg_indices"][None], arrays["agg_weights"][None],
+                           sample_nodes(1, N, n_aggregate), params, f"{layer} aggregate", out)
+    return ok
 
 
 # ------------------------------------------------------------------------- pipeline
@@ -222,6 +262,7 @@ def bench_pipeline(args, out=print):
     import multiprocessing
     import tempfile
     from concurrent.futures import ProcessPoolExecutor
+    from pathlib import Path
 
     import yaml
 
@@ -235,9 +276,12 @@ def bench_pipeline(args, out=print):
         for name in ("train", "extract", "graphs", "overlap", "knn floor"):
             with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:  # fresh process: own peak RSS
                 rows[name] = pool.submit(_stage, name, cfg, workdir, {}).result()
-    model, layers = rows["train"][3], rows["train"][4]
-    out(f"default experiment ({args.config}), model {model}, layers {layers}, device {args.device}, "
-        f"threads {cfg['threads']}")
+        model, layers = rows["train"][3], rows["train"][4]
+        out(f"default experiment ({args.config}), model {model}, layers {layers}, device {args.device}, "
+            f"threads {cfg['threads']}")
+        work = Path(workdir)
+        ok = check_graphs(work / "store.zarr", {layer: work / "graphs" / layer for layer in layers},
+                          cfg["graphs"], args.check_nodes, args.check_nodes // 4, out)
     out(f"{'stage':10s} {'wall s':>8s} {'peak RSS MiB':>13s}")
     for name in ("train", "extract", "graphs", "overlap"):
         out(f"{name:10s} {rows[name][0]:8.2f} {rows[name][1]:13.0f}")
@@ -248,6 +292,7 @@ def bench_pipeline(args, out=print):
     floor = rows["knn floor"][0]
     out(f"kNN floor of the same layers (float32 product + topk per channel and aggregate): {floor:.2f} s")
     out(f"graph stage / kNN floor: {rows['graphs'][0] / floor:.2f}")
+    return ok
 
 
 # ---------------------------------------------------------------------------- scale
@@ -281,22 +326,22 @@ def bench_scale(args, out=print):
     data = load_synthetic(n_train=args.n, n_test=1, num_classes=10, image_size=32, channels=3, seed=args.seed)
     with tempfile.TemporaryDirectory() as work:
         store, graphs = Path(work) / "store.zarr", Path(work) / "graphs"
-        start = time.perf_counter()
-        extract_to_store(model, {args.layer: model.layers[args.layer]}, data, store, batch_size=500,
-                         log=lambda *a, **k: None)
-        out(f"ResNet-18 (CIFAR stem, random weights) layer {args.layer} on {args.n} synthetic 32x32 RGB images: "
-            f"store written in {time.perf_counter() - start:.0f} s")
+        t_store, _ = _timed(lambda: extract_to_store(model, {args.layer: model.layers[args.layer]}, data, store,
+                                                     batch_size=500, log=lambda *a, **k: None))
         params = dict(k=args.k, kernel="gaussian", sigma="local", solver="exact", duplicates="drop",
                       n_samples=None, seed=0, symmetrize="none", device="cpu")
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:  # fresh process: its own peak RSS
             seconds, peak, degree = pool.submit(_graph_stage, store, args.layer, graphs, params, args.threads).result()
         summary = __import__("json").loads((graphs / "summary.json").read_text())
+        ok = check_graphs(store, {args.layer: graphs}, params, args.check_nodes, max(1, args.check_nodes // 10), out)
+    out(f"ResNet-18 (CIFAR stem, random weights) layer {args.layer} on {args.n} synthetic 32x32 RGB images: "
+        f"store written in {t_store:.0f} s")
     C, N, D = summary["n_channels"], summary["n_samples"], summary["dim_channel"]
     out(f"graphs stage: C={C} channels x N={N} x D={D} (aggregate D={C * D}), k={args.k}, CPU threads {args.threads}")
     out(f"wall {seconds:.0f} s (channels {summary['seconds']['channels']:.0f} s, aggregate "
         f"{summary['seconds']['aggregate']:.0f} s), peak RSS {peak:.0f} MiB, aggregate mean degree {degree:.2f}")
-    return peak < args.max_mib
+    return ok and peak < args.max_mib
 
 
 # ------------------------------------------------------------------------------ gpu
@@ -345,9 +390,11 @@ def bench_gpu(args, out=print):
     check_n, cpu_n = min(args.check_n, args.n), min(args.cpu_n, args.n)
 
     # 1. agreement with the CPU path on a subset, printed before any time
+    ok = True
     for name, acts in layers.items():
         sub = acts[:check_n]
         differ, gap = agreement(layer_nnk(sub, args.k, device), layer_nnk(sub.cpu(), args.k, "cpu"))
+        ok &= differ == 0 and gap <= 1e-9
         out(f"agreement {name:14s} N={check_n}: nodes with other supports {differ}, max weight difference {gap:.1e}"
             + ("" if differ == 0 and gap <= 1e-9 else "  <-- DIFFERS"))
 
@@ -368,6 +415,7 @@ def bench_gpu(args, out=print):
     out(f"CPU time at N={cpu_n}: {t_cpu_sub:.1f} s (kNN {knn:.1f} s); scaled to N={args.n} "
         f"(kNN x{scale**2:.0f}, the rest x{scale:.0f}): {t_cpu:.0f} s")
     out(f"speedup {t_cpu / t_dev:.1f}")
+    return ok
 
 
 def main(argv=None):
@@ -386,11 +434,15 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3, help="rounds of floor and engine runs; the best counts")
     p.add_argument("--baseline-nodes", type=int, default=4000,
                    help="nodes the baseline's per-node loop runs on (its time is scaled to all nodes)")
+    p.add_argument("--check-nodes", type=int, default=200,
+                   help="nodes whose exact-solver result is checked against the float64 reference")
     p.set_defaults(func=bench_nnk)
 
     p = commands.add_parser("pipeline", help="wall time and peak memory per stage of the default experiment")
     p.add_argument("--config", default="config.yaml", help="the experiment whose first model is run")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--check-nodes", type=int, default=200,
+                   help="channel nodes per layer checked against the float64 reference (a quarter as many aggregate nodes)")
     p.set_defaults(func=bench_pipeline)
 
     p = commands.add_parser("scale", help="the graphs stage of one full-size ResNet-18 layer on the CPU")
@@ -400,6 +452,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads of the stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-mib", type=float, default=4096, help="peak RSS the stage must stay under (exit 1 if not)")
+    p.add_argument("--check-nodes", type=int, default=100,
+                   help="channel nodes checked against the float64 reference (a tenth as many aggregate nodes)")
     p.set_defaults(func=bench_scale)
 
     p = commands.add_parser("gpu", help="CW-NNK of every ResNet-18 layer on a device vs the CPU")
