@@ -29,8 +29,9 @@ import torch
 
 # Bytes a query tile may use (bound block, pool differences and Gram), by device; see docs/engine.md.
 TILE_BYTES = {"cpu": 1 << 26, "cuda": 1 << 30}
-# Bytes of a tile of the float64 re-rank (pool differences, their Gram). On a CPU it stays in the
-# cache: the gather, the subtraction and the Gram then pass over it without going to memory.
+# Bytes of a tile of the pool differences in the float64 re-rank, per CPU thread. On a CPU it stays
+# in the cache while the subtraction, the squared norms and the Gram pass over it; smaller tiles
+# were measured slower (each op's cost per call, more so with several threads).
 RERANK_BYTES = {"cpu": 1 << 23, "cuda": 1 << 30}
 # Bytes of the float64 (or float32) copy of a block of points made where the dtypes differ.
 CONVERT_BYTES = 1 << 26
@@ -113,30 +114,18 @@ def _pad(t, k, value):
     return t[:, :k]
 
 
-def _chosen_gram(Y, pos, rows):
-    """Gram matrices (B, k, k) of the chosen pool entries pos (B, k) of the pool's differences
-    Y (B, P, D), for the rows selected by the mask `rows` (0 elsewhere, and where pos < 0).
+def _whole_gram(P, k):
+    """Whether the re-rank keeps the whole Gram of a pool of P (a pool of the usual size) rather
+    than computing its chosen candidates' Gram anew (a widened pool, whose P x P Gram is large)."""
+    return P <= k + default_margin(k)
 
-    Mostly the chosen entries are the pool's first k (the pool is in the order of the bounds),
-    perhaps reordered: their Gram is computed in place and rearranged. Rows that reach further
-    get the Gram of a copy of just their chosen entries.
-    """
+
+def _chosen_gram(G_pool, pos, rows):
+    """Gram matrices (B, k, k) of the chosen pool entries pos (B, k), taken from the pool's Gram
+    G_pool (B, P, P), for the rows selected by the mask `rows` (0 elsewhere, and where pos < 0)."""
     B, k = pos.shape
-    G = Y.new_zeros((B, k, k))
-    near = rows & (pos < k).all(1) if Y.shape[1] >= k else rows & False
-    far = rows & ~near
-    if near.sum() > B // 2:  # all rows in place (no copy), even if a few are not needed
-        G = torch.bmm(Y[:, :k], Y[:, :k].mT, out=G)
-    elif near.any():
-        G[near] = Y[near, :k] @ Y[near, :k].mT
-    if far.any():
-        idx = far.nonzero()[:, 0]
-        flat = (idx[:, None] * Y.shape[1] + pos[idx].clamp(min=0)).view(-1)
-        Yk = Y.view(-1, Y.shape[2]).index_select(0, flat).view(len(idx), k, -1)
-        G[idx] = Yk @ Yk.mT
-    order = torch.where(near[:, None], pos.clamp(min=0), torch.arange(k, device=pos.device))
-    if (order != torch.arange(k, device=pos.device)).any():  # rearrange to the candidates' order
-        G = G.gather(1, order[:, :, None].expand(B, k, k)).gather(2, order[:, None, :].expand(B, k, k))
+    at = pos.clamp(min=0)
+    G = G_pool.gather(1, at[:, :, None].expand(B, k, G_pool.shape[2])).gather(2, at[:, None, :].expand(B, k, k))
     ok = pos >= 0
     return G.masked_fill_(~(ok[:, :, None] & ok[:, None, :] & rows[:, None, None]), 0)
 
@@ -255,17 +244,47 @@ class _PointSet:
             outside.fill_(math.inf)  # nothing was left out
         return cand_u, outside
 
-    def rerank(self, rows, cand_u, outside, buffers):
-        """Certified candidates of query rows from their pools: (cand, d2, gram, certified)."""
-        U, k, (B, P) = self.U, self.k, cand_u.shape
-        # the pool's differences in float64, exact for float32 points
-        Y = buffers.get("diff", (B * P, U.shape[1]), torch.float64)
+    def differences(self, rows, targets, buffers):
+        """y = u_t - u_i (B, T, D) in float64, exact for float32 points, of distinct query rows (B,)
+        to distinct target rows (B, T); targets < 0 give y = 0."""
+        U, (B, T) = self.U, targets.shape
+        Y = buffers.get("diff", (B * T, U.shape[1]), torch.float64)
+        pick = targets.reshape(-1).clamp(min=0)
         if U.dtype == torch.float64:
-            torch.index_select(U, 0, cand_u.view(-1), out=Y)
+            torch.index_select(U, 0, pick, out=Y)
         else:
-            Y.copy_(torch.index_select(U, 0, cand_u.view(-1), out=buffers.get("pick", (B * P, U.shape[1]), U.dtype)))
-        Y = Y.view(B, P, -1).sub_(U.index_select(0, rows).to(torch.float64)[:, None, :])
-        d2_u = (Y * Y).sum(-1)
+            Y.copy_(torch.index_select(U, 0, pick, out=buffers.get("pick", (B * T, U.shape[1]), U.dtype)))
+        Y = Y.view(B, T, -1).sub_(U.index_select(0, rows).to(torch.float64)[:, None, :])
+        return Y.masked_fill_((targets < 0)[:, :, None], 0) if bool((targets < 0).any()) else Y
+
+    def gram(self, rows, cand, buffers, tile_bytes):
+        """Gram matrices (B, k, k) of the point candidates' (B, k) differences to their query rows
+        (0 where a candidate is -1), made a tile of differences at a time."""
+        k, D = self.k, self.U.shape[1]
+        G = torch.empty((len(rows), k, k), dtype=torch.float64, device=cand.device)
+        targets = torch.where(cand >= 0, self.group[cand.clamp(min=0)], -1)
+        for part in row_blocks(len(rows), k * D * (16 + self.U.element_size()), tile_bytes):
+            Y = self.differences(rows[part], targets[part], buffers)
+            torch.bmm(Y, Y.mT, out=G[part])
+        return G
+
+    def rerank(self, rows, cand_u, outside, buffers, tile_bytes):
+        """Certified candidates of query rows from their pools: (cand, d2, gram, certified).
+
+        The pool's differences are made a tile of `tile_bytes` at a time (on a CPU, one that stays
+        in the cache), which gives their squared norms and, for a pool of the usual size, their
+        whole Gram. The ranking and the certificate then run once over all the rows. A widened
+        pool's Gram would be too large: its rows get the Gram of their chosen candidates alone.
+        """
+        k, (B, P), D = self.k, cand_u.shape, self.U.shape[1]
+        whole = _whole_gram(P, k)
+        d2_u = torch.empty((B, P), dtype=torch.float64, device=cand_u.device)
+        G_pool = torch.empty((B, P, P) if whole else (0,), dtype=torch.float64, device=cand_u.device)
+        for part in row_blocks(B, P * D * (16 + self.U.element_size()), tile_bytes):
+            Y = self.differences(rows[part], cand_u[part], buffers)
+            torch.sum(torch.mul(Y, Y, out=buffers.get("square", Y.shape, torch.float64)), -1, out=d2_u[part])
+            if whole:
+                torch.bmm(Y, Y.mT, out=G_pool[part])
         # distinct rows by distance (a row's members are tied with each other, in index order);
         # members of two distinct rows at one distance would interleave: left to the brute force
         d2_u, order = d2_u.sort(dim=1)
@@ -273,10 +292,14 @@ class _PointSet:
         tied = (d2_u[:, 1:] == d2_u[:, :-1]).any(1)
         # the float64 squared distance itself may be off by a few ulps per coordinate
         certified = ~tied & ((d2[:, -1] * self.slack < outside) | (outside == math.inf))
-        # the Gram of the candidates' differences, kept for the kernels: only where certified
-        return cand, d2, _chosen_gram(Y, pos, certified), certified
+        if whole:
+            return cand, d2, _chosen_gram(G_pool, pos, certified), certified
+        G = torch.zeros((B, k, k), dtype=torch.float64, device=cand.device)
+        chosen = certified.nonzero()[:, 0]
+        G[chosen] = self.gram(rows[chosen], cand[chosen], buffers, tile_bytes)
+        return cand, d2, G, certified
 
-    def brute(self, rows, tile_bytes):
+    def brute(self, rows, buffers, tile_bytes):
         """Float64 brute force over whole rows: the reference definition, for rows nothing certifies."""
         U, k = self.U, self.k
         n_u, D = U.shape
@@ -292,8 +315,7 @@ class _PointSet:
             point = torch.arange(d2.shape[1], device=U.device).expand_as(d2)
             cand, d2 = (t[:, :k] for t in _sort_by_distance_then_index(point, d2))
             cand = cand.masked_fill(d2 == math.inf, -1)
-            Y = (U[self.group[cand.clamp(min=0)]].to(torch.float64) - Up[:, None, :]).masked_fill_((cand < 0)[:, :, None], 0)
-            out.append((cand, d2, Y @ Y.mT))
+            out.append((cand, d2, self.gram(part, cand, buffers, tile_bytes)))
         return [torch.cat(t) for t in zip(*out)]
 
     def to_points(self, cand, d2, G, keep):
@@ -338,7 +360,8 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=
     """
     C, N, D = X.shape
     tile_bytes = tile_bytes or TILE_BYTES.get(X.device.type, TILE_BYTES["cuda"])
-    rerank_bytes = min(tile_bytes, RERANK_BYTES.get(X.device.type, RERANK_BYTES["cuda"]))
+    per_thread = torch.get_num_threads() if X.device.type == "cpu" else 1
+    rerank_bytes = min(tile_bytes, RERANK_BYTES.get(X.device.type, RERANK_BYTES["cuda"]) * per_thread)
     indices = torch.empty((C, N, k), dtype=torch.int64, device=X.device)
     sqdist = torch.empty((C, N, k), dtype=torch.float64, device=X.device)
     grams = torch.empty((C, N, k, k), dtype=torch.float64, device=X.device)
@@ -373,9 +396,10 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=
             def settle(rows, pool, outside):
                 """Re-rank in tiles; keep the certified rows, return the others and their k-th distance."""
                 missed = []
-                row_bytes = pool.shape[1] * entry_bytes + k * k * 8 * 4
-                for part in row_blocks(len(rows), row_bytes, rerank_bytes):
-                    cand_t, d2_t, G_t, ok = ps.rerank(rows[part], pool[part], outside[part], buffers)
+                P_t = pool.shape[1]  # the Grams, the distances and their order
+                row_bytes = (P_t**2 * 8 if _whole_gram(P_t, k) else 0) + P_t * 8 * 4 + k * k * 8 * 4
+                for part in row_blocks(len(rows), row_bytes, tile_bytes):
+                    cand_t, d2_t, G_t, ok = ps.rerank(rows[part], pool[part], outside[part], buffers, rerank_bytes)
                     cand.index_copy_(0, rows[part][ok], cand_t[ok])
                     d2.index_copy_(0, rows[part][ok], d2_t[ok])
                     G.index_copy_(0, slot[rows[part][ok]], G_t[ok])
@@ -400,7 +424,7 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=
             pending = torch.cat(failed)
             rows_by_pass[name] -= len(pending)
         if len(pending):
-            cand[pending], d2[pending], G[slot[pending]] = ps.brute(pending, tile_bytes)
+            cand[pending], d2[pending], G[slot[pending]] = ps.brute(pending, buffers, tile_bytes)
             rows_by_pass["brute"] += len(pending)
         indices[c], sqdist[c], n_dups[c] = ps.to_points(cand, d2, G, duplicates == "keep")
         groups[c] = ps.group
