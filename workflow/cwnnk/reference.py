@@ -29,17 +29,16 @@ def candidates(Xc, i, k, duplicates="drop"):
 
 def problem(Xc, i, S, d2, kernel):
     """K_SS, K_Si and the usable candidates of node i with candidates S (sigma local for gaussian)."""
-    Xc = np.asarray(Xc)
-    Y = Xc[S].astype(np.float64) - Xc[i].astype(np.float64)
-    G = Y @ Y.T
-    n = np.diag(G)
-    d2_S = np.maximum(n[:, None] + n[None, :] - 2 * G, 0)
+    XS, x = np.asarray(Xc[S], dtype=np.float64), np.asarray(Xc[i], dtype=np.float64)
     if kernel == "gaussian":
+        Y = XS - x
+        G = Y @ Y.T
+        n = np.diag(G)
+        d2_S = np.maximum(n[:, None] + n[None, :] - 2 * G, 0)
         sigma2 = (np.sqrt(d2[S[-1]]) / 3) ** 2 if len(S) else 0.0
         if sigma2 == 0:  # every candidate at distance 0 (duplicates kept): the kernel's limit
             return (d2_S == 0).astype(float), (d2[S] == 0).astype(float), np.ones(len(S), bool)
         return np.exp(-d2_S / (2 * sigma2)), np.exp(-d2[S] / (2 * sigma2)), np.ones(len(S), bool)
-    XS, x = Xc[S].astype(np.float64), Xc[i].astype(np.float64)
     norm = np.linalg.norm(XS, axis=1)
     usable = (norm > 0) & (np.linalg.norm(x) > 0)
     unit = XS / np.maximum(norm, 1e-300)[:, None]
@@ -53,10 +52,9 @@ def kkt_violation(K, b, usable, theta):
     candidate has weight)."""
     if (theta < 0).any() or (theta[~usable] != 0).any():
         return np.inf
-    t = np.where(usable, theta, 0)
-    K, b = K[np.ix_(usable, usable)], b[usable]
-    g = b - K @ t[usable]
-    on = t[usable] > 0
+    t = theta[usable]
+    g = b[usable] - K[np.ix_(usable, usable)] @ t
+    on = t > 0
     return max(np.abs(g[on]).max(initial=0), g[~on].max(initial=0))
 
 
