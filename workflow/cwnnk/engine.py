@@ -30,8 +30,10 @@ SAME_POINT = 1 - 4 * torch.finfo(torch.float64).eps
 COUNTS = ("duplicates", "zero_vectors", "zero_sigma", "not_pd", "kkt_failed")
 # Bytes of one (nodes, k, k) float64 array, which sizes both the groups of point sets searched
 # together and the solver batches. On CPU it is kept small: batches that stay in cache and in
-# malloc's reused memory were measured faster (fresh large buffers page-fault); a GPU wants big ones.
-BATCH_BYTES = {"cpu": 1 << 24, "cuda": 1 << 30}
+# malloc's reused memory were measured faster (fresh large buffers page-fault). On a GPU a batch
+# costs launches and synchronisations whatever its size, so it is large (the solver's peak is a few
+# times this, well within an 80 GB card).
+BATCH_BYTES = {"cpu": 1 << 24, "cuda": 1 << 32}
 # Rounds of block principal pivoting before the nodes still running go to Lawson-Hanson.
 BPP_ROUNDS = 10
 
@@ -347,9 +349,10 @@ def _masked_solve(K, b, F, ridge):
     """x with (K + ridge I)_FF x_F = b_F and x = 0 off F, by one batched Cholesky; also its
     failure flags. K itself is left as it is."""
     M = K
-    if not F.all():
+    whole, ridged = torch.stack([F.all(), (ridge > 0).any()]).tolist()  # one device synchronisation
+    if not whole:
         M = torch.where(F[:, :, None] & F[:, None, :], K, torch.eye(K.shape[-1], dtype=K.dtype, device=K.device))
-    if (ridge > 0).any():
+    if ridged:
         M = M.clone() if M is K else M
         M.diagonal(dim1=1, dim2=2).add_(ridge[:, None] * F)
     return _cholesky_solve(M, b * F)
@@ -398,15 +401,14 @@ def _exact(K, b, valid, tol):
         grad = b - (K @ xa[:, :, None])[..., 0]
         V = (F & (xa < 0)) | (valid & ~F & (grad > tol))
         n_bad = V.sum(1)
-        done = n_bad == 0
-        if done.any():
-            x[ids[done]], ridge_out[ids[done]] = xa[done], ridge[done]
-            keep = ~done
-            ids, K, b, valid, F, xa, V, n_bad, best, backup, ridge = (
-                t[keep] for t in (ids, K, b, valid, F, xa, V, n_bad, best, backup, ridge)
+        x[ids], ridge_out[ids] = xa, ridge  # final for the settled nodes, overwritten for the others
+        running = (n_bad > 0).nonzero()[:, 0]
+        if len(running) == 0:
+            return x, ridge_out, not_pd
+        if len(running) < len(ids):
+            ids, K, b, valid, F, V, n_bad, best, backup, ridge = (
+                t[running] for t in (ids, K, b, valid, F, V, n_bad, best, backup, ridge)
             )
-            if len(ids) == 0:
-                return x, ridge_out, not_pd
         better = n_bad < best
         swap_all = better | (backup > 0)
         backup = torch.where(better, 3, torch.where(backup > 0, backup - 1, backup))
@@ -437,32 +439,33 @@ def _lawson_hanson(K, b, valid, tol):
     for _ in range(4 * k):
         grad = b - (K @ x[:, :, None])[..., 0] - ridge[:, None] * x
         enter = optimal[:, None] & ~F & ~blocked & (grad > tol)
-        done = optimal & ~enter.any(1)
-        if done.any():
-            x_out[ids[done]], ridge_out[ids[done]] = x[done], ridge[done]
-            keep = ~done
+        x_out[ids], ridge_out[ids] = x, ridge  # final for the finished nodes, overwritten for the others
+        running = (~optimal | enter.any(1)).nonzero()[:, 0]
+        if len(running) == 0:
+            return x_out, ridge_out
+        if len(running) < len(ids):
             ids, K, b, x, F, blocked, ridge, optimal, enter, grad = (
-                t[keep] for t in (ids, K, b, x, F, blocked, ridge, optimal, enter, grad)
+                t[running] for t in (ids, K, b, x, F, blocked, ridge, optimal, enter, grad)
             )
-            if len(ids) == 0:
-                return x_out, ridge_out
-        rows = torch.arange(len(ids), device=b.device)
-        added = torch.where(enter, grad, -torch.inf).argmax(1)
-        F[rows[optimal], added[optimal]] = True
+        # masks, not indexing, select the nodes each step applies to: no device synchronisation
+        add = torch.nn.functional.one_hot(torch.where(enter, grad, -torch.inf).argmax(1), k).bool()
+        add &= optimal[:, None]
+        F |= add
         z, ridge = _ridged_solve(K, b, F, F, ridge)
-        stuck = optimal & (z[rows, added] <= 0)
-        F[rows[stuck], added[stuck]] = False
-        blocked[rows[stuck], added[stuck]] = True
+        stuck = (add & (z <= 0)).any(1)
+        F &= ~(add & stuck[:, None])
+        blocked |= add & stuck[:, None]
         negative = (F & (z <= 0)).any(1) & ~stuck
         optimal = ~negative
         x = torch.where((optimal & ~stuck)[:, None], z, x)
-        if negative.any():
-            xs, zs = x[negative], z[negative]
-            gap = xs - zs  # > 0 where an x_j > 0 heads to z_j <= 0; 0 only where both are 0 (no step)
-            ratio = torch.where(F[negative] & (zs <= 0), xs / gap.masked_fill(gap <= 0, 1), torch.inf)
-            xs = xs + ratio.amin(1, keepdim=True).clamp(0, 1) * (zs - xs)
-            leave = xs <= tol
-            x[negative], F[negative] = xs.masked_fill(leave, 0), F[negative] & ~leave
+        # a negative node moves from x towards z as far as it stays feasible; the variables
+        # that reach 0 leave F. gap > 0 where an x_j > 0 heads to z_j <= 0, 0 only where both are 0
+        gap = x - z
+        ratio = torch.where(F & (z <= 0), x / gap.masked_fill(gap <= 0, 1), torch.inf)
+        step = x + ratio.amin(1, keepdim=True).clamp(0, 1) * (z - x)
+        leave = negative[:, None] & (step <= tol)
+        x = torch.where(negative[:, None], step.masked_fill(leave, 0), x)
+        F &= ~leave
     x_out[ids], ridge_out[ids] = x, ridge  # out of rounds: left to the KKT check, which counts it
     return x_out, ridge_out
 
@@ -479,13 +482,12 @@ def _pynnk(K, b, valid, tol):
         xa, ridge = _ridged_solve(K, b, F, valid, ridge)
         dropped = F & (xa < tol)
         F &= ~dropped
-        done = (xa.abs() * dropped).amax(1) <= tol
-        x[ids[done]], ridge_out[ids[done]] = xa[done], ridge[done]
-        keep = ~done
-        ids, K, b, valid, F, ridge = ids[keep], K[keep], b[keep], valid[keep], F[keep], ridge[keep]
-        if len(ids) == 0:
-            return x, ridge_out, ridge_out > 0
-    x[ids], ridge_out[ids] = xa[keep], ridge
+        x[ids], ridge_out[ids] = xa, ridge  # final for the finished nodes, overwritten for the others
+        running = ((xa.abs() * dropped).amax(1) > tol).nonzero()[:, 0]
+        if len(running) == 0:
+            break
+        if len(running) < len(ids):
+            ids, K, b, valid, F, ridge = (t[running] for t in (ids, K, b, valid, F, ridge))
     return x, ridge_out, ridge_out > 0
 
 
