@@ -116,6 +116,62 @@ def test_float32_points_far_from_the_origin(monkeypatch, held, widest):
             np.testing.assert_allclose(result.gram[c, i].numpy(), Y @ Y.T, rtol=1e-12)
 
 
+def test_a_pass_whose_probe_settles_few_rows_is_skipped(monkeypatch):
+    """Float32 bounds too loose for the data (products allowed in bfloat16 precision): after the
+    first tile of rows, the others go to the float64 pass at once, and the result stays exact."""
+    import cwnnk.knn
+
+    monkeypatch.setattr(cwnnk.knn, "WIDER_POOL", {"cpu": 0, "cuda": 0})
+    bounded = {torch.float32: 0, torch.float64: 0}  # query rows whose bounds each pass computed
+    original = cwnnk.knn._PointSet.bounds
+    monkeypatch.setattr(cwnnk.knn._PointSet, "bounds",
+                        lambda self, rows, dtype, *a: bounded.update({dtype: bounded[dtype] + len(rows)})
+                        or original(self, rows, dtype, *a))
+    X = relu_layer(5, c=1, n=700)
+    n_distinct = len(np.unique(X[0], axis=0))
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        result = exact_knn(torch.from_numpy(X).float(), 10, tile_bytes=1 << 17)  # tiles of 26 rows
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert_matches_brute_force(X.astype(np.float32).astype(np.float64), result, 10, keep=False)
+    assert bounded[torch.float32] == (1 << 17) // (n_distinct * 8 + 32 * 12)
+    assert result.rows_by_pass["float32"] < bounded[torch.float32] / 2
+    assert bounded[torch.float64] == n_distinct - result.rows_by_pass["float32"]
+
+
+@pytest.mark.parametrize("brute_elements", [0, 1 << 30])
+def test_few_rows_left_by_the_first_pass_go_to_the_brute_force(monkeypatch, brute_elements):
+    """Float32 bounds made too loose to certify (bfloat16 precision allowed): the rows left go to
+    the float64 pass, or straight to the brute force where they are few enough; both exact."""
+    import cwnnk.knn
+
+    monkeypatch.setattr(cwnnk.knn, "BRUTE_ELEMENTS", {"cpu": brute_elements, "cuda": brute_elements})
+    X = relu_layer(7, c=2, n=300)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        result = exact_knn(torch.from_numpy(X).float(), 10)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert_matches_brute_force(X.astype(np.float32).astype(np.float64), result, 10, keep=False)
+    assert (result.rows_by_pass["float64"] == 0) == (brute_elements > 0)
+    assert (result.rows_by_pass["brute"] > 100) == (brute_elements > 0)
+
+
+def test_point_sets_searched_in_threads_give_the_same_result(monkeypatch):
+    import cwnnk.knn
+
+    X = torch.from_numpy(relu_layer(6, c=5, n=300))
+    one = exact_knn(X, 12, duplicates="keep")
+    monkeypatch.setattr(cwnnk.knn, "SEARCH_STREAMS", {"cpu": 3, "cuda": 3})
+    threads = exact_knn(X, 12, duplicates="keep")
+    for name in ("indices", "sqdist", "gram", "group", "n_dup"):
+        assert torch.equal(getattr(one, name), getattr(threads, name)), name
+    assert one.rows_by_pass == threads.rows_by_pass
+
+
 def test_all_points_equal_leaves_no_candidate_under_drop():
     X = np.ones((1, 5, 3))
     dropped = exact_knn(torch.from_numpy(X), 3)

@@ -19,10 +19,15 @@ rows (no N x N matrix is held):
 3. certificate: if the k-th re-ranked squared distance is below the P-th lower bound, no point
    outside the pool can be nearer, so the set is exact. Rows that fail repeat step 1 in float64
    (a far smaller error bound), and rows that still fail (true ties at the k-th distance) are
-   solved by a float64 brute force over the whole row.
+   solved by a float64 brute force over the whole row. Where the float32 pass settles fewer than
+   half of its first tile's rows (bounds too loose for the data, as for a whole layer's aggregate
+   of D = 65,536), the set's other rows go to the float64 pass at once.
 """
 
+import contextlib
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +44,12 @@ CONVERT_BYTES = 1 << 26
 # it instead (see exact_knn), by device: a GPU's float64 products are fast next to a wide re-rank's
 # gathers (an H200 spent 6.8 s on ResNet-18's stem aggregate at N = 10,000 with 1/64).
 WIDER_POOL = {"cpu": 1 / 8, "cuda": 0}
+# Rows the first pass leaves go straight to the float64 brute force when their differences to all
+# distinct rows number at most this many elements (by device): then another pass's fixed cost
+# (its product, top-k and re-rank, each a few kernel launches on a GPU) exceeds the brute force's.
+BRUTE_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
+# Threads, each with its own stream, that search the point sets of one call on a GPU (see _each_set).
+SEARCH_STREAMS = {"cpu": 1, "cuda": 4}
 # Point sets whose centred copy (in a search pass's dtype) is at most this large keep it; larger
 # ones (a whole layer's aggregate) are centred block by block on every tile instead.
 CENTRED_BYTES = 1 << 28
@@ -367,65 +378,124 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=
     grams = torch.empty((C, N, k, k), dtype=torch.float64, device=X.device)
     groups = torch.empty((C, N), dtype=torch.int64, device=X.device)
     n_dups = torch.empty((C, N), dtype=torch.int64, device=X.device)
+
+    def search(c, buffers):
+        indices[c], sqdist[c], n_dups[c], groups[c], rows = _search_set(
+            X[c], k, grams[c], duplicates == "keep", margin, tile_bytes, rerank_bytes, buffers)
+        return rows
+
     rows_by_pass = {"float32": 0, "float64": 0, "brute": 0}
-    buffers = buffers or Buffers(X.device)
-    for c in range(C):
-        ps = _PointSet(X[c], k)
-        # float32 would overflow on huge values; such data go straight to the float64 pass
-        passes = [torch.float32, torch.float64] if ps.sq.max() < 1e30 else [torch.float64]
-        n_u = len(ps.U)
-        cand = torch.full((n_u, k), -1, dtype=torch.int64, device=X.device)
-        d2 = torch.full((n_u, k), math.inf, dtype=torch.float64, device=X.device)
-        G, slot = grams[c], ps.members[:, 0]  # a distinct row's Gram goes to its first member's slot
-        P = min(k + (default_margin(k) if margin is None else margin), n_u - 1)
-        if P == 0:  # all points equal: no candidates
-            G.zero_()
-        pending = torch.arange(n_u if P > 0 else 0, device=X.device)
-        for dtype in passes:
-            if len(pending) == 0:
-                break
-            cst = _bound_constant(D, dtype, X.device)
-            # tiles of queries for the bound product, then smaller ones for the float64 re-rank
-            size = torch.finfo(dtype).bits // 8
-            bound_rows = max(1, tile_bytes // (n_u * 2 * size + D * (size + 8)))  # bounds, centred queries
-            entry_bytes = D * (8 * 2 + X.element_size())  # one pool entry's differences in a re-rank
-            # how far a pool may grow before the float64 product of the next pass is cheaper
-            widest = min(int(n_u * WIDER_POOL.get(X.device.type, WIDER_POOL["cuda"])), tile_bytes // entry_bytes)
-            failed = []
-
-            def settle(rows, pool, outside):
-                """Re-rank in tiles; keep the certified rows, return the others and their k-th distance."""
-                missed = []
-                P_t = pool.shape[1]  # the Grams, the distances and their order
-                row_bytes = (P_t**2 * 8 if _whole_gram(P_t, k) else 0) + P_t * 8 * 4 + k * k * 8 * 4
-                for part in row_blocks(len(rows), row_bytes, tile_bytes):
-                    cand_t, d2_t, G_t, ok = ps.rerank(rows[part], pool[part], outside[part], buffers, rerank_bytes)
-                    cand.index_copy_(0, rows[part][ok], cand_t[ok])
-                    d2.index_copy_(0, rows[part][ok], d2_t[ok])
-                    G.index_copy_(0, slot[rows[part][ok]], G_t[ok])
-                    missed.append((part.start + (~ok).nonzero()[:, 0], d2_t[~ok, -1]))
-                return [torch.cat(t) for t in zip(*missed)]
-
-            for tile in torch.split(pending, bound_rows):
-                S = ps.bounds(tile, dtype, cst, buffers)
-                missed, kth = settle(tile, *ps.pools(S, tile, cst, P))
-                # a missed row's pool grows to every distinct row whose bound is within its current
-                # k-th distance (then certified unless tied), where that is far fewer than all
-                reach = (1 - 2 * cst) * ps.sq[tile[missed]] - kth * ps.slack
-                pool_size = (S[missed] >= reach.to(S.dtype)[:, None]).sum(1) + 1
-                wider = pool_size <= min(n_u - 1, max(P + 1, widest))
-                if wider.any():
-                    local = missed[wider]
-                    again = ps.pools(S[local], tile[local], cst, int(pool_size[wider].max()))
-                    missed = torch.cat([missed[~wider], local[settle(tile[local], *again)[0]]])
-                failed.append(tile[missed])
-            name = str(dtype).removeprefix("torch.")
-            rows_by_pass[name] += len(pending)
-            pending = torch.cat(failed)
-            rows_by_pass[name] -= len(pending)
-        if len(pending):
-            cand[pending], d2[pending], G[slot[pending]] = ps.brute(pending, buffers, tile_bytes)
-            rows_by_pass["brute"] += len(pending)
-        indices[c], sqdist[c], n_dups[c] = ps.to_points(cand, d2, G, duplicates == "keep")
-        groups[c] = ps.group
+    for rows in _each_set(search, C, X.device, buffers or Buffers(X.device)):
+        for name, n in rows.items():
+            rows_by_pass[name] += n
     return KNN(indices, sqdist, grams, groups, n_dups, rows_by_pass)
+
+
+def _each_set(search, C, device, buffers):
+    """[search(c, buffers) for c in range(C)]: one set after another, or on a GPU in SEARCH_STREAMS
+    threads with a CUDA stream each. A set's search there is short, and its kernel launches and
+    synchronisations dominate; threads on their own streams overlap them."""
+    n_streams = min(C, SEARCH_STREAMS.get(device.type, 1))
+    if n_streams <= 1:
+        return [search(c, buffers) for c in range(C)]
+    todo, lock, main = iter(range(C)), threading.Lock(), _current_stream(device)
+
+    def worker():
+        done, own = {}, Buffers(device)
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        with torch.cuda.stream(stream) if stream else contextlib.nullcontext():
+            if stream:
+                stream.wait_stream(main)  # the input and the outputs were made on the caller's stream
+            while (c := _next(todo, lock)) is not None:
+                done[c] = search(c, own)
+        if stream:
+            stream.synchronize()
+        return done
+
+    with ThreadPoolExecutor(n_streams) as pool:
+        done = {c: rows for part in pool.map(lambda _: worker(), range(n_streams)) for c, rows in part.items()}
+    return [done[c] for c in range(C)]
+
+
+def _current_stream(device):
+    return torch.cuda.current_stream(device) if device.type == "cuda" else None
+
+
+def _next(items, lock):
+    with lock:
+        return next(items, None)
+
+
+def _search_set(Xc, k, G_out, keep, margin, tile_bytes, rerank_bytes, buffers):
+    """Exact kNN of one point set Xc (N, D): (indices, sqdist, n_dup, group, rows settled per pass);
+    the candidates' Grams are written into G_out (N, k, k)."""
+    D = Xc.shape[1]
+    rows_by_pass = {"float32": 0, "float64": 0, "brute": 0}
+    brute_elements = BRUTE_ELEMENTS.get(Xc.device.type, BRUTE_ELEMENTS["cuda"])
+    ps = _PointSet(Xc, k)
+    # float32 would overflow on huge values; such data go straight to the float64 pass
+    passes = [torch.float32, torch.float64] if ps.sq.max() < 1e30 else [torch.float64]
+    n_u = len(ps.U)
+    cand = torch.full((n_u, k), -1, dtype=torch.int64, device=Xc.device)
+    d2 = torch.full((n_u, k), math.inf, dtype=torch.float64, device=Xc.device)
+    G, slot = G_out, ps.members[:, 0]  # a distinct row's Gram goes to its first member's slot
+    P = min(k + (default_margin(k) if margin is None else margin), n_u - 1)
+    if P == 0:  # all points equal: no candidates
+        G.zero_()
+    pending = torch.arange(n_u if P > 0 else 0, device=Xc.device)
+    for dtype in passes:
+        if len(pending) == 0 or (dtype != passes[0] and len(pending) * n_u * D <= brute_elements):
+            break  # nothing left, or so little that the brute force costs less than another pass
+        cst = _bound_constant(D, dtype, Xc.device)
+        # tiles of queries for the bound product, then smaller ones for the float64 re-rank
+        size = torch.finfo(dtype).bits // 8
+        bound_rows = max(1, tile_bytes // (n_u * 2 * size + D * (size + 8)))  # bounds, centred queries
+        entry_bytes = D * (8 * 2 + Xc.element_size())  # one pool entry's differences in a re-rank
+        # how far a pool may grow before the float64 product of the next pass is cheaper
+        widest = min(int(n_u * WIDER_POOL.get(Xc.device.type, WIDER_POOL["cuda"])), tile_bytes // entry_bytes)
+        failed = []
+
+        def settle(rows, pool, outside):
+            """Re-rank in tiles; keep the certified rows, return the others and their k-th distance."""
+            missed = []
+            P_t = pool.shape[1]  # the Grams, the distances and their order
+            row_bytes = (P_t**2 * 8 if _whole_gram(P_t, k) else 0) + P_t * 8 * 4 + k * k * 8 * 4
+            for part in row_blocks(len(rows), row_bytes, tile_bytes):
+                cand_t, d2_t, G_t, ok = ps.rerank(rows[part], pool[part], outside[part], buffers, rerank_bytes)
+                # certified rows first: one device synchronisation splits them from the others
+                order, n_ok = torch.argsort(~ok, stable=True), int(ok.sum())
+                got, lost = order[:n_ok], order[n_ok:]
+                at = rows[part].index_select(0, got)
+                cand.index_copy_(0, at, cand_t.index_select(0, got))
+                d2.index_copy_(0, at, d2_t.index_select(0, got))
+                G.index_copy_(0, slot.index_select(0, at), G_t.index_select(0, got))
+                missed.append((part.start + lost, d2_t[lost, -1]))
+            return [torch.cat(t) for t in zip(*missed)]
+
+        # if a pass that is not the last settles fewer than half of its first tile's rows (float32
+        # bounds too loose for the data), the other rows skip it
+        for n_tile, tile in enumerate(torch.split(pending, bound_rows)):
+            S = ps.bounds(tile, dtype, cst, buffers)
+            missed, kth = settle(tile, *ps.pools(S, tile, cst, P))
+            # a missed row's pool grows to every distinct row whose bound is within its current
+            # k-th distance (then certified unless tied), where that is far fewer than all
+            reach = (1 - 2 * cst) * ps.sq[tile[missed]] - kth * ps.slack
+            pool_size = (S[missed] >= reach.to(S.dtype)[:, None]).sum(1) + 1
+            wider = pool_size <= min(n_u - 1, max(P + 1, widest))
+            if wider.any():
+                local = missed[wider]
+                again = ps.pools(S[local], tile[local], cst, int(pool_size[wider].max()))
+                missed = torch.cat([missed[~wider], local[settle(tile[local], *again)[0]]])
+            failed.append(tile[missed])
+            if n_tile == 0 and dtype != passes[-1] and 2 * len(missed) > len(tile):
+                failed.append(pending[len(tile):])
+                break
+        name = str(dtype).removeprefix("torch.")
+        rows_by_pass[name] += len(pending)
+        pending = torch.cat(failed)
+        rows_by_pass[name] -= len(pending)
+    if len(pending):
+        cand[pending], d2[pending], G[slot[pending]] = ps.brute(pending, buffers, tile_bytes)
+        rows_by_pass["brute"] += len(pending)
+    indices, sqdist, n_dup = ps.to_points(cand, d2, G, keep)
+    return indices, sqdist, n_dup, ps.group, rows_by_pass
