@@ -3,6 +3,8 @@
 
 import re
 
+import numpy as np
+
 from cwnnk.bench import main
 
 
@@ -35,6 +37,29 @@ def test_bench_cosine_all_nodes(capsys):
     assert "on all nodes" in out and "60/60 nodes" in out
 
 
+def test_agreement_tells_a_numerically_non_unique_optimum_from_a_difference():
+    from cwnnk.bench import agreement
+    from cwnnk.engine import nnk
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1, 80, 3))
+    X[0, 1] = X[0, 0] + 1e-9 * rng.normal(size=3)  # near-duplicates: K over both is singular in float64
+    r = nnk(X[0], 8)
+    indices, weights = r.indices[None], r.weights[None]
+    both = [i for i in range(2, 80) if ({0, 1} <= set(indices[0, i][weights[0, i] > 0].tolist()))]
+    assert both, "no node has both near-duplicates in its support"
+    i, moved = both[0], weights.copy()
+    p0, p1 = (list(indices[0, i]).index(j) for j in (0, 1))
+    moved[0, i, p0], moved[0, i, p1] = moved[0, i, p0] + moved[0, i, p1], 0  # another optimum
+    assert agreement(X, (indices, weights), (indices, moved)) == (0, 0.0, 1)
+
+    far = next(m for m in range(2, 80) if not {0, 1} & set(indices[0, m].tolist()))
+    wrong = weights.copy()
+    wrong[0, far, np.argmax(wrong[0, far])] += 1e-6  # a well-conditioned node off by 1e-6
+    differ, gap, ill = agreement(X, (indices, weights), (indices, wrong))
+    assert (differ, ill) == (1, 0) and abs(gap - 1e-6) < 1e-12
+
+
 def test_bench_gpu_runs_on_cpu_and_checks_agreement_first():
     import argparse
 
@@ -44,7 +69,7 @@ def test_bench_gpu_runs_on_cpu_and_checks_agreement_first():
     ok = bench_gpu(argparse.Namespace(device="cpu", n=40, check_n=30, cpu_n=20, threads=1, k=10), out=lines.append)
     agreement = [line for line in lines if line.startswith("agreement")]
     assert ok is True
-    assert len(agreement) == 17 and all("other supports 0" in line for line in agreement)
+    assert len(agreement) == 17 and all("other supports or weights 0," in line for line in agreement)
     assert first_time_after_checks(lines, lambda line: line.rstrip().endswith(" s") and "C=" in line)
     assert lines[-1].startswith("speedup ") and float(lines[-1].split()[1]) > 0
 
