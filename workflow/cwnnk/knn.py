@@ -21,7 +21,8 @@ rows (no N x N matrix is held):
    (a far smaller error bound), and rows that still fail (true ties at the k-th distance) are
    solved by a float64 brute force over the whole row. Where the float32 pass settles fewer than
    half of its first tile's rows (bounds too loose for the data, as for a whole layer's aggregate
-   of D = 65,536), the set's other rows go to the float64 pass at once.
+   of D = 65,536), the set's other rows go to the float64 pass at once; where the first pass
+   leaves only a few rows (BRUTE_ELEMENTS), they go straight to the brute force.
 """
 
 import contextlib
