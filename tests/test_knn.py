@@ -42,13 +42,15 @@ def assert_matches_brute_force(X, result, k, keep):
     keep=st.booleans(),
     margin=st.integers(0, 6),
     tiny_tiles=st.booleans(),
+    sets_per_batch=st.sampled_from([1, 3]),
 )
-def test_equals_brute_force_with_ties_and_duplicates(seed, n, d, levels, k_frac, keep, margin, tiny_tiles):
+def test_equals_brute_force_with_ties_and_duplicates(seed, n, d, levels, k_frac, keep, margin, tiny_tiles,
+                                                     sets_per_batch):
     # few integer levels: many exact ties and duplicates, and exact float64 arithmetic
-    X = np.random.default_rng(seed).integers(0, levels, size=(2, n, d)).astype(float)
+    X = np.random.default_rng(seed).integers(0, levels, size=(3, n, d)).astype(float)
     k = 1 + int(k_frac * (n - 2))
     result = exact_knn(torch.from_numpy(X), k, duplicates="keep" if keep else "drop", margin=margin,
-                       tile_bytes=1 if tiny_tiles else 1 << 27)
+                       tile_bytes=1 if tiny_tiles else 1 << 27, sets_per_batch=sets_per_batch)
     assert_matches_brute_force(X, result, k, keep)
 
 
@@ -107,7 +109,7 @@ def test_float32_points_far_from_the_origin(monkeypatch, held, widest):
     rng = np.random.default_rng(4)
     X = (100 + rng.normal(size=(2, 200, 4096)) * 0.05).astype(np.float32)  # distances within ~2%
     X[:, 5] = X[:, 9]  # a duplicate pair
-    result = exact_knn(torch.from_numpy(X), 10, tile_bytes=1 << 20)
+    result = exact_knn(torch.from_numpy(X), 10, tile_bytes=1 << 20, sets_per_batch=2)  # together where held
     assert_matches_brute_force(X.astype(np.float64), result, 10, keep=False)
     assert result.rows_by_pass["float64" if widest == "never" else "float32"] > 0
     for c in range(2):  # the Gram is exact too: differences of float32 values are exact in float64
@@ -123,8 +125,8 @@ def test_a_pass_whose_probe_settles_few_rows_is_skipped(monkeypatch):
 
     monkeypatch.setattr(cwnnk.knn, "WIDER_POOL", {"cpu": 0, "cuda": 0})
     bounded = {torch.float32: 0, torch.float64: 0}  # query rows whose bounds each pass computed
-    original = cwnnk.knn._PointSet.bounds
-    monkeypatch.setattr(cwnnk.knn._PointSet, "bounds",
+    original = cwnnk.knn._PointSets.bounds
+    monkeypatch.setattr(cwnnk.knn._PointSets, "bounds",
                         lambda self, rows, dtype, *a: bounded.update({dtype: bounded[dtype] + len(rows)})
                         or original(self, rows, dtype, *a))
     X = relu_layer(5, c=1, n=700)
@@ -160,16 +162,28 @@ def test_few_rows_left_by_the_first_pass_go_to_the_brute_force(monkeypatch, brut
     assert (result.rows_by_pass["brute"] > 100) == (brute_elements > 0)
 
 
-def test_point_sets_searched_in_threads_give_the_same_result(monkeypatch):
-    import cwnnk.knn
-
-    X = torch.from_numpy(relu_layer(6, c=5, n=300))
-    one = exact_knn(X, 12, duplicates="keep")
-    monkeypatch.setattr(cwnnk.knn, "SEARCH_STREAMS", {"cpu": 3, "cuda": 3})
-    threads = exact_knn(X, 12, duplicates="keep")
+def assert_same_knn(a, b):
     for name in ("indices", "sqdist", "gram", "group", "n_dup"):
-        assert torch.equal(getattr(one, name), getattr(threads, name)), name
-    assert one.rows_by_pass == threads.rows_by_pass
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.rows_by_pass == b.rows_by_pass
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_sets_searched_in_one_batch_equal_sets_searched_alone(keep):
+    """Sets of different numbers of distinct rows (a set of one row among them) share one batch;
+    its smaller sets' pools are padded. Each set's result is what it gets searched alone."""
+    X = relu_layer(8, c=4, n=300, d=8)
+    X[1, 100:] = 0  # 101 distinct rows
+    X[2, 20:] = X[2, 0]  # 20: smaller than the pool
+    X[3] = 1.5  # one
+    X = torch.from_numpy(X)
+    together = exact_knn(X, 25, duplicates="keep" if keep else "drop", sets_per_batch=4)
+    assert_matches_brute_force(X.numpy(), together, 25, keep)
+    alone = exact_knn(X, 25, duplicates="keep" if keep else "drop", sets_per_batch=1)
+    for name in ("indices", "sqdist", "group", "n_dup"):
+        assert torch.equal(getattr(together, name), getattr(alone, name)), name
+    # a padded pool's Gram is a product of another shape: equal up to its summation order
+    torch.testing.assert_close(together.gram, alone.gram, rtol=1e-13, atol=1e-13)
 
 
 def test_all_points_equal_leaves_no_candidate_under_drop():

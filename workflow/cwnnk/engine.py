@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cwnnk import kernels
-from cwnnk.device import resolve_device
+from cwnnk.device import buffer_bytes, resolve_device
 from cwnnk.knn import CONVERT_BYTES, Buffers, exact_knn, row_blocks, sq_norms
 
 KERNELS = ("gaussian", "cosine")
@@ -31,10 +31,9 @@ COUNTS = ("duplicates", "zero_vectors", "zero_sigma", "not_pd", "kkt_failed")
 # Bytes of one (nodes, k, k) float64 array, which sizes both the groups of point sets searched
 # together and the solver batches. On CPU it is kept small: batches that stay in cache and in
 # malloc's reused memory were measured faster (fresh large buffers page-fault). On a GPU a batch
-# costs launches and synchronisations whatever its size, so it is large, but at most
-# 1/GPU_BATCH_SHARE of the card's memory: the engine's peak was measured at 7 to 10 batches.
+# costs launches and synchronisations whatever its size, so it is large (cwnnk.device.buffer_bytes
+# caps it at a share of the card's memory).
 BATCH_BYTES = {"cpu": 1 << 24, "cuda": 1 << 32}
-GPU_BATCH_SHARE = 20
 # Rounds of block principal pivoting before the nodes still running go to Lawson-Hanson.
 BPP_ROUNDS = 10
 
@@ -115,9 +114,7 @@ def nnk(X, k=25, *, kernel="gaussian", sigma="local", solver="exact", duplicates
         "not_pd": torch.empty((C, N), dtype=torch.bool, device=dev),
         "kkt_failed": torch.empty((C, N), dtype=torch.bool, device=dev),
     }
-    budget = BATCH_BYTES.get(dev.type, BATCH_BYTES["cuda"])
-    if dev.type == "cuda":
-        budget = min(budget, torch.cuda.get_device_properties(dev).total_memory // GPU_BATCH_SHARE)
+    budget = buffer_bytes(BATCH_BYTES, dev)
     per_group = max(1, budget // (N * k * k * 8))
     # A group's solver runs in a worker thread while the next group's kNN runs here: torch's batched
     # Cholesky is a single-threaded loop whose idle core the search's products fill. On a busy CPU

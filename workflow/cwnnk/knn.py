@@ -25,16 +25,16 @@ rows (no N x N matrix is held):
    leaves only a few rows (BRUTE_ELEMENTS), they go straight to the brute force.
 """
 
-import contextlib
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
+from cwnnk.device import buffer_bytes
+
 # Bytes a query tile may use (bound block, pool differences and Gram), by device; see docs/engine.md.
-TILE_BYTES = {"cpu": 1 << 26, "cuda": 1 << 30}
+# On a GPU it is large, so that a tile joins many small point sets (cwnnk.device.buffer_bytes caps it).
+TILE_BYTES = {"cpu": 1 << 26, "cuda": 1 << 32}
 # Bytes of a tile of the pool differences in the float64 re-rank, per CPU thread. On a CPU it stays
 # in the cache while the subtraction, the squared norms and the Gram pass over it; smaller tiles
 # were measured slower (each op's cost per call, more so with several threads).
@@ -49,11 +49,13 @@ WIDER_POOL = {"cpu": 1 / 8, "cuda": 0}
 # distinct rows number at most this many elements (by device): then another pass's fixed cost
 # (its product, top-k and re-rank, each a few kernel launches on a GPU) exceeds the brute force's.
 BRUTE_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
-# Threads, each with its own stream, that search the point sets of one call on a GPU (see _each_set).
-SEARCH_STREAMS = {"cpu": 1, "cuda": 4}
 # Point sets whose centred copy (in a search pass's dtype) is at most this large keep it; larger
 # ones (a whole layer's aggregate) are centred block by block on every tile instead.
 CENTRED_BYTES = 1 << 28
+# Point sets searched together, by device, and at most as many as their float64 centred copy fits
+# in CENTRED_BYTES (and 2^13: a set's number is held in the top bits of a row's hash). On a GPU
+# a batch costs the kernel launches of one set; on a CPU batches were measured a little slower.
+SETS_PER_BATCH = {"cpu": 1, "cuda": 1 << 12}
 
 
 @dataclass
@@ -156,67 +158,92 @@ class Buffers:
         return held[:size].view(shape)
 
 
-def _distinct_rows(Xc):
-    """(distinct rows U, group id of each row, group sizes): equal rows share a group.
+def _distinct_rows(X):
+    """(distinct rows U, global group id of each of the B * N points, group sizes) of B point sets
+    X (B, N, D): equal rows of one set share a group, and the groups are numbered set after set.
 
     Rows are grouped by a hash of their bits (integer arithmetic: equal rows always get equal
-    hashes, whatever the BLAS), then checked to be equal; only if some are not (a collision) does
-    the slower lexicographic unique run. U is Xc itself, without a copy, when no rows are equal.
+    hashes, whatever the BLAS), with the set's number in the top bits, then checked to be equal;
+    only if some are not (a collision) does the slower lexicographic unique run, set by set. U is
+    the points themselves, without a copy, when no rows are equal.
     """
-    bits = torch.int32 if Xc.element_size() == 4 else torch.int64
-    factor = torch.randint(1, 2**62, (Xc.shape[1],), generator=_generator(Xc.device), device=Xc.device)
-    code = torch.empty(len(Xc), dtype=torch.int64, device=Xc.device)
-    for part in row_blocks(len(Xc), 24 * Xc.shape[1], CONVERT_BYTES):
+    B, N, D = X.shape
+    flat = X.reshape(B * N, D)
+    bits = torch.int32 if X.element_size() == 4 else torch.int64
+    factor = torch.randint(1, 2**62, (D,), generator=_generator(X.device), device=X.device)
+    code = torch.empty(B * N, dtype=torch.int64, device=X.device)
+    for part in row_blocks(B * N, 24 * D, CONVERT_BYTES):
         # + 0.0 turns -0.0 into 0.0, the one pair of equal floats with different bits; int64 wraps
-        code[part] = ((Xc[part] + 0.0).view(bits).to(torch.int64) * factor).sum(1)
+        code[part] = ((flat[part] + 0.0).view(bits).to(torch.int64) * factor).sum(1)
+    # the set's number in the top bits: sorted codes keep each set's groups together, in set order
+    code = (code & (2**50 - 1)) | (torch.arange(B * N, device=X.device) // N << 50)
     _, group, mult = torch.unique(code, return_inverse=True, return_counts=True)
-    index = torch.arange(len(group), device=Xc.device)
-    first = torch.full_like(mult, len(group)).scatter_reduce_(0, group, index, "amin")
+    index = torch.arange(B * N, device=X.device)
+    first = torch.full_like(mult, B * N).scatter_reduce_(0, group, index, "amin")
     if len(first) == len(group):  # all distinct: each row is its own group
-        return Xc, index, torch.ones_like(mult)
+        return flat, index, torch.ones_like(mult)
     copy = (first[group] != index).nonzero()[:, 0]
-    if torch.equal(Xc[copy], Xc[first[group[copy]]]):
-        return Xc[first], group, mult
-    return torch.unique(Xc, dim=0, return_inverse=True, return_counts=True)
+    if torch.equal(flat[copy], flat[first[group[copy]]]):
+        return flat[first], group, mult
+    sets = [torch.unique(X[b], dim=0, return_inverse=True, return_counts=True) for b in range(B)]
+    offsets = torch.tensor([0] + [len(u) for u, _, _ in sets], device=X.device).cumsum(0)
+    return (torch.cat([u for u, _, _ in sets]), torch.cat([g + offsets[b] for b, (_, g, _) in enumerate(sets)]),
+            torch.cat([m for _, _, m in sets]))
 
 
 def _generator(device):
     return torch.Generator(device=device).manual_seed(0)  # the same hash on every call
 
 
-class _PointSet:
-    """One point set merged into distinct rows, with what the search passes share."""
+class _PointSets:
+    """B point sets of N points searched together, merged into distinct rows.
 
-    def __init__(self, Xc, k):
-        U, self.group, self.mult = _distinct_rows(Xc)
-        self.U, self.k = U, k
+    A distinct row has a global id (the rows of set 0, then those of set 1, ...) and a local one
+    within its set; points are numbered b * N + i. Every search step works on a tile of global
+    query rows, whatever their sets: on a GPU, one step for many small sets costs the kernel
+    launches of one.
+    """
+
+    def __init__(self, X, k):
+        B, N, D = X.shape
+        U, self.group, self.mult = _distinct_rows(X)
+        self.U, self.k, self.n_points = U, k, N
+        n_u, dev = len(U), U.device
+        self.owner = torch.empty(n_u, dtype=torch.int64, device=dev).scatter_(
+            0, self.group, torch.arange(B * N, device=dev) // N)
+        self.size = torch.bincount(self.owner, minlength=B)  # distinct rows per set
+        self.start = self.size.cumsum(0) - self.size
+        self.local = torch.arange(n_u, device=dev) - self.start[self.owner]
+        self.width = int(self.size.max())
         # the bounds are computed on centred points v = u - m: the same distances, but rounding
         # errors that scale with |v|^2 instead of |u|^2 (activations sit far from the origin)
-        mean = sum(U[part].to(torch.float64).sum(0) for part in row_blocks(len(U), 8 * U.shape[1], CONVERT_BYTES))
-        self.mean = (mean / len(U)).to(U.dtype)  # float32 m keeps u - m exact in float64
-        self.sq = torch.cat([sq_norms(self.centred(part, torch.float64))
-                             for part in row_blocks(len(U), 8 * U.shape[1], CONVERT_BYTES)])
-        self.held = {}  # the centred points in each search dtype, where they fit CENTRED_BYTES
-        self.slack = 1 + 4 * (U.shape[1] + 2) * 2.0**-53  # a float64 squared distance's relative error
+        mean = torch.zeros((B, D), dtype=torch.float64, device=dev)
+        for part in row_blocks(n_u, 8 * D, CONVERT_BYTES):
+            mean.index_add_(0, self.owner[part], U[part].to(torch.float64))
+        self.mean = (mean / self.size[:, None]).to(U.dtype)  # float32 m keeps u - m exact in float64
+        self.sq = torch.cat([sq_norms(self.centred(part, torch.float64)) for part in row_blocks(n_u, 8 * D, CONVERT_BYTES)])
+        self.held = {}  # the centred points in each search dtype, (B, width, D), where they fit CENTRED_BYTES
+        self.slack = 1 + 4 * (D + 2) * 2.0**-53  # a float64 squared distance's relative error
         # members of each distinct row, ascending index; only the first k + 1 can reach a list
         width = int(self.mult.max().clamp(max=k + 1))
         order = torch.argsort(self.group, stable=True)
         start = torch.cumsum(self.mult, 0) - self.mult
-        j = torch.arange(width, device=U.device)
+        j = torch.arange(width, device=dev)
         members = order[(start[:, None] + j).clamp(max=len(order) - 1)]
         self.members = torch.where(j < self.mult[:, None], members, -1)
 
     def unfold(self, cand_u, d2_u, pos):
-        """Sorted distinct rows (B, P) -> the first k point candidates: their members, in order."""
+        """Sorted distinct rows (B, P), -1 past a set's rows -> the first k point candidates: their
+        members, in order."""
         k, (B, P) = self.k, cand_u.shape
-        count = self.mult[cand_u].clamp(max=k)
+        count = torch.where(cand_u >= 0, self.mult[cand_u.clamp(min=0)], 0).clamp(max=k)
         end = count.cumsum(1)
         slot = torch.arange(k, device=cand_u.device).repeat(B, 1)
         j = torch.searchsorted(end, slot, right=True)  # the distinct row that fills each slot
         inside = j < P
         j = j.clamp(max=P - 1)
         offset = (slot - (end - count).gather(1, j)).clamp(max=self.members.shape[1] - 1)
-        member = self.members[cand_u.gather(1, j), offset]
+        member = self.members[cand_u.gather(1, j).clamp(min=0), offset]
         return (
             torch.where(inside, member, -1),
             torch.where(inside, d2_u.gather(1, j), math.inf),
@@ -225,36 +252,73 @@ class _PointSet:
 
     def centred(self, rows, dtype):
         """v = u - m of the given rows (a slice or an index tensor), rounded to `dtype`."""
+        m = self.mean[0] if len(self.mean) == 1 else self.mean[self.owner[rows]]
         if self.U.dtype == dtype:  # one correctly rounded subtraction: fl(u - m), no float64 detour
-            return self.U[rows] - self.mean
-        return (self.U[rows].to(torch.float64) - self.mean.to(torch.float64)).to(dtype)
+            return self.U[rows] - m
+        return (self.U[rows].to(torch.float64) - m.to(torch.float64)).to(dtype)
+
+    def tiles(self, rows, limit):
+        """The query rows (ascending global ids) in tiles of at most `limit` rows, counted as the
+        bound product pads them (each set of a tile to the tile's largest): whole sets together
+        while they fit, a larger set in pieces of its own."""
+        counts = torch.unique_consecutive(self.owner[rows], return_counts=True)[1].tolist()
+        spans, lo, at, sets, tallest = [], 0, 0, 0, 0
+        for n in counts:
+            if n > limit:
+                spans += [(lo, at)] + [(a, min(at + n, a + limit)) for a in range(at, at + n, limit)]
+                lo, sets, tallest = at + n, 0, 0
+            elif (sets + 1) * max(tallest, n) > limit:
+                spans.append((lo, at))
+                lo, sets, tallest = at, 1, n
+            else:
+                sets, tallest = sets + 1, max(tallest, n)
+            at += n
+        spans.append((lo, at))
+        return [rows[a:b] for a, b in spans if b > a]
 
     def bounds(self, rows, dtype, c, buffers):
-        """S (B, n_u) in `dtype` of _bound_constant: 2 v_i.v_j - (1 - 2c)|v_j|^2 for the query rows."""
-        n_u, D = self.U.shape
-        S = buffers.get("bound", (len(rows), n_u), dtype)
+        """S (R, width) in `dtype` of _bound_constant: 2 v_i.v_j - (1 - 2c)|v_j|^2 for the query rows
+        (one tile) against the local rows j of their own set; -inf at the query and past its set."""
+        B, n_u, D = len(self.size), len(self.U), self.U.shape[1]
+        S = buffers.get("bound", (len(rows), self.width), dtype)
         bias = (-(1 - 2 * c) * self.sq).to(dtype)
         size = torch.finfo(dtype).bits // 8
-        if dtype not in self.held and n_u * D * size <= CENTRED_BYTES:
-            self.held[dtype] = torch.cat([self.centred(part, dtype) for part in row_blocks(n_u, 8 * D, CONVERT_BYTES)])
-        if dtype in self.held:
-            V = self.held[dtype]
-            torch.addmm(bias, V.index_select(0, rows), V.T, alpha=2, out=S)
-        else:  # too large to hold twice: centred a block of columns at a time
+        if dtype not in self.held and (B > 1 or n_u * D * size <= CENTRED_BYTES):
+            V = torch.cat([self.centred(part, dtype) for part in row_blocks(n_u, 8 * D, CONVERT_BYTES)])
+            self.held[dtype] = V[None] if B == 1 else V.new_zeros((B, self.width, D)).index_put_((self.owner, self.local), V)
+        if dtype not in self.held:  # too large to hold twice: centred a block of columns at a time
             Q = self.centred(rows, dtype)
             for part in row_blocks(n_u, 8 * D, CONVERT_BYTES):
                 S[:, part] = torch.addmm(bias[part], Q, self.centred(part, dtype).T, alpha=2)
-        S[torch.arange(len(rows), device=S.device), rows] = -math.inf  # the query itself
+        elif B == 1:
+            V = self.held[dtype][0]
+            torch.addmm(bias, V.index_select(0, rows), V.T, alpha=2, out=S)
+        else:
+            V = self.held[dtype]
+            padded_bias = bias.new_full((B, self.width), -math.inf).index_put_((self.owner, self.local), bias)
+            owner, local = self.owner[rows], self.local[rows]
+            sets, counts = torch.unique_consecutive(owner, return_counts=True)
+            T = int(counts.max())
+            which = torch.repeat_interleave(torch.arange(len(sets), device=S.device), counts)
+            rank = torch.arange(len(rows), device=S.device) - (counts.cumsum(0) - counts)[which]
+            Q = V.new_zeros((len(sets), T, D)).index_put_((which, rank), V[owner, local])
+            if len(sets) * T == len(rows):  # a tile of whole sets of one size: S itself
+                torch.baddbmm(padded_bias[sets, None, :], Q, V[sets].mT, alpha=2, out=S.view(len(sets), T, self.width))
+            else:  # computed padded, then the real rows copied out
+                padded = buffers.get("padded", (len(sets), T, self.width), dtype)
+                torch.baddbmm(padded_bias[sets, None, :], Q, V[sets].mT, alpha=2, out=padded)
+                S.copy_(padded[which, rank])
+        S[torch.arange(len(rows), device=S.device), self.local[rows]] = -math.inf  # the query itself
         return S
 
     def pools(self, S, rows, c, P):
-        """The pools of query rows from their bounds S: the P distinct rows of smallest lower bound,
-        and for each query the P-th smallest bound (no distinct row left out of the pool is nearer)."""
-        low, cand_u = torch.topk(S, P, dim=1)
+        """The pools of query rows from their bounds S: the P distinct rows of smallest lower bound
+        (-1 past the rows of a smaller set), and for each query the P-th smallest bound (no distinct
+        row left out of the pool is nearer)."""
+        low, col = torch.topk(S, P, dim=1)
+        cand_u = torch.where(low == -math.inf, -1, col + self.start[self.owner[rows]][:, None])
         outside = (1 - 2 * c) * self.sq[rows] - low[:, -1].double()
-        if P == len(self.U) - 1:
-            outside.fill_(math.inf)  # nothing was left out
-        return cand_u, outside
+        return cand_u, outside.masked_fill_(self.size[self.owner[rows]] <= P + 1, math.inf)  # nothing left out
 
     def differences(self, rows, targets, buffers):
         """y = u_t - u_i (B, T, D) in float64, exact for float32 points, of distinct query rows (B,)
@@ -297,11 +361,12 @@ class _PointSet:
             torch.sum(torch.mul(Y, Y, out=buffers.get("square", Y.shape, torch.float64)), -1, out=d2_u[part])
             if whole:
                 torch.bmm(Y, Y.mT, out=G_pool[part])
+        d2_u.masked_fill_(cand_u < 0, math.inf)  # past a small set's rows: never chosen
         # distinct rows by distance (a row's members are tied with each other, in index order);
         # members of two distinct rows at one distance would interleave: left to the brute force
         d2_u, order = d2_u.sort(dim=1)
         cand, d2, pos = self.unfold(cand_u.gather(1, order), d2_u, order)
-        tied = (d2_u[:, 1:] == d2_u[:, :-1]).any(1)
+        tied = ((d2_u[:, 1:] == d2_u[:, :-1]) & (d2_u[:, 1:] < math.inf)).any(1)
         # the float64 squared distance itself may be off by a few ulps per coordinate
         certified = ~tied & ((d2[:, -1] * self.slack < outside) | (outside == math.inf))
         if whole:
@@ -313,65 +378,76 @@ class _PointSet:
 
     def brute(self, rows, buffers, tile_bytes):
         """Float64 brute force over whole rows: the reference definition, for rows nothing certifies."""
-        U, k = self.U, self.k
+        U, k, N = self.U, self.k, self.n_points
         n_u, D = U.shape
         out = []
-        for part in row_blocks(len(rows), 8 * (3 * len(self.group) + k * D), tile_bytes):
+        for part in row_blocks(len(rows), 8 * (3 * N + self.width + k * D), tile_bytes):
             part = rows[part]
-            Up = U[part].to(torch.float64)
-            d2_u = torch.empty((len(part), n_u), dtype=torch.float64, device=U.device)
-            for cols in row_blocks(n_u, 8 * len(part) * D, tile_bytes):
-                d2_u[:, cols] = ((U[cols].to(torch.float64)[None, :, :] - Up[:, None, :]) ** 2).sum(-1)
-            d2_u[torch.arange(len(part), device=U.device), part] = math.inf
-            d2 = d2_u[:, self.group]  # to every point (members of a distinct row share its distance)
-            point = torch.arange(d2.shape[1], device=U.device).expand_as(d2)
+            owner, Up = self.owner[part], U[part].to(torch.float64)
+            d2_u = torch.empty((len(part), self.width), dtype=torch.float64, device=U.device)
+            for cols in row_blocks(self.width, 8 * len(part) * D, tile_bytes):
+                col = torch.arange(cols.start, cols.stop, device=U.device)
+                if len(self.size) == 1:
+                    d2_u[:, cols] = ((U[cols].to(torch.float64)[None, :, :] - Up[:, None, :]) ** 2).sum(-1)
+                else:  # the rows of each query's own set; inf past them
+                    at = (self.start[owner][:, None] + col).clamp(max=n_u - 1)
+                    d2 = ((U[at].to(torch.float64) - Up[:, None, :]) ** 2).sum(-1)
+                    d2_u[:, cols] = d2.masked_fill_(col >= self.size[owner][:, None], math.inf)
+            d2_u[torch.arange(len(part), device=U.device), self.local[part]] = math.inf
+            # to every point of the set (members of a distinct row share its distance)
+            points = self.group.view(-1, N)[owner]
+            d2 = d2_u.gather(1, points - self.start[owner][:, None])
+            point = torch.arange(N, device=U.device).expand_as(d2)
             cand, d2 = (t[:, :k] for t in _sort_by_distance_then_index(point, d2))
-            cand = cand.masked_fill(d2 == math.inf, -1)
+            cand = torch.where(d2 == math.inf, -1, cand + owner[:, None] * N)
             out.append((cand, d2, self.gram(part, cand, buffers, tile_bytes)))
         return [torch.cat(t) for t in zip(*out)]
 
     def to_points(self, cand, d2, G, keep):
-        """Distinct-row results -> one row per point; policy keep puts each point's duplicates first.
+        """Distinct-row results (candidates as point numbers b * N + j) -> one row per point, with
+        candidates j within its set; policy keep puts each point's duplicates first.
 
-        G (N, k, k) holds each distinct row's Gram at its first member's slot and is completed in
-        place. Returns (indices, sqdist, n_dup).
+        G (B * N, k, k) holds each distinct row's Gram at its first member's slot and is completed
+        in place. Returns (indices, sqdist, n_dup), each with one row per point.
         """
         k, g = self.k, self.group
-        N = len(g)
-        me = torch.arange(N, device=g.device)
+        n = len(g)
+        me = torch.arange(n, device=g.device)
+        base = (me // self.n_points * self.n_points)[:, None]
         n_dup = self.mult[g] - 1
         slot = self.members[:, 0][g]
         if not keep or not n_dup.any():
             copies = (slot != me).nonzero()[:, 0]
             G[copies] = G[slot[copies]]
-            return cand[g], d2[g], n_dup
-        shift = n_dup.clamp(max=k)
-        j = torch.arange(k, device=g.device)
-        src = (j[None, :] - shift[:, None]).clamp(min=0)
-        first = j[None, :] < shift[:, None]
-        # the duplicates of point i: the members of its group other than i, ascending
-        mates = torch.cat([self.members[g], torch.full((N, 1), -1, device=g.device)], 1)
-        mates = mates.gather(1, torch.argsort((mates == me[:, None]) | (mates < 0), dim=1, stable=True))
-        indices = torch.where(first, _pad(mates, k, -1), cand[g].gather(1, src))
-        sqdist = torch.where(first, 0.0, d2[g].gather(1, src))
-        # their Gram rows and columns are 0 (x_j - x_i = 0), the rest moves down by the shift
-        moved = (n_dup > 0).nonzero()[:, 0]
-        n, s = len(moved), src[moved]
-        sub = G[slot[moved]].gather(1, s[:, :, None].expand(n, k, k)).gather(2, s[:, None, :].expand(n, k, k))
-        G[moved] = sub.masked_fill_(first[moved][:, :, None] | first[moved][:, None, :], 0)
-        return indices, sqdist, n_dup
+            indices, sqdist = cand[g], d2[g]
+        else:
+            shift = n_dup.clamp(max=k)
+            j = torch.arange(k, device=g.device)
+            src = (j[None, :] - shift[:, None]).clamp(min=0)
+            first = j[None, :] < shift[:, None]
+            # the duplicates of point i: the members of its group other than i, ascending
+            mates = torch.cat([self.members[g], torch.full((n, 1), -1, device=g.device)], 1)
+            mates = mates.gather(1, torch.argsort((mates == me[:, None]) | (mates < 0), dim=1, stable=True))
+            indices = torch.where(first, _pad(mates, k, -1), cand[g].gather(1, src))
+            sqdist = torch.where(first, 0.0, d2[g].gather(1, src))
+            # their Gram rows and columns are 0 (x_j - x_i = 0), the rest moves down by the shift
+            moved = (n_dup > 0).nonzero()[:, 0]
+            m, s = len(moved), src[moved]
+            sub = G[slot[moved]].gather(1, s[:, :, None].expand(m, k, k)).gather(2, s[:, None, :].expand(m, k, k))
+            G[moved] = sub.masked_fill_(first[moved][:, :, None] | first[moved][:, None, :], 0)
+        return torch.where(indices >= 0, indices - base, -1), sqdist, n_dup
 
 
-def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=None):
+def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=None, sets_per_batch=None):
     """Exact kNN of every point of each point set in X (C, N, D) float32 or float64; see the module
     docstring.
 
     Also returns, per point, the Gram matrix of its candidates' differences to it, from which
     the kernels are built without touching the data again. `buffers` (a Buffers) lets repeated
-    calls share their scratch memory.
+    calls share their scratch memory. `sets_per_batch` overrides SETS_PER_BATCH.
     """
     C, N, D = X.shape
-    tile_bytes = tile_bytes or TILE_BYTES.get(X.device.type, TILE_BYTES["cuda"])
+    tile_bytes = tile_bytes or buffer_bytes(TILE_BYTES, X.device)
     per_thread = torch.get_num_threads() if X.device.type == "cpu" else 1
     rerank_bytes = min(tile_bytes, RERANK_BYTES.get(X.device.type, RERANK_BYTES["cuda"]) * per_thread)
     indices = torch.empty((C, N, k), dtype=torch.int64, device=X.device)
@@ -379,81 +455,50 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=
     grams = torch.empty((C, N, k, k), dtype=torch.float64, device=X.device)
     groups = torch.empty((C, N), dtype=torch.int64, device=X.device)
     n_dups = torch.empty((C, N), dtype=torch.int64, device=X.device)
+    per_batch = sets_per_batch or SETS_PER_BATCH.get(X.device.type, SETS_PER_BATCH["cuda"])
+    per_batch = min(per_batch, 1 << 13, max(1, CENTRED_BYTES // (N * D * 8)))
 
-    def search(c, buffers):
-        indices[c], sqdist[c], n_dups[c], groups[c], rows = _search_set(
-            X[c], k, grams[c], duplicates == "keep", margin, tile_bytes, rerank_bytes, buffers)
-        return rows
-
+    buffers = buffers or Buffers(X.device)
     rows_by_pass = {"float32": 0, "float64": 0, "brute": 0}
-    for rows in _each_set(search, C, X.device, buffers or Buffers(X.device)):
+    for lo in range(0, C, per_batch):
+        part = slice(lo, min(C, lo + per_batch))
+        indices[part], sqdist[part], n_dups[part], groups[part], rows = _search_batch(
+            X[part], k, grams[part].view(-1, k, k), duplicates == "keep", margin, tile_bytes, rerank_bytes, buffers)
         for name, n in rows.items():
             rows_by_pass[name] += n
     return KNN(indices, sqdist, grams, groups, n_dups, rows_by_pass)
 
 
-def _each_set(search, C, device, buffers):
-    """[search(c, buffers) for c in range(C)]: one set after another, or on a GPU in SEARCH_STREAMS
-    threads with a CUDA stream each. A set's search there is short, and its kernel launches and
-    synchronisations dominate; threads on their own streams overlap them."""
-    n_streams = min(C, SEARCH_STREAMS.get(device.type, 1))
-    if n_streams <= 1:
-        return [search(c, buffers) for c in range(C)]
-    todo, lock, main = iter(range(C)), threading.Lock(), _current_stream(device)
-
-    def worker():
-        done, own = {}, Buffers(device)
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        with torch.cuda.stream(stream) if stream else contextlib.nullcontext():
-            if stream:
-                stream.wait_stream(main)  # the input and the outputs were made on the caller's stream
-            while (c := _next(todo, lock)) is not None:
-                done[c] = search(c, own)
-        if stream:
-            stream.synchronize()
-        return done
-
-    with ThreadPoolExecutor(n_streams) as pool:
-        done = {c: rows for part in pool.map(lambda _: worker(), range(n_streams)) for c, rows in part.items()}
-    return [done[c] for c in range(C)]
-
-
-def _current_stream(device):
-    return torch.cuda.current_stream(device) if device.type == "cuda" else None
-
-
-def _next(items, lock):
-    with lock:
-        return next(items, None)
-
-
-def _search_set(Xc, k, G_out, keep, margin, tile_bytes, rerank_bytes, buffers):
-    """Exact kNN of one point set Xc (N, D): (indices, sqdist, n_dup, group, rows settled per pass);
-    the candidates' Grams are written into G_out (N, k, k)."""
-    D = Xc.shape[1]
+def _search_batch(X, k, G_out, keep, margin, tile_bytes, rerank_bytes, buffers):
+    """Exact kNN of the point sets X (B, N, D) searched together: (indices, sqdist, n_dup, group,
+    rows settled per pass), each with leading axes (B, N); the candidates' Grams are written into
+    G_out (B * N, k, k)."""
+    B, N, D = X.shape
     rows_by_pass = {"float32": 0, "float64": 0, "brute": 0}
-    brute_elements = BRUTE_ELEMENTS.get(Xc.device.type, BRUTE_ELEMENTS["cuda"])
-    ps = _PointSet(Xc, k)
+    brute_elements = BRUTE_ELEMENTS.get(X.device.type, BRUTE_ELEMENTS["cuda"])
+    ps = _PointSets(X, k)
     # float32 would overflow on huge values; such data go straight to the float64 pass
     passes = [torch.float32, torch.float64] if ps.sq.max() < 1e30 else [torch.float64]
-    n_u = len(ps.U)
-    cand = torch.full((n_u, k), -1, dtype=torch.int64, device=Xc.device)
-    d2 = torch.full((n_u, k), math.inf, dtype=torch.float64, device=Xc.device)
+    n_u, width = len(ps.U), ps.width
+    cand = torch.full((n_u, k), -1, dtype=torch.int64, device=X.device)
+    d2 = torch.full((n_u, k), math.inf, dtype=torch.float64, device=X.device)
     G, slot = G_out, ps.members[:, 0]  # a distinct row's Gram goes to its first member's slot
-    P = min(k + (default_margin(k) if margin is None else margin), n_u - 1)
-    if P == 0:  # all points equal: no candidates
+    # smaller sets than the largest have pools padded with -1 (pools())
+    P = min(k + (default_margin(k) if margin is None else margin), width - 1)
+    if P == 0:  # all points of every set equal: no candidates
         G.zero_()
-    pending = torch.arange(n_u if P > 0 else 0, device=Xc.device)
+    pending = torch.arange(n_u if P > 0 else 0, device=X.device)
     for dtype in passes:
-        if len(pending) == 0 or (dtype != passes[0] and len(pending) * n_u * D <= brute_elements):
+        if len(pending) == 0 or (dtype != passes[0] and len(pending) * width * D <= brute_elements):
             break  # nothing left, or so little that the brute force costs less than another pass
-        cst = _bound_constant(D, dtype, Xc.device)
+        cst = _bound_constant(D, dtype, X.device)
         # tiles of queries for the bound product, then smaller ones for the float64 re-rank
         size = torch.finfo(dtype).bits // 8
-        bound_rows = max(1, tile_bytes // (n_u * 2 * size + D * (size + 8)))  # bounds, centred queries
-        entry_bytes = D * (8 * 2 + Xc.element_size())  # one pool entry's differences in a re-rank
+        # bounds (and their padded product where a tile joins sets), centred queries
+        bound_rows = max(1, tile_bytes // (width * (2 if B == 1 else 3) * size + D * (size + 8)))
+        entry_bytes = D * (8 * 2 + X.element_size())  # one pool entry's differences in a re-rank
         # how far a pool may grow before the float64 product of the next pass is cheaper
-        widest = min(int(n_u * WIDER_POOL.get(Xc.device.type, WIDER_POOL["cuda"])), tile_bytes // entry_bytes)
+        widest = min(int(width * WIDER_POOL.get(X.device.type, WIDER_POOL["cuda"])), tile_bytes // entry_bytes)
         failed = []
 
         def settle(rows, pool, outside):
@@ -475,28 +520,30 @@ def _search_set(Xc, k, G_out, keep, margin, tile_bytes, rerank_bytes, buffers):
 
         # if a pass that is not the last settles fewer than half of its first tile's rows (float32
         # bounds too loose for the data), the other rows skip it
-        for n_tile, tile in enumerate(torch.split(pending, bound_rows)):
+        tiles = ps.tiles(pending, bound_rows)
+        for n_tile, tile in enumerate(tiles):
             S = ps.bounds(tile, dtype, cst, buffers)
             missed, kth = settle(tile, *ps.pools(S, tile, cst, P))
             # a missed row's pool grows to every distinct row whose bound is within its current
             # k-th distance (then certified unless tied), where that is far fewer than all
             reach = (1 - 2 * cst) * ps.sq[tile[missed]] - kth * ps.slack
             pool_size = (S[missed] >= reach.to(S.dtype)[:, None]).sum(1) + 1
-            wider = pool_size <= min(n_u - 1, max(P + 1, widest))
+            wider = pool_size <= (ps.size[ps.owner[tile[missed]]] - 1).clamp(max=max(P + 1, widest))
             if wider.any():
                 local = missed[wider]
                 again = ps.pools(S[local], tile[local], cst, int(pool_size[wider].max()))
                 missed = torch.cat([missed[~wider], local[settle(tile[local], *again)[0]]])
             failed.append(tile[missed])
             if n_tile == 0 and dtype != passes[-1] and 2 * len(missed) > len(tile):
-                failed.append(pending[len(tile):])
+                failed += tiles[1:]
                 break
         name = str(dtype).removeprefix("torch.")
         rows_by_pass[name] += len(pending)
-        pending = torch.cat(failed)
+        pending = torch.cat(failed).sort().values
         rows_by_pass[name] -= len(pending)
     if len(pending):
         cand[pending], d2[pending], G[slot[pending]] = ps.brute(pending, buffers, tile_bytes)
         rows_by_pass["brute"] += len(pending)
     indices, sqdist, n_dup = ps.to_points(cand, d2, G, keep)
-    return indices, sqdist, n_dup, ps.group, rows_by_pass
+    group = ps.group - ps.start[ps.owner[ps.group]]  # local: equal ids for equal points of a set
+    return indices.view(B, N, k), sqdist.view(B, N, k), n_dup.view(B, N), group.view(B, N), rows_by_pass
