@@ -142,7 +142,7 @@ def nnk(X, k=25, *, kernel="gaussian", sigma="local", solver="exact", duplicates
         "kkt_failed": out["kkt_failed"].sum(1),
     }
     squeeze = (lambda a: a[0]) if single else (lambda a: a)  # noqa: E731
-    to_np = lambda t: squeeze(t.cpu().numpy())  # noqa: E731
+    to_np = lambda t: squeeze(_to_host(t).numpy())  # noqa: E731
     return NNKResult(
         indices=to_np(out["indices"]),
         distances=to_np(out["sqdist"].sqrt()),
@@ -154,6 +154,14 @@ def nnk(X, k=25, *, kernel="gaussian", sigma="local", solver="exact", duplicates
         kernel=kernel,
         solver=solver,
     )
+
+
+def _to_host(t):
+    """t on the CPU. From a GPU through page-locked memory: a copy to ordinary (pageable) memory
+    ran at 1.2 GB/s on an H200 and took about 40 % of a small-channel layer's time."""
+    if t.device.type == "cpu":
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
 
 
 def _search_group(X, k, kernel, sigma, duplicates, buffers, out):
