@@ -10,8 +10,9 @@ quantity is computed from them converted tile by tile.
 
 Exactly equal points are merged first (grouped by an integer hash of their bits, then verified), so the
 search runs over the distinct rows U, a group of m equal points being one entry that stands for
-its m members (ties inside a group cost nothing). Per point set, over tiles of distinct query
-rows (no N x N matrix is held):
+its m members (ties inside a group cost nothing). Point sets are searched in batches (SETS_PER_BATCH:
+on a GPU many small sets at once, whose kernel launches then cost those of one set), over tiles of
+distinct query rows that join whole sets while they fit (no N x N matrix is held):
 1. one float32 product gives, for every pair, a *lower bound* on the squared distance (the float32
    value minus a rounding-error bound); the P = k + margin smallest bounds form a pool;
 2. the pool is re-ranked in float64 from the direct differences y_j = u_j - u_i (their Gram matrix
