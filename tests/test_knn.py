@@ -186,6 +186,12 @@ def test_sets_searched_in_one_batch_equal_sets_searched_alone(keep):
     torch.testing.assert_close(together.gram, alone.gram, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_a_batch_size_that_is_not_a_positive_integer_is_refused(bad):
+    with pytest.raises(ValueError, match=f"sets_per_batch={bad!r}"):
+        exact_knn(torch.zeros((2, 5, 3)), 2, sets_per_batch=bad)
+
+
 def test_all_points_equal_leaves_no_candidate_under_drop():
     X = np.ones((1, 5, 3))
     dropped = exact_knn(torch.from_numpy(X), 3)

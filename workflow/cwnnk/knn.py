@@ -456,6 +456,9 @@ def exact_knn(X, k, *, duplicates="drop", margin=None, tile_bytes=None, buffers=
     grams = torch.empty((C, N, k, k), dtype=torch.float64, device=X.device)
     groups = torch.empty((C, N), dtype=torch.int64, device=X.device)
     n_dups = torch.empty((C, N), dtype=torch.int64, device=X.device)
+    if sets_per_batch is not None and (isinstance(sets_per_batch, bool) or not isinstance(sets_per_batch, int)
+                                       or sets_per_batch < 1):
+        raise ValueError(f"sets_per_batch={sets_per_batch!r} is not allowed; give a positive integer or None")
     per_batch = sets_per_batch or SETS_PER_BATCH.get(X.device.type, SETS_PER_BATCH["cuda"])
     per_batch = min(per_batch, 1 << 13, max(1, CENTRED_BYTES // (N * D * 8)))
 
