@@ -24,6 +24,11 @@ distinct query rows that join whole sets while they fit (no N x N matrix is held
    half of its first tile's rows (bounds too loose for the data, as for a whole layer's aggregate
    of D = 65,536), the set's other rows go to the float64 pass at once; where the first pass
    leaves only a few rows (BRUTE_ELEMENTS), they go straight to the brute force.
+A set small enough for its float64 Gram matrix H = V V^T of centred rows (GRAM_BYTES; on a CPU,
+sets of up to 4,096 distinct rows) gets H instead, from one symmetric product: its bounds, pools'
+distances and candidates' Grams are then read from H, with the certificate widened by H's rounding
+errors. Rows H cannot certify (near ties, or rows far from the set's mean relative to their
+neighbourhood, where H's error would exceed GRAM_SCALE of it) are re-ranked from differences.
 """
 
 import math
@@ -57,6 +62,14 @@ CENTRED_BYTES = 1 << 28
 # in CENTRED_BYTES (and 2^13: a set's number is held in the top bits of a row's hash). On a GPU
 # a batch costs the kernel launches of one set; on a CPU batches were measured a little slower.
 SETS_PER_BATCH = {"cpu": 1, "cuda": 1 << 12}
+# Point sets (a batch of them) whose float64 Gram matrix H = V V^T of centred rows takes at most this
+# many bytes get it, by device: then every bound, distance and candidate Gram is read from H (one
+# symmetric product per set) instead of a float32 product plus a float64 re-rank of gathered
+# differences. Off on a GPU: not measured there.
+GRAM_BYTES = {"cpu": 1 << 27, "cuda": 0}
+# A row's candidates' Gram is read from H only where H's rounding error bound is at most this share
+# of the row's k-th squared distance; otherwise it comes from direct differences (docs/engine.md).
+GRAM_SCALE = 2.0**-36
 
 
 @dataclass
@@ -192,6 +205,40 @@ def _distinct_rows(X):
             torch.cat([m for _, _, m in sets]))
 
 
+def _take(T, at):
+    """The elements of T at the flat positions `at`, shaped like it (faster than T.view(-1)[at])."""
+    return T.view(-1).index_select(0, at.reshape(-1)).view(at.shape)
+
+
+def _self_products(V):
+    """V V^T (n, n) of rows V (n, D), float64. On a CPU by BLAS's symmetric rank-k update (half a
+    product's work; torch has none), with as many threads as torch uses."""
+    if V.device.type != "cpu":
+        return V @ V.T
+    from scipy.linalg.blas import dsyrk
+
+    _blas_threads(torch.get_num_threads())
+    upper = torch.from_numpy(dsyrk(1.0, V.numpy().T, trans=1))  # V.T is Fortran-ordered: no copy
+    H = torch.add(upper, upper.T, out=torch.empty(upper.shape, dtype=torch.float64))  # row-major
+    H.diagonal().div_(2)  # the lower triangle was 0, the diagonal doubled: halving it is exact
+    return H
+
+
+_BLAS = {}
+
+
+def _blas_threads(n):
+    """Let scipy's BLAS use n threads, like torch (its default is every core)."""
+    if _BLAS.get("threads") != n:
+        from threadpoolctl import ThreadpoolController
+
+        if "controller" not in _BLAS:
+            _BLAS["controller"] = ThreadpoolController().select(user_api="blas")
+        for lib in _BLAS["controller"].lib_controllers:
+            lib.set_num_threads(n)
+        _BLAS["threads"] = n
+
+
 def _generator(device):
     return torch.Generator(device=device).manual_seed(0)  # the same hash on every call
 
@@ -222,8 +269,14 @@ class _PointSets:
         for part in row_blocks(n_u, 8 * D, CONVERT_BYTES):
             mean.index_add_(0, self.owner[part], U[part].to(torch.float64))
         self.mean = (mean / self.size[:, None]).to(U.dtype)  # float32 m keeps u - m exact in float64
-        self.sq = torch.cat([sq_norms(self.centred(part, torch.float64)) for part in row_blocks(n_u, 8 * D, CONVERT_BYTES)])
         self.held = {}  # the centred points in each search dtype, (B, width, D), where they fit CENTRED_BYTES
+        # H: v_i.v_j of each set's centred rows, where it fits; its diagonal is then the squared norms
+        self.H = None
+        if B * self.width**2 * 8 <= GRAM_BYTES.get(dev.type, GRAM_BYTES["cuda"]):
+            self.H = self.gram_matrix()
+            self.sq = self.H.diagonal(dim1=1, dim2=2)[self.owner, self.local]
+        else:
+            self.sq = torch.cat([sq_norms(self.centred(part, torch.float64)) for part in row_blocks(n_u, 8 * D, CONVERT_BYTES)])
         self.slack = 1 + 4 * (D + 2) * 2.0**-53  # a float64 squared distance's relative error
         # members of each distinct row, ascending index; only the first k + 1 can reach a list
         width = int(self.mult.max().clamp(max=k + 1))
@@ -250,6 +303,21 @@ class _PointSets:
             torch.where(inside, d2_u.gather(1, j), math.inf),
             torch.where(inside, pos.gather(1, j), -1),
         )
+
+    def gram_matrix(self):
+        """H (B, width, width) float64: v_i.v_j of each set's centred rows (0 past its rows), made
+        a block of coordinates at a time."""
+        B, W, D = len(self.size), self.width, self.U.shape[1]
+        H = torch.zeros((B, W, W), dtype=torch.float64, device=self.U.device) if B > 1 else None
+        for b, (lo, n) in enumerate(zip(self.start.tolist(), self.size.tolist())):
+            Hb = None
+            for cols in row_blocks(D, 8 * n, CONVERT_BYTES):
+                V = self.U[lo:lo + n, cols].to(torch.float64) - self.mean[b, cols].to(torch.float64)
+                Hb = _self_products(V) if Hb is None else Hb.add_(_self_products(V))
+            if H is None:
+                return Hb[None]
+            H[b, :n, :n] = Hb
+        return H
 
     def centred(self, rows, dtype):
         """v = u - m of the given rows (a slice or an index tensor), rounded to `dtype`."""
@@ -279,10 +347,30 @@ class _PointSets:
 
     def bounds(self, rows, dtype, c, buffers):
         """S (R, width) in `dtype` of _bound_constant: 2 v_i.v_j - (1 - 2c)|v_j|^2 for the query rows
-        (one tile) against the local rows j of their own set; -inf at the query and past its set."""
-        B, n_u, D = len(self.size), len(self.U), self.U.shape[1]
+        (one tile) against the local rows j of their own set; -inf at the query and past its set.
+        Read from H where the sets have it (their only pass is float64), else one product."""
+        B, n_u = len(self.size), len(self.U)
         S = buffers.get("bound", (len(rows), self.width), dtype)
         bias = (-(1 - 2 * c) * self.sq).to(dtype)
+        padded_bias = bias if B == 1 else bias.new_full((B, self.width), -math.inf).index_put_((self.owner, self.local), bias)
+        owner, local = self.owner[rows], self.local[rows]
+        if self.H is not None:
+            W = self.width
+            at = owner * W + local
+            H, lo = self.H.view(B * W, W), int(at[0])
+            column = padded_bias if B == 1 else padded_bias.view(B, W)[owner]
+            if int(at[-1]) - lo + 1 == len(at):  # consecutive rows (the usual tile): H's rows themselves
+                torch.add(column, H[lo:lo + len(at)], alpha=2, out=S)
+            else:
+                torch.index_select(H, 0, at, out=S).mul_(2).add_(column)
+        else:
+            self._product_bounds(S, rows, dtype, bias, padded_bias, buffers)
+        S[torch.arange(len(rows), device=S.device), local] = -math.inf  # the query itself
+        return S
+
+    def _product_bounds(self, S, rows, dtype, bias, padded_bias, buffers):
+        """bounds() by one product of the tile's centred rows with their sets' rows."""
+        B, n_u, D = len(self.size), len(self.U), self.U.shape[1]
         size = torch.finfo(dtype).bits // 8
         if dtype not in self.held and (B > 1 or n_u * D * size <= CENTRED_BYTES):
             V = torch.cat([self.centred(part, dtype) for part in row_blocks(n_u, 8 * D, CONVERT_BYTES)])
@@ -296,7 +384,6 @@ class _PointSets:
             torch.addmm(bias, V.index_select(0, rows), V.T, alpha=2, out=S)
         else:
             V = self.held[dtype]
-            padded_bias = bias.new_full((B, self.width), -math.inf).index_put_((self.owner, self.local), bias)
             owner, local = self.owner[rows], self.local[rows]
             sets, counts = torch.unique_consecutive(owner, return_counts=True)
             T = int(counts.max())
@@ -309,8 +396,6 @@ class _PointSets:
                 padded = buffers.get("padded", (len(sets), T, self.width), dtype)
                 torch.baddbmm(padded_bias[sets, None, :], Q, V[sets].mT, alpha=2, out=padded)
                 S.copy_(padded[which, rank])
-        S[torch.arange(len(rows), device=S.device), self.local[rows]] = -math.inf  # the query itself
-        return S
 
     def pools(self, S, rows, c, P):
         """The pools of query rows from their bounds S: the P distinct rows of smallest lower bound
@@ -346,7 +431,59 @@ class _PointSets:
         return G
 
     def rerank(self, rows, cand_u, outside, buffers, tile_bytes):
-        """Certified candidates of query rows from their pools: (cand, d2, gram, certified).
+        """Certified candidates of query rows from their pools: (cand, d2, gram, certified), from
+        H where the sets have it, else (and for the rows H leaves) from the pool's differences."""
+        if self.H is None:
+            return self._rerank_differences(rows, cand_u, outside, buffers, tile_bytes)
+        found = self._rerank_gram(rows, cand_u, outside)
+        redo = (~found[3]).nonzero()[:, 0]
+        if len(redo):
+            again = self._rerank_differences(rows[redo], cand_u[redo], outside[redo], buffers, tile_bytes)
+            for t, value in zip(found, again):
+                t[redo] = value
+        return found
+
+    def _rerank_gram(self, rows, cand_u, outside):
+        """rerank() with every distance and Gram entry read from H, nothing gathered from the points.
+
+        H's values err by at most c (|v_a|^2 + |v_b|^2) (c of _bound_constant), so each squared
+        distance sq_i + sq_a - 2 H_ia lies within err = 2c (sq_i + sq_a) of its own. A row is
+        certified where these intervals fix its ranking: each chosen distinct row is below every
+        later one's interval and the P-th lower bound (ties stay uncertified), and where the Gram
+        G_ab = H_ab - H_ai - H_ib + H_ii, whose error is below 6 c max(sq), is within GRAM_SCALE of
+        the k-th squared distance (rows far from their set's mean relative to it are not)."""
+        k, (R, P) = self.k, cand_u.shape
+        c = _bound_constant(self.U.shape[1], torch.float64, cand_u.device)
+        W, pool = self.width, cand_u.clamp(min=0)
+        top = (self.owner[rows] * W + self.local[rows]) * W  # where each query's row of H starts
+        h = _take(self.H, top[:, None] + self.local[pool])  # (R, P) v_i . v_a
+        sq_i, sq_a = self.sq[rows], self.sq[pool]
+        d2_u = (sq_i[:, None] + sq_a).sub_(h, alpha=2).masked_fill_(cand_u < 0, math.inf)
+        d2_u, order = d2_u.sort(dim=1)
+        sq_a = sq_a.gather(1, order)
+        err = (2 * c) * (sq_i[:, None] + sq_a)
+        cand, d2, pos = self.unfold(cand_u.gather(1, order), d2_u, order)
+        count = torch.where(cand_u >= 0, self.mult[pool], 0).clamp(max=k).gather(1, order)
+        used = (count > 0) & (count.cumsum(1) - count < k)  # distinct rows whose members are chosen
+        # the least lower bound after each pool entry, the rows outside the pool included
+        beyond = torch.cat([d2_u - err, outside[:, None]], 1).flip(1).cummin(1).values.flip(1)[:, 1:]
+        ranked = ((d2_u + err < beyond) | ~used).all(1)
+        kth = torch.where(used, d2_u - err, -math.inf).amax(1)
+        far = torch.where(used, sq_a, 0).amax(1).maximum(sq_i)
+        certified = ranked & (6 * c * far <= GRAM_SCALE * kth)
+        # the chosen candidates' Gram, 0 where a candidate is -1 and for rows not certified
+        at = pos.clamp(min=0)
+        mine = self.local[pool.gather(1, at)]
+        h = h.gather(1, at)
+        corner = top - self.local[rows] * W  # where each query's set's H starts
+        G = _take(self.H, (corner[:, None] + mine * W)[:, :, None] + mine[:, None, :])
+        G.sub_(h[:, :, None]).sub_(h[:, None, :] - sq_i[:, None, None])
+        ok = pos >= 0
+        G.masked_fill_(~(ok[:, :, None] & ok[:, None, :] & certified[:, None, None]), 0)
+        return cand, d2, G, certified
+
+    def _rerank_differences(self, rows, cand_u, outside, buffers, tile_bytes):
+        """rerank() from the direct differences of each pool.
 
         The pool's differences are made a tile of `tile_bytes` at a time (on a CPU, one that stays
         in the cache), which gives their squared norms and, for a pool of the usual size, their
@@ -481,8 +618,9 @@ def _search_batch(X, k, G_out, keep, margin, tile_bytes, rerank_bytes, buffers):
     rows_by_pass = {"float32": 0, "float64": 0, "brute": 0}
     brute_elements = BRUTE_ELEMENTS.get(X.device.type, BRUTE_ELEMENTS["cuda"])
     ps = _PointSets(X, k)
-    # float32 would overflow on huge values; such data go straight to the float64 pass
-    passes = [torch.float32, torch.float64] if ps.sq.max() < 1e30 else [torch.float64]
+    # float32 would overflow on huge values; such data go straight to the float64 pass, as do sets
+    # with H (its float64 bounds cost no product)
+    passes = [torch.float32, torch.float64] if ps.H is None and ps.sq.max() < 1e30 else [torch.float64]
     n_u, width = len(ps.U), ps.width
     cand = torch.full((n_u, k), -1, dtype=torch.int64, device=X.device)
     d2 = torch.full((n_u, k), math.inf, dtype=torch.float64, device=X.device)
