@@ -114,9 +114,11 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
+        # uncompressed: zlib took 13 ms per graph for 26 % less space (float64 weights hardly compress)
         for c in range(C):
-            scipy.sparse.save_npz(tmp / channel_file(c), to_sparse(channels.channel(c), params["symmetrize"]))
-        scipy.sparse.save_npz(tmp / "aggregate.npz", to_sparse(aggregate, params["symmetrize"]))
+            scipy.sparse.save_npz(tmp / channel_file(c), to_sparse(channels.channel(c), params["symmetrize"]),
+                                  compressed=False)
+        scipy.sparse.save_npz(tmp / "aggregate.npz", to_sparse(aggregate, params["symmetrize"]), compressed=False)
         np.savez(
             tmp / "knn.npz", positions=positions, labels=store.labels[positions],
             channel_indices=channels.indices, channel_distances=channels.distances,
