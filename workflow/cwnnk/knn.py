@@ -34,6 +34,7 @@ neighbourhood, where H's error would exceed GRAM_SCALE of it) are re-ranked from
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cwnnk.device import buffer_bytes
@@ -203,6 +204,21 @@ def _distinct_rows(X):
     offsets = torch.tensor([0] + [len(u) for u, _, _ in sets], device=X.device).cumsum(0)
     return (torch.cat([u for u, _, _ in sets]), torch.cat([g + offsets[b] for b, (_, g, _) in enumerate(sets)]),
             torch.cat([m for _, _, m in sets]))
+
+
+def _largest(S, P):
+    """The P largest entries of each row of S (R, W) and their columns, in no particular order."""
+    if S.device.type != "cpu" or P >= S.shape[1]:
+        return torch.topk(S, P, dim=1, sorted=False)
+    # numpy's introselect finds each row's P-th largest value (measured twice as fast as torch.topk
+    # in all); the entries at least as large are the P largest, unless ties make them more
+    A = S.numpy()
+    pth = torch.from_numpy(np.partition(A, A.shape[1] - P, axis=1)[:, A.shape[1] - P])
+    col = (S >= pth[:, None]).nonzero()[:, 1]
+    if len(col) != P * len(S):
+        return torch.topk(S, P, dim=1, sorted=False)
+    col = col.view(len(S), P)
+    return S.gather(1, col), col
 
 
 def _take(T, at):
@@ -401,9 +417,9 @@ class _PointSets:
         """The pools of query rows from their bounds S: the P distinct rows of smallest lower bound
         (-1 past the rows of a smaller set), and for each query the P-th smallest bound (no distinct
         row left out of the pool is nearer)."""
-        low, col = torch.topk(S, P, dim=1)
+        low, col = _largest(S, P)
         cand_u = torch.where(low == -math.inf, -1, col + self.start[self.owner[rows]][:, None])
-        outside = (1 - 2 * c) * self.sq[rows] - low[:, -1].double()
+        outside = (1 - 2 * c) * self.sq[rows] - low.amin(1).double()
         return cand_u, outside.masked_fill_(self.size[self.owner[rows]] <= P + 1, math.inf)  # nothing left out
 
     def differences(self, rows, targets, buffers):
