@@ -8,6 +8,7 @@ leave the batch. See docs/engine.md for the algorithms and the memory they need.
 """
 
 import contextlib
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -28,12 +29,14 @@ KKT_TOL = 1e-9  # METHOD.md: |g| <= 1e-9 on the support, g <= 1e-9 off it
 # can come out a rounding error below 1, and K is then numerically singular either way.
 SAME_POINT = 1 - 4 * torch.finfo(torch.float64).eps
 COUNTS = ("duplicates", "zero_vectors", "zero_sigma", "not_pd", "kkt_failed")
-# Bytes of one (nodes, k, k) float64 array, which sizes both the groups of point sets searched
-# together and the solver batches. On CPU it is kept small: batches that stay in cache and in
-# malloc's reused memory were measured faster (fresh large buffers page-fault). On a GPU a batch
-# costs launches and synchronisations whatever its size, so it is large (cwnnk.device.buffer_bytes
-# caps it at a share of the card's memory).
+# Bytes of one (nodes, k, k) float64 array, which sizes the groups of point sets searched together
+# and (SOLVER_BYTES) the solver batches. On CPU they are kept small: batches that stay in cache and
+# in malloc's reused memory were measured faster (fresh large buffers page-fault), and a group
+# splits into several solver batches, which the two threads share. On a GPU a batch costs launches
+# and synchronisations whatever its size, so both are large (cwnnk.device.buffer_bytes caps them at
+# a share of the card's memory).
 BATCH_BYTES = {"cpu": 1 << 24, "cuda": 1 << 32}
+SOLVER_BYTES = {"cpu": 1 << 22, "cuda": 1 << 32}
 # Rounds of block principal pivoting before the nodes still running go to Lawson-Hanson.
 BPP_ROUNDS = 10
 
@@ -114,24 +117,26 @@ def nnk(X, k=25, *, kernel="gaussian", sigma="local", solver="exact", duplicates
         "not_pd": torch.empty((C, N), dtype=torch.bool, device=dev),
         "kkt_failed": torch.empty((C, N), dtype=torch.bool, device=dev),
     }
-    budget = buffer_bytes(BATCH_BYTES, dev)
-    per_group = max(1, budget // (N * k * k * 8))
-    # A group's solver runs in a worker thread while the next group's kNN runs here: torch's batched
-    # Cholesky is a single-threaded loop whose idle core the search's products fill. On a busy CPU
-    # this was also measured to be up to 3x faster than running the two in turn.
+    per_group = max(1, buffer_bytes(BATCH_BYTES, dev) // (N * k * k * 8))
+    step = max(1, buffer_bytes(SOLVER_BYTES, dev) // (k * k * 8))  # nodes per solver batch
+    # A group's solver batches run in a worker thread while the next group's kNN runs here (torch's
+    # batched Cholesky is a single-threaded loop whose idle core the search's products fill; on a
+    # busy CPU this was also measured up to 3x faster than running the two in turn). Then this
+    # thread solves the batches the worker has not started, from the last, instead of waiting.
     buffers = Buffers(dev)
     clock = _Clock(timings, dev)
     with ThreadPoolExecutor(max_workers=1) as worker:
-        solving = None
+        solving = []
         for c0 in range(0, C, per_group):
             part = slice(c0, min(C, c0 + per_group))
             views = {name: value[part] for name, value in out.items()}
             with clock("knn"):
                 nn, sq = _search_group(X[part], k, kernel, sigma, duplicates, buffers, views)
-            if solving is not None:
-                solving.result()
-            solving = worker.submit(_solve_group, nn, sq, kernel, solver, tol, budget, views, clock)
-        solving.result()
+            _share(solving)
+            batches = [(nn, sq, kernel, solver, tol, views, clock, slice(lo, min(len(nn.indices) * N, lo + step)))
+                       for lo in range(0, len(nn.indices) * N, step)]
+            solving = [(worker.submit(_solve_batch, *batch), batch) for batch in batches]
+        _share(solving)
 
     gaussian = kernel == "gaussian"
     counts = {
@@ -175,23 +180,29 @@ def _search_group(X, k, kernel, sigma, duplicates, buffers, out):
     return nn, sq
 
 
-def _solve_group(nn, sq, kernel, solver, tol, budget, out, clock):
-    """NNK weights of every node of a group, in solver batches, into the views `out`."""
+def _share(solving):
+    """Solve here the batches of `solving` (futures and their arguments) that the worker has not
+    started, from the last, then wait for the others."""
+    for future, batch in reversed(solving):
+        if future.cancel():
+            _solve_batch(*batch)
+    for future, _ in solving:
+        if not future.cancelled():
+            future.result()
+
+
+def _solve_batch(nn, sq, kernel, solver, tol, out, clock, nodes):
+    """NNK weights of the flat nodes c * N + i in the slice `nodes` of a group, into the views `out`."""
     C, N, k = nn.indices.shape
     sig = out["sigma"] if kernel == "gaussian" else None
-    flat = {name: out[name].view(C * N) for name in ("error", "not_pd", "kkt_failed")}
-    flat["weights"] = out["weights"].view(C * N, k)
-    step = max(1, budget // (k * k * 8))
-    for lo in range(0, C * N, step):
-        nodes = slice(lo, min(C * N, lo + step))
-        with clock("kernel"):
-            problems = _problems(nn, sq, sig, kernel, nodes)
-        with clock("solver"):
-            theta, error, not_pd, kkt_failed = _solve_chunk(problems, solver, tol)
-        if kernel == "cosine":
-            error = torch.where(sq.view(-1)[nodes] == 0, torch.nan, error)  # K_ii itself is undefined
-        flat["weights"][nodes], flat["error"][nodes] = theta, error
-        flat["not_pd"][nodes], flat["kkt_failed"][nodes] = not_pd, kkt_failed
+    with clock("kernel"):
+        problems = _problems(nn, sq, sig, kernel, nodes)
+    with clock("solver"):
+        theta, error, not_pd, kkt_failed = _solve_chunk(problems, solver, tol)
+    if kernel == "cosine":
+        error = torch.where(sq.view(-1)[nodes] == 0, torch.nan, error)  # K_ii itself is undefined
+    out["weights"].view(C * N, k)[nodes], out["error"].view(C * N)[nodes] = theta, error
+    out["not_pd"].view(C * N)[nodes], out["kkt_failed"].view(C * N)[nodes] = not_pd, kkt_failed
 
 
 class _Clock:
@@ -199,6 +210,7 @@ class _Clock:
 
     def __init__(self, timings, device):
         self.timings, self.cuda = timings, device.type == "cuda"
+        self.lock = threading.Lock()  # two threads add to it
 
     @contextlib.contextmanager
     def __call__(self, part):
@@ -211,7 +223,9 @@ class _Clock:
         yield
         if self.cuda:
             torch.cuda.synchronize()
-        self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        with self.lock:
+            self.timings[part] = self.timings.get(part, 0.0) + seconds
 
 
 def _kkt(K, b, valid, theta, ridge, mult):
