@@ -471,8 +471,9 @@ class _PointSets:
         k, (R, P) = self.k, cand_u.shape
         c = _bound_constant(self.U.shape[1], torch.float64, cand_u.device)
         W, pool = self.width, cand_u.clamp(min=0)
-        top = (self.owner[rows] * W + self.local[rows]) * W  # where each query's row of H starts
-        h = _take(self.H, top[:, None] + self.local[pool])  # (R, P) v_i . v_a
+        local = (lambda u: u) if len(self.size) == 1 else (lambda u: self.local[u])  # noqa: E731
+        top = (self.owner[rows] * W + local(rows)) * W  # where each query's row of H starts
+        h = _take(self.H, top[:, None] + local(pool))  # (R, P) v_i . v_a
         sq_i, sq_a = self.sq[rows], self.sq[pool]
         d2_u = (sq_i[:, None] + sq_a).sub_(h, alpha=2).masked_fill_(cand_u < 0, math.inf)
         d2_u, order = d2_u.sort(dim=1)
@@ -489,13 +490,14 @@ class _PointSets:
         certified = ranked & (6 * c * far <= GRAM_SCALE * kth)
         # the chosen candidates' Gram, 0 where a candidate is -1 and for rows not certified
         at = pos.clamp(min=0)
-        mine = self.local[pool.gather(1, at)]
+        mine = local(pool.gather(1, at))
         h = h.gather(1, at)
-        corner = top - self.local[rows] * W  # where each query's set's H starts
+        corner = top - local(rows) * W  # where each query's set's H starts
         G = _take(self.H, (corner[:, None] + mine * W)[:, :, None] + mine[:, None, :])
         G.sub_(h[:, :, None]).sub_(h[:, None, :] - sq_i[:, None, None])
         ok = pos >= 0
-        G.masked_fill_(~(ok[:, :, None] & ok[:, None, :] & certified[:, None, None]), 0)
+        if not bool(ok.all() & certified.all()):
+            G.masked_fill_(~(ok[:, :, None] & ok[:, None, :] & certified[:, None, None]), 0)
         return cand, d2, G, certified
 
     def _rerank_differences(self, rows, cand_u, outside, buffers, tile_bytes):
@@ -670,9 +672,10 @@ def _search_batch(X, k, G_out, keep, margin, tile_bytes, rerank_bytes, buffers):
                 order, n_ok = torch.argsort(~ok, stable=True), int(ok.sum())
                 got, lost = order[:n_ok], order[n_ok:]
                 at = rows[part].index_select(0, got)
-                cand.index_copy_(0, at, cand_t.index_select(0, got))
-                d2.index_copy_(0, at, d2_t.index_select(0, got))
-                G.index_copy_(0, slot.index_select(0, at), G_t.index_select(0, got))
+                pick = (lambda t: t) if n_ok == len(ok) else (lambda t: t.index_select(0, got))  # noqa: E731
+                cand.index_copy_(0, at, pick(cand_t))
+                d2.index_copy_(0, at, pick(d2_t))
+                G.index_copy_(0, slot.index_select(0, at), pick(G_t))
                 missed.append((part.start + lost, d2_t[lost, -1]))
             return [torch.cat(t) for t in zip(*missed)]
 
