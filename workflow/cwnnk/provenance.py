@@ -1,6 +1,7 @@
 """What produced an artifact: library versions, file hashes, timestamps."""
 
 import datetime
+import functools
 import hashlib
 import platform
 from importlib import metadata
@@ -8,7 +9,8 @@ from importlib import metadata
 PACKAGES = ("cwnnk", "torch", "torchvision", "numpy", "scipy", "zarr", "scikit-learn", "matplotlib")
 
 
-def versions():
+@functools.cache  # installed packages do not change while a process runs; each lookup scans sys.path
+def _installed():
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -16,6 +18,11 @@ def versions():
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def versions():
+    """Python's and the main packages' versions (None where one is not installed)."""
+    return dict(_installed())
 
 
 def sha256_file(path, chunk=1 << 20):
