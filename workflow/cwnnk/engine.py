@@ -274,6 +274,12 @@ def _as_point_sets(X, device):
 
 def _check_finite(X, single):
     flat = X.reshape(-1, X.shape[-1])
+    for part in row_blocks(len(flat), flat.shape[1], CONVERT_BYTES):
+        # a float64 sum is finite when every value is (it cannot overflow on float32 input): one pass
+        if not bool(torch.isfinite(flat[part].sum(dtype=torch.float64))):
+            break
+    else:
+        return
     bad = torch.cat([~torch.isfinite(flat[part]).all(-1) for part in row_blocks(len(flat), flat.shape[1], CONVERT_BYTES)])
     if bad.any():
         bad = bad.view(X.shape[:-1])

@@ -6,7 +6,7 @@ import torch
 def gaussian(d2, sigma):
     """exp(-d2 / (2 sigma^2)), exactly 1 at distance 0; sigma = 0 gives 0 elsewhere (its limit)."""
     sigma = torch.as_tensor(sigma, dtype=d2.dtype, device=d2.device)
-    K = torch.exp(d2 * (-0.5 / sigma**2))
+    K = torch.mul(d2, -0.5 / sigma**2).exp_()
     return K if (sigma > 0).all() else K.masked_fill_(d2 == 0, 1.0)  # 0 * inf is nan, not 1
 
 
