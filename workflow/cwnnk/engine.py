@@ -127,8 +127,9 @@ def nnk(X, k=25, *, kernel="gaussian", sigma="local", solver="exact", duplicates
     clock = _Clock(timings, dev)
     with ThreadPoolExecutor(max_workers=1) as worker:
         solving = []
-        for c0 in range(0, C, per_group):
-            part = slice(c0, min(C, c0 + per_group))
+        # the first group is one set, so that the worker soon has batches to solve
+        for c0 in [0, *range(1, C, per_group)]:
+            part = slice(c0, min(C, c0 + per_group) if c0 else 1)
             views = {name: value[part] for name, value in out.items()}
             with clock("knn"):
                 nn, sq = _search_group(X[part], k, kernel, sigma, duplicates, buffers, views)
