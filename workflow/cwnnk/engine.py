@@ -421,19 +421,19 @@ def _exact(K, b, valid, tol):
     B, k = b.shape
     x, ridge_out = torch.zeros_like(b), torch.zeros_like(b[:, 0])
     ids = torch.arange(B, device=b.device)
+    F = valid.clone()
     # the first solve on the whole of K_SS is also its positive-definiteness check
-    xa, ridge = _ridged_solve(K, b, valid, valid, torch.zeros_like(ridge_out))
+    xa, ridge = _ridged_solve(K, b, F, valid, torch.zeros_like(ridge_out))
     not_pd = ridge > 0
-    # the next passive set: its positive entries that no other candidate shadows (the pairwise KRI
-    # test b_j > K_jl b_l), nearer the support than the positive entries alone: fewer rounds
+    # the first swap also drops the candidates another one shadows (the pairwise KRI test
+    # b_j > K_jl b_l fails): nearer the support than the positive entries alone, fewer rounds
     shadow = K * (b * valid)[:, None, :]
     shadow.diagonal(dim1=1, dim2=2).zero_()  # l = j left out
-    F = valid & (xa > 0) & (shadow.amax(-1) < b)
-    xa, ridge = _ridged_solve(K, b, F, valid, ridge)
+    shadowed = shadow.amax(-1) >= b
     best = torch.full((B,), k + 1, device=b.device)
     backup = torch.full((B,), 3, device=b.device)
     cols = torch.arange(1, k + 1, device=b.device)
-    for _ in range(BPP_ROUNDS):
+    for rounds in range(BPP_ROUNDS):
         grad = b - (K @ xa[:, :, None])[..., 0]
         V = (F & (xa < 0)) | (valid & ~F & (grad > tol))
         n_bad = V.sum(1)
@@ -442,8 +442,8 @@ def _exact(K, b, valid, tol):
         if len(running) == 0:
             return x, ridge_out, not_pd
         if len(running) < len(ids):
-            ids, K, b, valid, F, V, n_bad, best, backup, ridge = (
-                t[running] for t in (ids, K, b, valid, F, V, n_bad, best, backup, ridge)
+            ids, K, b, valid, F, V, n_bad, best, backup, ridge, shadowed = (
+                t[running] for t in (ids, K, b, valid, F, V, n_bad, best, backup, ridge, shadowed)
             )
         better = n_bad < best
         swap_all = better | (backup > 0)
@@ -451,6 +451,8 @@ def _exact(K, b, valid, tol):
         best = torch.minimum(best, n_bad)
         last = torch.nn.functional.one_hot((V * cols).argmax(1), k).bool()
         F ^= torch.where(swap_all[:, None], V, last)
+        if rounds == 0:
+            F &= ~shadowed
         xa, ridge = _ridged_solve(K, b, F, valid, ridge)
     x[ids], ridge_out[ids] = _lawson_hanson(K, b, valid, tol)
     return x, ridge_out, not_pd
