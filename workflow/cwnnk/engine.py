@@ -171,11 +171,14 @@ def _to_host(t):
 
 
 def _search_group(X, k, kernel, sigma, duplicates, buffers, out):
-    """kNN of the point sets X (C, N, D) into the views `out`; returns it and the squared norms."""
+    """kNN of the point sets X (C, N, D) into the views `out`; returns it and the squared norms
+    (which only the cosine kernel needs: None for gaussian)."""
     nn = exact_knn(X, k, duplicates=duplicates, buffers=buffers)
     out["indices"][:], out["sqdist"][:], out["n_dup"][:] = nn.indices, nn.sqdist, nn.n_dup
     if kernel == "gaussian":
         out["sigma"][:] = _sigma(nn, sigma)
+        out["zero"][:] = ~X.any(-1)
+        return nn, None
     sq = sq_norms(X)
     out["zero"][:] = sq == 0
     return nn, sq
