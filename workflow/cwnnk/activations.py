@@ -252,7 +252,11 @@ class ActivationStore:
         reading only the chunks that hold them."""
         self._check_layer(layer)
         array = self._group[layer]
-        values = array[:] if positions is None else array.oindex[np.asarray(positions, dtype=np.int64)]
+        if positions is not None:
+            positions = np.asarray(positions, dtype=np.int64)
+            if np.array_equal(positions, np.arange(array.shape[0])):
+                positions = None  # every sample in order: a plain read, measured faster than oindex
+        values = array[:] if positions is None else array.oindex[positions]
         return np.ascontiguousarray(values, dtype=np.float32)
 
     def aggregate(self, layer):
