@@ -151,16 +151,21 @@ def test_rows_far_from_their_mean_get_the_gram_of_direct_differences():
         assert_gram_of_differences(X, result, 0, i)
 
 
-def test_blas_uses_as_many_threads_as_torch():
-    from threadpoolctl import threadpool_info
+def test_the_gram_matrix_is_made_by_one_blas_thread(monkeypatch):
+    """scipy's BLAS, whose default is every core, runs one thread beside torch's, and gets its
+    own setting back afterwards."""
+    import scipy.linalg.blas
+    from threadpoolctl import threadpool_info, threadpool_limits
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    seen, original = [], scipy.linalg.blas.dsyrk
+    monkeypatch.setattr(scipy.linalg.blas, "dsyrk", lambda *a, **kw: seen.append(blas_threads()) or original(*a, **kw))
+    with threadpool_limits(2, user_api="blas"):
         exact_knn(torch.from_numpy(relu_layer(2, c=1, n=50)), 5)
-    finally:
-        torch.set_num_threads(previous)
-    assert {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"} == {1}
+        assert blas_threads() == {2}
+    assert seen == [{1}]
 
 
 def test_reduced_precision_float32_products_stay_exact(products):

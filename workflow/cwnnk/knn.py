@@ -25,12 +25,13 @@ distinct query rows that join whole sets while they fit (no N x N matrix is held
    of D = 65,536), the set's other rows go to the float64 pass at once; where the first pass
    leaves only a few rows (BRUTE_ELEMENTS), they go straight to the brute force.
 A set small enough for its float64 Gram matrix H = V V^T of centred rows (GRAM_BYTES; on a CPU,
-sets of up to 4,096 distinct rows) gets H instead, from one symmetric product: its bounds, pools'
+sets of up to 2,048 distinct rows) gets H instead, from one symmetric product: its bounds, pools'
 distances and candidates' Grams are then read from H, with the certificate widened by H's rounding
 errors. Rows H cannot certify (near ties, or rows far from the set's mean relative to their
 neighbourhood, where H's error would exceed GRAM_SCALE of it) are re-ranked from differences.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -66,8 +67,10 @@ SETS_PER_BATCH = {"cpu": 1, "cuda": 1 << 12}
 # Point sets (a batch of them) whose float64 Gram matrix H = V V^T of centred rows takes at most this
 # many bytes get it, by device: then every bound, distance and candidate Gram is read from H (one
 # symmetric product per set) instead of a float32 product plus a float64 re-rank of gathered
-# differences. Off on a GPU: not measured there.
-GRAM_BYTES = {"cpu": 1 << 27, "cuda": 0}
+# differences. On a CPU, up to 2,048 distinct rows: measured faster up to N = 2,000 and slower from
+# N = 3,000 (H's passes over N^2 values grow faster than the re-rank saves). Off on a GPU: not
+# measured there.
+GRAM_BYTES = {"cpu": 1 << 25, "cuda": 0}
 # A row's candidates' Gram is read from H only where H's rounding error bound is at most this share
 # of the row's k-th squared distance; otherwise it comes from direct differences (docs/engine.md).
 GRAM_SCALE = 2.0**-36
@@ -228,13 +231,14 @@ def _take(T, at):
 
 def _self_products(V):
     """V V^T (n, n) of rows V (n, D), float64. On a CPU by BLAS's symmetric rank-k update (half a
-    product's work; torch has none), with as many threads as torch uses."""
+    product's work; torch has none) in one thread: scipy's BLAS threads and torch's spin against each
+    other (with 2 of each on 2 cores the whole search was measured 1.7x slower)."""
     if V.device.type != "cpu":
         return V @ V.T
     from scipy.linalg.blas import dsyrk
 
-    _blas_threads(torch.get_num_threads())
-    upper = torch.from_numpy(dsyrk(1.0, V.numpy().T, trans=1))  # V.T is Fortran-ordered: no copy
+    with _one_blas_thread():
+        upper = torch.from_numpy(dsyrk(1.0, V.numpy().T, trans=1))  # V.T is Fortran-ordered: no copy
     H = torch.add(upper, upper.T, out=torch.empty(upper.shape, dtype=torch.float64))  # row-major
     H.diagonal().div_(2)  # the lower triangle was 0, the diagonal doubled: halving it is exact
     return H
@@ -243,16 +247,21 @@ def _self_products(V):
 _BLAS = {}
 
 
-def _blas_threads(n):
-    """Let scipy's BLAS use n threads, like torch (its default is every core)."""
-    if _BLAS.get("threads") != n:
+@contextlib.contextmanager
+def _one_blas_thread():
+    """scipy's BLAS (its default is every core) runs one thread inside the block."""
+    if "libs" not in _BLAS:
         from threadpoolctl import ThreadpoolController
 
-        if "controller" not in _BLAS:
-            _BLAS["controller"] = ThreadpoolController().select(user_api="blas")
-        for lib in _BLAS["controller"].lib_controllers:
+        _BLAS["libs"] = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [lib.num_threads for lib in _BLAS["libs"]]
+    for lib in _BLAS["libs"]:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_BLAS["libs"], before):
             lib.set_num_threads(n)
-        _BLAS["threads"] = n
 
 
 def _generator(device):
