@@ -127,9 +127,11 @@ def nnk(X, k=25, *, kernel="gaussian", sigma="local", solver="exact", duplicates
     clock = _Clock(timings, dev)
     with ThreadPoolExecutor(max_workers=1) as worker:
         solving = []
-        # the first group is one set, so that the worker soon has batches to solve
-        for c0 in [0, *range(1, C, per_group)]:
-            part = slice(c0, min(C, c0 + per_group) if c0 else 1)
+        # on a CPU the first group is one set, so that the worker soon has batches to solve (on a
+        # GPU a group costs launches whatever its size)
+        first = 1 if dev.type == "cpu" else per_group
+        for c0 in [0, *range(first, C, per_group)]:
+            part = slice(c0, min(C, c0 + (per_group if c0 else first)))
             views = {name: value[part] for name, value in out.items()}
             with clock("knn"):
                 nn, sq = _search_group(X[part], k, kernel, sigma, duplicates, buffers, views)
