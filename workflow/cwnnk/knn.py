@@ -376,7 +376,7 @@ class _PointSets:
         """S (R, width) in `dtype` of _bound_constant: 2 v_i.v_j - (1 - 2c)|v_j|^2 for the query rows
         (one tile) against the local rows j of their own set; -inf at the query and past its set.
         Read from H where the sets have it (their only pass is float64), else one product."""
-        B, n_u = len(self.size), len(self.U)
+        B = len(self.size)
         S = buffers.get("bound", (len(rows), self.width), dtype)
         bias = (-(1 - 2 * c) * self.sq).to(dtype)
         padded_bias = bias if B == 1 else bias.new_full((B, self.width), -math.inf).index_put_((self.owner, self.local), bias)
@@ -479,7 +479,7 @@ class _PointSets:
         later one's interval and the P-th lower bound (ties stay uncertified), and where the Gram
         G_ab = H_ab - H_ai - H_ib + H_ii, whose error is below 6 c max(sq), is within GRAM_SCALE of
         the k-th squared distance (rows far from their set's mean relative to it are not)."""
-        k, (R, P) = self.k, cand_u.shape
+        k = self.k
         c = _bound_constant(self.U.shape[1], torch.float64, cand_u.device)
         W, pool = self.width, cand_u.clamp(min=0)
         local = (lambda u: u) if len(self.size) == 1 else (lambda u: self.local[u])  # noqa: E731
