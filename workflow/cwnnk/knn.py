@@ -67,8 +67,8 @@ SETS_PER_BATCH = {"cpu": 1, "cuda": 1 << 12}
 # Point sets (a batch of them) whose float64 Gram matrix H = V V^T of centred rows takes at most this
 # many bytes get it, by device: then every bound, distance and candidate Gram is read from H (one
 # symmetric product per set) instead of a float32 product plus a float64 re-rank of gathered
-# differences. On a CPU, up to 2,048 distinct rows: measured faster up to N = 2,000 and slower from
-# N = 3,000 (H's passes over N^2 values grow faster than the re-rank saves). Off on a GPU: not
+# differences. On a CPU, up to 2,048 distinct rows: measured faster up to N = 2,000 and no faster
+# from N = 3,000 (H's passes over N^2 values grow faster than the re-rank saves). Off on a GPU: not
 # measured there.
 GRAM_BYTES = {"cpu": 1 << 25, "cuda": 0}
 # A row's candidates' Gram is read from H only where H's rounding error bound is at most this share
@@ -234,7 +234,7 @@ def _take(T, at):
 def _self_products(V):
     """V V^T (n, n) of rows V (n, D), float64. On a CPU by BLAS's symmetric rank-k update (half a
     product's work; torch has none) in one thread: scipy's BLAS threads and torch's spin against each
-    other (with 2 of each on 2 cores the whole search was measured 1.7x slower)."""
+    other (with 2 of each on 2 cores the search was measured 1.2x to 2.4x slower)."""
     if V.device.type != "cpu":
         return V @ V.T
     from scipy.linalg.blas import dsyrk
