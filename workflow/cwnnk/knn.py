@@ -231,18 +231,29 @@ def _take(T, at):
     return T.view(-1).index_select(0, at.reshape(-1)).view(at.shape)
 
 
-def _self_products(V):
-    """V V^T (n, n) of rows V (n, D), float64. On a CPU by BLAS's symmetric rank-k update (half a
-    product's work; torch has none) in one thread: scipy's BLAS threads and torch's spin against each
-    other (with 2 of each on 2 cores the search was measured 1.2x to 2.4x slower)."""
-    if V.device.type != "cpu":
-        return V @ V.T
-    from scipy.linalg.blas import dsyrk
+def _self_products(blocks, n, buffers):
+    """V V^T (n, n) float64 of rows V (n, D) given as blocks of columns (n, D_b), into buffers' "H".
 
+    On a CPU by numpy's matmul, which runs BLAS's symmetric rank-k update for V V^T (half a
+    product's work; torch has none), mirrors it (H is exactly symmetric) and releases the GIL
+    meanwhile (scipy's dsyrk wrapper holds it, which stalled the solver thread for the whole
+    product). In one BLAS thread: BLAS's threads and torch's spin against each other (with 2 of
+    each on 2 cores the search was measured 1.2x to 2.4x slower). Into a reused buffer: a fresh one
+    page-faults, at about 3 us a page on the dev machine.
+    """
+    if buffers.device.type != "cpu":
+        H = None
+        for V in blocks:
+            H = V @ V.T if H is None else H.addmm_(V, V.T)
+        return H
+    H = buffers.get("H", (n, n), torch.float64)
     with _one_blas_thread():
-        upper = torch.from_numpy(dsyrk(1.0, V.numpy().T, trans=1))  # V.T is Fortran-ordered: no copy
-    H = torch.add(upper, upper.T, out=torch.empty(upper.shape, dtype=torch.float64))  # row-major
-    H.diagonal().div_(2)  # the lower triangle was 0, the diagonal doubled: halving it is exact
+        for i, V in enumerate(blocks):
+            V = V.numpy()
+            if i == 0:
+                np.matmul(V, V.T, out=H.numpy())
+            else:
+                H.add_(torch.from_numpy(np.matmul(V, V.T)))
     return H
 
 
@@ -279,7 +290,7 @@ class _PointSets:
     launches of one.
     """
 
-    def __init__(self, X, k):
+    def __init__(self, X, k, buffers):
         B, N, D = X.shape
         U, self.group, self.mult = _distinct_rows(X)
         self.U, self.k, self.n_points = U, k, N
@@ -300,7 +311,7 @@ class _PointSets:
         # H: v_i.v_j of each set's centred rows, where it fits; its diagonal is then the squared norms
         self.H = None
         if B * self.width**2 * 8 <= GRAM_BYTES.get(dev.type, GRAM_BYTES["cuda"]):
-            self.H = self.gram_matrix()
+            self.H = self.gram_matrix(buffers)
             self.sq = self.H.diagonal(dim1=1, dim2=2)[self.owner, self.local]
         else:
             self.sq = torch.cat([sq_norms(self.centred(part, torch.float64)) for part in row_blocks(n_u, 8 * D, CONVERT_BYTES)])
@@ -331,16 +342,15 @@ class _PointSets:
             torch.where(inside, pos.gather(1, j), -1),
         )
 
-    def gram_matrix(self):
+    def gram_matrix(self, buffers):
         """H (B, width, width) float64: v_i.v_j of each set's centred rows (0 past its rows), made
-        a block of coordinates at a time."""
+        a block of coordinates at a time (a single set's H is one of `buffers`)."""
         B, W, D = len(self.size), self.width, self.U.shape[1]
         H = torch.zeros((B, W, W), dtype=torch.float64, device=self.U.device) if B > 1 else None
         for b, (lo, n) in enumerate(zip(self.start.tolist(), self.size.tolist())):
-            Hb = None
-            for cols in row_blocks(D, 8 * n, CONVERT_BYTES):
-                V = self.U[lo:lo + n, cols].to(torch.float64) - self.mean[b, cols].to(torch.float64)
-                Hb = _self_products(V) if Hb is None else Hb.add_(_self_products(V))
+            blocks = (self.U[lo:lo + n, cols].to(torch.float64) - self.mean[b, cols].to(torch.float64)
+                      for cols in row_blocks(D, 8 * n, CONVERT_BYTES))
+            Hb = _self_products(blocks, n, buffers)
             if H is None:
                 return Hb[None]
             H[b, :n, :n] = Hb
@@ -646,7 +656,7 @@ def _search_batch(X, k, G_out, keep, margin, tile_bytes, rerank_bytes, buffers):
     B, N, D = X.shape
     rows_by_pass = {"float32": 0, "float64": 0, "brute": 0}
     brute_elements = BRUTE_ELEMENTS.get(X.device.type, BRUTE_ELEMENTS["cuda"])
-    ps = _PointSets(X, k)
+    ps = _PointSets(X, k, buffers)
     # float32 would overflow on huge values; such data go straight to the float64 pass, as do sets
     # with H (its float64 bounds cost no product)
     passes = [torch.float32, torch.float64] if ps.H is None and ps.sq.max() < 1e30 else [torch.float64]
