@@ -168,6 +168,32 @@ def test_several_point_sets_at_once_equal_one_at_a_time():
         assert {name: int(v) for name, v in one.counts.items()} == {name: int(v) for name, v in alone.counts.items()}
 
 
+@pytest.mark.parametrize("lookahead", [0, 1 << 26])
+def test_a_stream_of_arrays_equals_one_call_each(monkeypatch, lookahead):
+    """nnk_stream over arrays of different shapes (one pipeline, solves overlapping the next
+    array's search, finishing mid-stream or only at the end) gives each array's own nnk result."""
+    monkeypatch.setitem(cwnnk.engine.LOOKAHEAD_BYTES, "cpu", lookahead)
+    arrays = [relu(120, 5, 1), np.stack([relu(90, 4, s) for s in range(4)]), relu(60, 7, 2)]
+    streamed = list(cwnnk.engine.nnk_stream(iter(arrays), 9, device="cpu"))
+    assert len(streamed) == 3
+    for X, got in zip(arrays, streamed):
+        alone = nnk(X, 9, device="cpu")
+        np.testing.assert_array_equal(got.indices, alone.indices)
+        np.testing.assert_allclose(got.weights, alone.weights, rtol=0, atol=1e-12)
+        assert {n: v.tolist() for n, v in got.counts.items()} == {n: v.tolist() for n, v in alone.counts.items()}
+
+
+def test_a_bad_array_in_a_stream_stops_it_cleanly():
+    """An array that cannot be solved (here k >= N) raises its clear error, and the solver
+    thread does not outlive the stream."""
+    import threading
+
+    before = threading.active_count()
+    with pytest.raises(ValueError, match=r"k=9 is not allowed.*N = 5"):
+        list(cwnnk.engine.nnk_stream([relu(120, 5, 1), relu(5, 3, 2)], 9, device="cpu"))
+    assert threading.active_count() == before
+
+
 def test_numpy_and_torch_inputs_agree():
     X = relu(100, 5, 8)
     a, b = nnk(X, 8), nnk(torch.from_numpy(X).float(), 8)
