@@ -55,6 +55,21 @@ def test_graph_files_equal_direct_engine_calls(store, tmp_path):
     assert summary["counts"]["duplicates"][1] > 0  # the zero maps are duplicates of each other
 
 
+def test_the_aggregate_first_or_last_gives_the_same_graphs(store, tmp_path, monkeypatch):
+    """cw_nnk solves the aggregate after the channels where their results are small, else first
+    (to bound memory at scale): the graphs are the same either way."""
+    import cwnnk.graphs
+
+    path, _ = store
+    build_layer_graphs(path, "relu", tmp_path / "last", PARAMS, log=lambda m: None)
+    monkeypatch.setattr(cwnnk.graphs, "AGGREGATE_LAST_BYTES", 0)
+    build_layer_graphs(path, "relu", tmp_path / "first", PARAMS, log=lambda m: None)
+    last, first = load_layer_graphs(tmp_path / "last")[0], load_layer_graphs(tmp_path / "first")[0]
+    assert last.keys() == first.keys()
+    for name in last:
+        np.testing.assert_array_equal(last[name], first[name], err_msg=name)
+
+
 def test_subsample_is_stratified_and_recorded(store, tmp_path):
     path, _ = store
     build_layer_graphs(path, "relu", tmp_path / "g", dict(PARAMS, n_samples=20), log=lambda m: None)

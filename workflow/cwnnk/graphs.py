@@ -23,6 +23,10 @@ from cwnnk.sparse import to_sparse
 GRAPH_FILES = ("aggregate.npz", "knn.npz", "summary.json")
 # Channels per engine call: bounds the (block, N, D) float32 copy handed to the engine.
 BLOCK_BYTES = 64 << 20
+# The aggregate is solved after the channels where their results (RESULT_BYTES per candidate: its
+# index, distance and weight) take at most AGGREGATE_LAST_BYTES; see cw_nnk.
+RESULT_BYTES = 24
+AGGREGATE_LAST_BYTES = 1 << 28
 
 
 def channel_file(c):
@@ -50,26 +54,37 @@ def cw_nnk(acts, params, log=print, timings=None):
     acts: (N, C, D) float32 (see read_layer). params: k, kernel, sigma, solver, duplicates, device.
     timings: optional dict receiving the engine's seconds per part (see cwnnk.engine.nnk).
     Returns (the channels' NNKResult, stacked over C; the fraction of all-zero maps per channel;
-    the aggregate NNKResult; seconds per part).
+    the aggregate NNKResult).
     """
-    from cwnnk.engine import nnk  # torch: imported by the jobs that solve, not by readers (overlap)
+    from cwnnk.engine import nnk_stream  # torch: imported by the jobs that solve, not by readers (overlap)
 
     N, C, D = acts.shape
     engine = dict(k=params["k"], kernel=params["kernel"], sigma=params["sigma"], solver=params["solver"],
                   duplicates=params["duplicates"], device=params["device"], timings=timings)
-    seconds = {}
-    # the aggregate first: its search is the largest working set, so it runs before the
-    # channels' results (C x N x k of each field) accumulate
-    start = time.perf_counter()
-    aggregate = nnk(acts.reshape(N, C * D), **engine)
-    seconds["aggregate"] = time.perf_counter() - start
-    log(f"aggregate ({N} x {C * D}) done ({seconds['aggregate']:.1f}s)")
-    channels, zero_maps = None, np.empty(C)
-    start = time.perf_counter()
-    for block in channel_blocks(C, N, D):
-        X = np.ascontiguousarray(acts[:, block.start : block.stop].transpose(1, 0, 2))
-        zero_maps[block.start : block.stop] = (X == 0).all(axis=2).mean(axis=1)
-        part = nnk(X, **engine)
+    # One stream for the channel blocks and the aggregate: each one's solves overlap the next one's
+    # search. The aggregate's search is the largest working set: it goes first where the channels'
+    # results would be large to hold beside it (at N = 10,000 that kept `bench scale` under 4 GiB),
+    # else last, so that the channels' queued solves keep the other core busy during it.
+    aggregate_first = C * N * params["k"] * RESULT_BYTES > AGGREGATE_LAST_BYTES
+    order = [None, *channel_blocks(C, N, D)] if aggregate_first else [*channel_blocks(C, N, D), None]
+    zero_maps = np.empty(C)
+
+    def inputs():
+        for block in order:
+            if block is None:
+                yield acts.reshape(N, C * D)
+                continue
+            X = np.ascontiguousarray(acts[:, block.start : block.stop].transpose(1, 0, 2))
+            zero_maps[block.start : block.stop] = (X == 0).all(axis=2).mean(axis=1)
+            yield X
+
+    channels = aggregate = None
+    start, done = time.perf_counter(), 0
+    for block, part in zip(order, nnk_stream(inputs(), **engine)):
+        if block is None:
+            aggregate = part
+            log(f"aggregate ({N} x {C * D}) done ({time.perf_counter() - start:.1f}s)")
+            continue
         if channels is None:  # filled block by block: the channels' results are held once
             channels = _stacked_like(part, C)
         for field in ("indices", "distances", "weights", "degree", "error", "sigma"):
@@ -77,9 +92,9 @@ def cw_nnk(acts, params, log=print, timings=None):
                 getattr(channels, field)[block.start : block.stop] = getattr(part, field)
         for name, values in part.counts.items():
             channels.counts[name][block.start : block.stop] = values
-        log(f"channels {block.stop}/{C} done ({time.perf_counter() - start:.1f}s)")
-    seconds["channels"] = time.perf_counter() - start
-    return channels, zero_maps, aggregate, seconds
+        done += len(block)
+        log(f"channels {done}/{C} done ({time.perf_counter() - start:.1f}s)")
+    return channels, zero_maps, aggregate
 
 
 def _stacked_like(part, C):
@@ -102,6 +117,7 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
     """
     from cwnnk.datasets import stratified_subset
 
+    start = time.perf_counter()
     store = open_activations(store_path)
     positions = stratified_subset(store.labels, params.get("n_samples"), params.get("seed", 0))
     acts = read_layer(store, layer, positions)
@@ -110,7 +126,10 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
         raise ValueError(f"graphs.k = {params['k']} needs more than k samples; {store_path} layer {layer!r} has N = {N}")
     log(f"{store_path} layer {layer}: C={C} channels, N={N} samples, D={D} per channel; k={params['k']}, "
         f"{params['kernel']}/{params['sigma']}, solver {params['solver']}")
-    channels, zero_maps, aggregate, seconds = cw_nnk(acts, params, log, timings)
+    seconds = {"read": time.perf_counter() - start}
+    start = time.perf_counter()
+    channels, zero_maps, aggregate = cw_nnk(acts, params, log, timings)
+    seconds["nnk"] = time.perf_counter() - start
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -170,7 +189,7 @@ def compare_solvers(store_path, graph_dirs, params, log=print):
     for depth, (layer, folder) in enumerate(graph_dirs.items()):
         arrays, _ = load_layer_graphs(folder)
         acts = read_layer(store, layer, arrays["positions"])
-        channels, _, aggregate, _ = cw_nnk(acts, dict(params, solver=other), log)
+        channels, _, aggregate = cw_nnk(acts, dict(params, solver=other), log)
         done = {"channel": arrays["channel_weights"], "aggregate": arrays["agg_weights"]}
         fresh = {"channel": channels.weights, "aggregate": aggregate.weights}
         degree = {key: {params["solver"]: (done[key] > 0).sum(-1).mean(-1), other: (fresh[key] > 0).sum(-1).mean(-1)}
