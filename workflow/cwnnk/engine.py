@@ -39,7 +39,9 @@ COUNTS = ("duplicates", "zero_vectors", "zero_sigma", "not_pd", "kkt_failed")
 BATCH_BYTES = {"cpu": 1 << 24, "cuda": 1 << 32}
 SOLVER_BYTES = {"cpu": 1 << 22, "cuda": 1 << 32}
 # Bytes of kNN results (their candidates' Grams) whose solves may wait while the search runs ahead
-# (nnk_stream): on a CPU enough for the worker never to run dry, on a GPU one group, as before.
+# (nnk_stream), counting the group being searched: on a CPU enough for the worker never to run
+# dry; on a GPU (and for groups as large as at N = 10,000) only the group before, of the same
+# array, as a single nnk call had.
 LOOKAHEAD_BYTES = {"cpu": 1 << 26, "cuda": 0}
 # Rounds of block principal pivoting before the nodes still running go to Lawson-Hanson.
 BPP_ROUNDS = 10
@@ -119,7 +121,6 @@ def nnk_stream(arrays, k=25, *, kernel="gaussian", sigma="local", solver="exact"
         raise ValueError(f"tol={tol!r} is not allowed; give a number in (0, 1e-3), e.g. 1e-10")
     dev = resolve_device(device)
     clock = _Clock(timings, dev)
-    buffers = Buffers(dev)
     lookahead = buffer_bytes(LOOKAHEAD_BYTES, dev)
     jobs, queue = deque(), deque()  # arrays not yet yielded; groups whose batches are queued, oldest first
     worker = ThreadPoolExecutor(max_workers=1)
@@ -127,11 +128,18 @@ def nnk_stream(arrays, k=25, *, kernel="gaussian", sigma="local", solver="exact"
         for X in arrays:
             job = _Job(X, k, dev)
             jobs.append(job)
+            # scratch per array: an aggregate's large tiles are not held through the channels' search
+            buffers = Buffers(dev)
             # on a CPU, a group searched while the worker has nothing queued is one set, so that it
             # soon has batches to solve (on a GPU a group costs launches whatever its size)
             first = 1 if dev.type == "cpu" and not queue else None
             for part in job.parts(first):
-                while len(queue) > 1 and sum(group.nbytes for group in queue) > lookahead:
+                grams = (part.stop - part.start) * job.N * job.k**2 * 8  # what this group's search will hold
+                # the oldest groups are finished while the queue and this group exceed the lookahead;
+                # the one before, of this array, may always stay (with a GPU's lookahead of 0, or
+                # large groups, as a single nnk call did)
+                while queue and sum(group.nbytes for group in queue) + grams > lookahead and not (
+                        len(queue) == 1 and queue[0].job is job):
                     _finish(queue.popleft())
                     yield from _completed(jobs, kernel, solver)
                 views = {name: value[part] for name, value in job.out.items()}
@@ -140,10 +148,9 @@ def nnk_stream(arrays, k=25, *, kernel="gaussian", sigma="local", solver="exact"
                 n_nodes = len(nn.indices) * job.N
                 batches = [(nn, sq, kernel, solver, tol, views, clock, slice(lo, min(n_nodes, lo + job.step)))
                            for lo in range(0, n_nodes, job.step)]
-                queue.append(_Group(job, [(worker.submit(_solve_batch, *batch), batch) for batch in batches],
-                                    nn.gram.numel() * nn.gram.element_size()))
+                queue.append(_Group(job, [(worker.submit(_solve_batch, *batch), batch) for batch in batches], grams))
                 job.unfinished += 1
-            job.X = None  # searched: the input may go
+            job.X = X = buffers = None  # searched: the input and scratch may go before the next are made
         _share([batch for group in queue for batch in group.batches])
         for group in queue:
             group.job.unfinished -= 1

@@ -77,6 +77,7 @@ def cw_nnk(acts, params, log=print, timings=None):
             X = np.ascontiguousarray(acts[:, block.start : block.stop].transpose(1, 0, 2))
             zero_maps[block.start : block.stop] = (X == 0).all(axis=2).mean(axis=1)
             yield X
+            del X  # the block's copy goes before the next one is made
 
     channels = aggregate = None
     start, done = time.perf_counter(), 0
