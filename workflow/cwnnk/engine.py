@@ -110,7 +110,8 @@ def nnk_stream(arrays, k=25, *, kernel="gaussian", sigma="local", solver="exact"
     each group's solver batches queue for a worker thread (torch's batched Cholesky is a
     single-threaded loop whose idle core the search's products fill; on a busy CPU this was also
     measured up to 3x faster than running the two in turn). The search runs ahead of the solves,
-    across arrays too, while the queued groups hold at most LOOKAHEAD_BYTES; otherwise, and at the
+    across arrays too, while the queued groups and the one about to be searched hold at most
+    LOOKAHEAD_BYTES (the group before, of the same array, may always stay). Beyond it, and at the
     end, this thread solves the oldest group's batches the worker has not started, from the last.
     """
     _check_choice("kernel", kernel, KERNELS)
