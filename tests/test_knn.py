@@ -151,6 +151,69 @@ def test_rows_far_from_their_mean_get_the_gram_of_direct_differences():
         assert_gram_of_differences(X, result, 0, i)
 
 
+def concatenation(blocks):
+    """The points (N, sum C_b D) whose coordinates are those of each point in the blocks' sets, in
+    order (a layer's aggregate of its channels)."""
+    return np.concatenate([X.transpose(1, 0, 2) for X in blocks], axis=1).reshape(blocks[0].shape[1], -1)
+
+
+def search_channels_then_aggregate(blocks, k, keep=False, sets_per_batch=None):
+    """exact_knn of each block of sets, adding their H to a GramSum, then of their concatenation from it."""
+    total = cwnnk.knn.GramSum(blocks[0].shape[1], torch.device("cpu"))
+    duplicates = "keep" if keep else "drop"
+    for X in blocks:
+        exact_knn(torch.from_numpy(X), k, duplicates=duplicates, sets_per_batch=sets_per_batch, add_gram_to=total)
+    agg = concatenation(blocks)
+    return agg, total, exact_knn(torch.from_numpy(agg)[None], k, duplicates=duplicates, gram_from=total)
+
+
+@pytest.mark.parametrize("keep,sets_per_batch", [(False, None), (True, 2)])
+def test_a_concatenation_is_searched_from_its_sets_gram_matrices(monkeypatch, keep, sets_per_batch):
+    """With the channels' H summed (zero maps and a repeated sample among them: duplicates in
+    point space), the aggregate computes no product of its own and is exact."""
+    X = relu_layer(2, c=4, n=300, d=12)
+    X[:, 7] = X[:, 8]  # one sample twice: a duplicate in the aggregate too
+    made = []
+    product = cwnnk.knn._PointSets.gram_matrix
+    monkeypatch.setattr(cwnnk.knn._PointSets, "gram_matrix",
+                        lambda ps, buffers: made.append(ps.U.shape[1]) or product(ps, buffers))
+    agg, _, result = search_channels_then_aggregate([X[:3], X[3:]], 10, keep, sets_per_batch)
+    assert made and agg.shape[1] not in made
+    assert result.rows_by_pass["brute"] < 10
+    assert_matches_brute_force(agg[None], result, 10, keep)
+    for i in range(0, 300, 3):
+        assert_gram_of_differences(agg[None], result, 0, i, GRAM_SCALE)
+
+
+def test_the_summed_gram_matrix_errs_within_one_products_bound():
+    """Sum_c H_c errs from the exact (x_p - m).(x_q - m) by at most c (|v_p|^2 + |v_q|^2) with c of
+    one product of the whole length D (_bound_constant), which the certificates assume; points
+    far from the origin make the errors large."""
+    rng = np.random.default_rng(4)
+    X = 300 + rng.normal(size=(8, 200, 24)) * rng.uniform(1, 50, size=(8, 1, 24))  # float64: products round
+    agg, total, _ = search_channels_then_aggregate([X[:5], X[5:]], 6)
+    v = (agg - total.mean.numpy()).astype(np.longdouble)  # the centred points as H's product saw them
+    exact = v @ v.T  # 64-bit significands
+    sq = np.diag(exact)
+    c = cwnnk.knn._bound_constant(agg.shape[1], torch.float64, torch.device("cpu"))
+    error = np.abs(total.A.numpy().astype(np.longdouble) - exact)
+    assert (error <= c * (sq[:, None] + sq[None, :])).all()
+    assert error.max() > 0  # rounded: the bound is what is tested, not exactness
+
+
+def test_a_gram_sum_with_a_set_too_large_for_h_leaves_the_concatenation_its_own(monkeypatch):
+    """A set without H voids the sum; the concatenation then makes its own H (and is exact)."""
+    X = relu_layer(3, c=2, n=120, d=6)
+    monkeypatch.setitem(cwnnk.knn.GRAM_BYTES, "cpu", 8 * 120**2)  # H of 120 rows; the first set has one
+    X[1, :110] = relu_layer(4, c=1, n=110, d=6)[0]
+    total = cwnnk.knn.GramSum(120, torch.device("cpu"))
+    exact_knn(torch.from_numpy(X[:1]), 5, add_gram_to=total)
+    assert not total.void
+    monkeypatch.setitem(cwnnk.knn.GRAM_BYTES, "cpu", 0)  # the second set gets no H
+    exact_knn(torch.from_numpy(X[1:]), 5, add_gram_to=total)
+    assert total.void and total.A is None and not total.covers(torch.zeros(1, 120, 12))
+
+
 def test_the_gram_matrix_is_made_by_one_blas_thread(monkeypatch):
     """numpy's BLAS, whose default is every core, runs one thread beside torch's, and gets its
     own setting back afterwards."""

@@ -183,6 +183,32 @@ def test_a_stream_of_arrays_equals_one_call_each(monkeypatch, lookahead):
         assert {n: v.tolist() for n, v in got.counts.items()} == {n: v.tolist() for n, v in alone.counts.items()}
 
 
+def test_a_layers_stream_with_its_aggregate_equals_one_call_each():
+    """aggregate=True (channel blocks, then their concatenation, whose Gram matrix is summed from
+    the channels'): the channels' results are nnk's own, the aggregate's equal to rounding: the
+    same candidates and support, weights within 1e-9."""
+    rng = np.random.default_rng(5)
+    acts = np.maximum(0, rng.normal(size=(150, 5, 9)) + rng.normal(size=(150, 5, 1))).astype(np.float32)
+    acts[rng.random((150, 5)) < 0.1] = 0  # zero maps
+    blocks = [np.ascontiguousarray(acts[:, lo:hi].transpose(1, 0, 2)) for lo, hi in ((0, 2), (2, 5))]
+    aggregate = acts.reshape(150, -1)
+    *channels, streamed = cwnnk.engine.nnk_stream([*blocks, aggregate], 8, device="cpu", aggregate=True)
+    for X, got in zip(blocks, channels):
+        alone = nnk(X, 8, device="cpu")
+        np.testing.assert_array_equal(got.weights, alone.weights)
+    alone = nnk(aggregate, 8, device="cpu")
+    np.testing.assert_array_equal(streamed.indices, alone.indices)
+    np.testing.assert_array_equal(streamed.weights > 0, alone.weights > 0)
+    np.testing.assert_allclose(streamed.weights, alone.weights, rtol=0, atol=1e-9)
+    assert {n: int(v) for n, v in streamed.counts.items()} == {n: int(v) for n, v in alone.counts.items()}
+
+
+def test_an_aggregate_that_is_not_the_channels_concatenation_is_refused():
+    blocks = [np.stack([relu(60, 4, s) for s in range(3)])]
+    with pytest.raises(ValueError, match=r"aggregate=True: the aggregate has shape \(60, 11\).*\(60, 12\)"):
+        list(cwnnk.engine.nnk_stream([*blocks, relu(60, 11, 9)], 5, device="cpu", aggregate=True))
+
+
 def test_a_bad_array_in_a_stream_stops_it_cleanly():
     """An array that cannot be solved (here k >= N) raises its clear error, and the solver
     thread does not outlive the stream."""

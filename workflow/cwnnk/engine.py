@@ -19,7 +19,7 @@ import torch
 
 from cwnnk import kernels
 from cwnnk.device import buffer_bytes, resolve_device
-from cwnnk.knn import CONVERT_BYTES, Buffers, exact_knn, row_blocks, sq_norms
+from cwnnk.knn import CONVERT_BYTES, Buffers, GramSum, exact_knn, row_blocks, sq_norms
 
 KERNELS = ("gaussian", "cosine")
 SIGMAS = ("local", "global")
@@ -102,9 +102,13 @@ def nnk(X, k=25, *, kernel="gaussian", sigma="local", solver="exact", duplicates
 
 
 def nnk_stream(arrays, k=25, *, kernel="gaussian", sigma="local", solver="exact", duplicates="drop", tol=1e-10,
-               device="auto", timings=None):
+               device="auto", timings=None, aggregate=False):
     """The NNK graphs of each array of `arrays` (an iterable of nnk's X, taken one at a time), yielded
     in order as NNKResults, each as soon as it is complete.
+
+    aggregate=True: the arrays are a layer's channels, in blocks (C_b, N, D) in channel order, then
+    its aggregate (N, C D), their concatenation (x_i = vec(A[i])); where the search needs the
+    aggregate's Gram matrix, it is summed from the channels' (cwnnk.knn.GramSum).
 
     One pipeline serves them all: the point sets are searched group by group in this thread, and
     each group's solver batches queue for a worker thread (torch's batched Cholesky is a
@@ -123,12 +127,21 @@ def nnk_stream(arrays, k=25, *, kernel="gaussian", sigma="local", solver="exact"
     dev = resolve_device(device)
     clock = _Clock(timings, dev)
     lookahead = buffer_bytes(LOOKAHEAD_BYTES, dev)
+    gram_sum = None  # the channels' Gram matrices, with aggregate=True
     jobs, queue = deque(), deque()  # arrays not yet yielded; groups whose batches are queued, oldest first
     worker = ThreadPoolExecutor(max_workers=1)
     try:
         for X in arrays:
             job = _Job(X, k, dev)
             jobs.append(job)
+            search = {}  # where this array's Gram matrices go, or come from
+            if aggregate:
+                gram_sum = gram_sum or GramSum(job.N, dev)
+                search = {"gram_from": gram_sum} if job.single else {"add_gram_to": gram_sum}
+                if job.single and job.X.shape[1:] != (gram_sum.N, gram_sum.dim):
+                    raise ValueError(
+                        f"aggregate=True: the aggregate has shape {tuple(job.X.shape[1:])}; the channels before it "
+                        f"give ({gram_sum.N}, {gram_sum.dim}) (N points, their dimensions summed)")
             # scratch per array: an aggregate's large tiles are not held through the channels' search
             buffers = Buffers(dev)
             # on a CPU, a group searched while the worker has nothing queued is one set, so that it
@@ -145,13 +158,15 @@ def nnk_stream(arrays, k=25, *, kernel="gaussian", sigma="local", solver="exact"
                     yield from _completed(jobs, kernel, solver)
                 views = {name: value[part] for name, value in job.out.items()}
                 with clock("knn"):
-                    nn, sq = _search_group(job.X[part], job.k, kernel, sigma, duplicates, buffers, views)
+                    nn, sq = _search_group(job.X[part], job.k, kernel, sigma, duplicates, buffers, views, search)
                 n_nodes = len(nn.indices) * job.N
                 batches = [(nn, sq, kernel, solver, tol, views, clock, slice(lo, min(n_nodes, lo + job.step)))
                            for lo in range(0, n_nodes, job.step)]
                 queue.append(_Group(job, [(worker.submit(_solve_batch, *batch), batch) for batch in batches], grams))
                 job.unfinished += 1
             job.X = X = buffers = None  # searched: the input and scratch may go before the next are made
+            if aggregate and job.single:
+                gram_sum = None
         _share([batch for group in queue for batch in group.batches])
         for group in queue:
             group.job.unfinished -= 1
@@ -248,10 +263,10 @@ def _to_host(t):
     return torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t)
 
 
-def _search_group(X, k, kernel, sigma, duplicates, buffers, out):
+def _search_group(X, k, kernel, sigma, duplicates, buffers, out, search):
     """kNN of the point sets X (C, N, D) into the views `out`; returns it and the squared norms
-    (which only the cosine kernel needs: None for gaussian)."""
-    nn = exact_knn(X, k, duplicates=duplicates, buffers=buffers)
+    (which only the cosine kernel needs: None for gaussian). search: exact_knn's GramSum arguments."""
+    nn = exact_knn(X, k, duplicates=duplicates, buffers=buffers, **search)
     out["indices"][:], out["sqdist"][:], out["n_dup"][:] = nn.indices, nn.sqdist, nn.n_dup
     if kernel == "gaussian":
         out["sigma"][:] = _sigma(nn, sigma)

@@ -81,7 +81,7 @@ def cw_nnk(acts, params, log=print, timings=None):
 
     channels = aggregate = None
     start, done = time.perf_counter(), 0
-    for block, part in zip(order, nnk_stream(inputs(), **engine)):
+    for block, part in zip(order, nnk_stream(inputs(), **engine, aggregate=not aggregate_first)):
         if block is None:
             aggregate = part
             log(f"aggregate ({N} x {C * D}) done ({time.perf_counter() - start:.1f}s)")
