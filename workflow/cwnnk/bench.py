@@ -8,7 +8,8 @@ any time; it returns False when a check fails (the exit status is then 1).
              (brute-force kNN, then a Python loop over nodes with scipy's Cholesky) and against
              the floor of the kNN step (one float32 product per channel plus torch.topk)
     pipeline wall time and peak memory of each stage of the default experiment, the engine's
-             time by part, the kNN floor and the float64 Gram the exact kernels need
+             time by part, the kNN floor and the float64 Gram the exact kernels need (the graph
+             stage and the floor run --repeat times, interleaved; the fastest of each counts)
     scale    the graphs stage of one full-size ResNet-18 layer on the CPU: wall time and peak memory
     gpu      CW-NNK of every ResNet-18 layer on a GPU, against the CPU's time and results
 """
@@ -287,6 +288,7 @@ def _stage(name, cfg, workdir, timings):
 def bench_pipeline(args, out=print):
     """Wall time and peak memory of each stage of the default experiment, on its first model."""
     import multiprocessing
+    import shutil
     import tempfile
     from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
@@ -298,15 +300,28 @@ def bench_pipeline(args, out=print):
     cfg = validate(yaml.safe_load(open(args.config)))
     cfg["device"] = args.device
     spawn = multiprocessing.get_context("spawn")
-    rows = {}
+    rows, runs = {}, {"graphs": [], "knn floor": []}
     with tempfile.TemporaryDirectory() as workdir:
-        for name in ("train", "extract", "graphs", "overlap", "knn floor", "gram floor"):
+        work = Path(workdir)
+
+        def run(name):
             with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:  # fresh process: own peak RSS
-                rows[name] = pool.submit(_stage, name, cfg, workdir, {}).result()
+                return pool.submit(_stage, name, cfg, workdir, {}).result()
+
+        for name in ("train", "extract"):
+            rows[name] = run(name)
+        for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine slows both
+            shutil.rmtree(work / "graphs", ignore_errors=True)
+            runs["graphs"].append(run("graphs"))
+            runs["knn floor"].append(run("knn floor"))
+        for name, done in runs.items():  # the fastest run counts, with the highest peak of all
+            best = min(done, key=lambda row: row[0])
+            rows[name] = (best[0], max(row[1] for row in done), *best[2:])
+        for name in ("overlap", "gram floor"):
+            rows[name] = run(name)
         model, layers = rows["train"][3], rows["train"][4]
         out(f"default experiment ({args.config}), model {model}, layers {layers}, device {args.device}, "
             f"threads {cfg['threads']}")
-        work = Path(workdir)
         ok = check_graphs(work / "store.zarr", {layer: work / "graphs" / layer for layer in layers},
                           cfg["graphs"], args.check_nodes, args.check_nodes // 4, out)
     out(f"{'stage':10s} {'wall s':>8s} {'peak RSS MiB':>13s}")
@@ -316,6 +331,9 @@ def bench_pipeline(args, out=print):
     busy = sum(parts.values())
     out("graph stage, engine busy time by part: " + ", ".join(
         f"{part} {seconds:.2f} s ({100 * seconds / busy:.0f}%)" for part, seconds in parts.items()))
+    out(f"runs, interleaved (the fastest of each counts): graph stage "
+        + ", ".join(f"{row[0]:.2f}" for row in runs["graphs"]) + " s; kNN floor "
+        + ", ".join(f"{row[0]:.2f}" for row in runs["knn floor"]) + " s")
     floor = rows["knn floor"][0]
     out(f"kNN floor of the same layers (float32 product + topk per channel and aggregate): {floor:.2f} s")
     gram = rows["gram floor"][0]
@@ -510,6 +528,7 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--check-nodes", type=int, default=200,
                    help="channel nodes per layer checked against the float64 reference (a quarter as many aggregate nodes)")
+    p.add_argument("--repeat", type=int, default=3, help="runs of the graph stage and of the kNN floor; the best counts")
     p.set_defaults(func=bench_pipeline)
 
     p = commands.add_parser("scale", help="the graphs stage of one full-size ResNet-18 layer on the CPU")
