@@ -188,10 +188,12 @@ def test_a_concatenation_is_searched_from_its_sets_gram_matrices(monkeypatch, ke
 def test_the_summed_gram_matrix_errs_within_one_products_bound():
     """Sum_c H_c errs from the exact (x_p - m).(x_q - m) by at most c (|v_p|^2 + |v_q|^2) with c of
     one product of the whole length D (_bound_constant), which the certificates assume; points
-    far from the origin make the errors large."""
+    far from the origin make the errors large. Sets searched in pairs, one of each pair with
+    duplicates: the other's distinct rows are then numbered by hash, not in point order."""
     rng = np.random.default_rng(4)
     X = 300 + rng.normal(size=(8, 200, 24)) * rng.uniform(1, 50, size=(8, 1, 24))  # float64: products round
-    agg, total, _ = search_channels_then_aggregate([X[:5], X[5:]], 6)
+    X[::2, :10] = X[::2, 10:11]  # duplicates in sets 0, 2, 4, 6
+    agg, total, _ = search_channels_then_aggregate([X[:5], X[5:]], 6, sets_per_batch=2)
     v = (agg - total.mean.numpy()).astype(np.longdouble)  # the centred points as H's product saw them
     exact = v @ v.T  # 64-bit significands
     sq = np.diag(exact)

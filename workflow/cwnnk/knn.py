@@ -313,7 +313,7 @@ class GramSum:
         for b, n in enumerate(ps.size.tolist()):
             at = ps.local[ps.group[b * N:(b + 1) * N]]  # each point's distinct row in its set
             H = ps.H[b, :n, :n]
-            self.A.add_(H if n == N else H[at][:, at])  # no duplicates: each point is its own row, in order
+            self.A.add_(H if _in_order(at) else H[at][:, at])
             self.means.append(ps.mean[b].to(torch.float64))
 
     def covers(self, X):
@@ -325,10 +325,14 @@ class GramSum:
         return torch.cat(self.means)
 
     def gram(self, points):
-        """H (1, R, R) of the distinct rows given by one member point each (all N in order: the sum itself)."""
-        if len(points) == self.N:
-            return self.A[None]
-        return self.A[points][:, points][None]
+        """H (1, R, R) of the distinct rows given by one member point each."""
+        return (self.A if _in_order(points) and len(points) == self.N else self.A[points][:, points])[None]
+
+
+def _in_order(at):
+    """Whether `at` is 0, 1, 2, ...: each point its own distinct row, in order (no gather needed).
+    Not implied by their count: in a batch where another set has duplicates, rows are numbered by hash."""
+    return bool((at == torch.arange(len(at), device=at.device)).all())
 
 
 class _PointSets:
