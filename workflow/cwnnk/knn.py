@@ -25,9 +25,10 @@ distinct query rows that join whole sets while they fit (no N x N matrix is held
    of D = 65,536), the set's other rows go to the float64 pass at once; where the first pass
    leaves only a few rows (BRUTE_ELEMENTS), they go straight to the brute force.
 A set small enough for its float64 Gram matrix H = V V^T of centred rows (GRAM_BYTES; on a CPU,
-sets of up to 2,048 distinct rows) gets H instead, from one symmetric product: its bounds, pools'
-distances and candidates' Grams are then read from H, with the certificate widened by H's rounding
-errors. Rows H cannot certify (near ties, or rows far from the set's mean relative to their
+sets of up to 2,048 distinct rows) gets H instead, from one symmetric product (for a layer's
+aggregate, the concatenation of sets searched before it, as the sum of theirs: GramSum). Its
+bounds, pools' distances and candidates' Grams are then read from H, with the certificate widened
+by H's rounding errors. Rows H cannot certify (near ties, or rows far from the set's mean relative to their
 neighbourhood, where H's error would exceed GRAM_SCALE of it) are re-ranked from differences.
 """
 
