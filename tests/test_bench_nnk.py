@@ -88,6 +88,21 @@ def test_bench_scale_builds_a_real_store_and_checks_the_memory_bound(capsys):
     assert main(args + ["--max-mib", "1"]) is False  # no process fits in 1 MiB: the check can fail
 
 
+def test_a_fresh_process_reports_its_own_peak_not_its_parents():
+    """The benches read each stage's peak in a spawned process; on Linux that process's ru_maxrss
+    starts at its parent's peak, which would hide a stage smaller than the parent."""
+    import multiprocessing
+
+    from cwnnk.bench import _peak_mib
+
+    ballast = np.ones(1 << 27)  # 1 GiB, touched: this process's peak is at least that
+    parent = _peak_mib()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        child = pool.apply(_peak_mib)
+    del ballast
+    assert parent >= 1024 and child < parent - 512
+
+
 def test_bench_pipeline_checks_the_graph_stage_before_the_stage_table(tmp_path, capsys):
     from conftest import write_config
 

@@ -15,6 +15,7 @@ any time; it returns False when a check fails (the exit status is then 1).
 """
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -42,6 +43,20 @@ def make_layer(n, c, d, seed):
         X[ch] = np.maximum(0, z @ rng.normal(size=(8, d)) + 0.5 * rng.normal(size=(n, d)) - 0.5)
         X[ch, rng.random(n) < 0.05] = 0
     return X
+
+
+def _peak_mib():
+    """This process's own peak resident memory so far, MiB.
+
+    Linux's VmHWM, where there is one: ru_maxrss would do elsewhere, but on Linux a spawned child's
+    ru_maxrss starts at its parent's peak (the forked copy's high-water mark survives the exec)."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
 def _timed(fn):
@@ -239,7 +254,6 @@ def check_graphs(store_path, folders, params, n_channel, n_aggregate, out):
 
 def _stage(name, cfg, workdir, timings):
     """Run one stage of the default experiment on one model in this (fresh) process."""
-    import resource
     from pathlib import Path
 
     from cwnnk.analysis import analyse_layer
@@ -282,7 +296,7 @@ def _stage(name, cfg, workdir, timings):
                 gram_floor(channels, found[layer]["channel_indices"])
                 gram_floor(aggregate, found[layer]["agg_indices"][None])
     seconds = time.perf_counter() - start
-    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, timings, entry["name"], layers
+    return seconds, _peak_mib(), timings, entry["name"], layers
 
 
 def bench_pipeline(args, out=print):
@@ -347,15 +361,20 @@ def bench_pipeline(args, out=print):
 
 def _graph_stage(store, layer, out, params, threads):
     """The graphs stage of one layer in this (fresh) process: (wall seconds, peak RSS MiB, summary)."""
-    import resource
-
     from cwnnk.graphs import build_layer_graphs
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
     _, aggregate = build_layer_graphs(store, layer, out, params, log=lambda *a, **k: None)
     seconds = time.perf_counter() - start
-    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, aggregate.degree.mean()
+    return seconds, _peak_mib(), aggregate.degree.mean()
+
+
+def _check_graphs_here(*args):
+    """check_graphs in this (fresh) process: (verdict, its lines, peak RSS MiB)."""
+    lines = []
+    ok = check_graphs(*args, out=lines.append)
+    return ok, lines, _peak_mib()
 
 
 def bench_scale(args, out=print):
@@ -382,13 +401,19 @@ def bench_scale(args, out=print):
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:  # fresh process: its own peak RSS
             seconds, peak, degree = pool.submit(_graph_stage, store, args.layer, graphs, params, args.threads).result()
         summary = __import__("json").loads((graphs / "summary.json").read_text())
-        ok = check_graphs(store, {args.layer: graphs}, params, args.check_nodes, max(1, args.check_nodes // 10), out)
+        # the check holds the whole layer too: a process of its own, so that no process holds it twice
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            ok, lines, peak_check = pool.submit(_check_graphs_here, store, {args.layer: graphs}, params,
+                                                args.check_nodes, max(1, args.check_nodes // 10)).result()
+        for line in lines:
+            out(line)
     out(f"ResNet-18 (CIFAR stem, random weights) layer {args.layer} on {args.n} synthetic 32x32 RGB images: "
         f"store written in {t_store:.0f} s")
     C, N, D = summary["n_channels"], summary["n_samples"], summary["dim_channel"]
     out(f"graphs stage: C={C} channels x N={N} x D={D} (aggregate D={C * D}), k={args.k}, CPU threads {args.threads}")
     out(f"wall {seconds:.0f} s (reading the store {summary['seconds']['read']:.0f} s, NNK graphs "
         f"{summary['seconds']['nnk']:.0f} s), peak RSS {peak:.0f} MiB, aggregate mean degree {degree:.2f}")
+    out(f"peak RSS of the bench's other processes: extract {_peak_mib():.0f} MiB, check {peak_check:.0f} MiB")
     return ok and peak < args.max_mib
 
 
