@@ -59,6 +59,15 @@ def _peak_mib():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
+def _in_fresh_process(fn, *args):
+    """fn(*args) in a new (spawned) process, so that its peak memory is its own."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def _timed(fn):
     start = time.perf_counter()
     value = fn()
@@ -301,10 +310,8 @@ def _stage(name, cfg, workdir, timings):
 
 def bench_pipeline(args, out=print):
     """Wall time and peak memory of each stage of the default experiment, on its first model."""
-    import multiprocessing
     import shutil
     import tempfile
-    from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
 
     import yaml
@@ -313,14 +320,12 @@ def bench_pipeline(args, out=print):
 
     cfg = validate(yaml.safe_load(open(args.config)))
     cfg["device"] = args.device
-    spawn = multiprocessing.get_context("spawn")
     rows, runs = {}, {"graphs": [], "knn floor": []}
     with tempfile.TemporaryDirectory() as workdir:
         work = Path(workdir)
 
         def run(name):
-            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:  # fresh process: own peak RSS
-                return pool.submit(_stage, name, cfg, workdir, {}).result()
+            return _in_fresh_process(_stage, name, cfg, workdir, {})
 
         for name in ("train", "extract"):
             rows[name] = run(name)
@@ -379,9 +384,7 @@ def _check_graphs_here(*args):
 
 def bench_scale(args, out=print):
     """The graphs stage of one ResNet-18 layer at full size, from a real activation store."""
-    import multiprocessing
     import tempfile
-    from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
 
     from cwnnk.datasets import load_synthetic
@@ -397,14 +400,11 @@ def bench_scale(args, out=print):
                                                      batch_size=500, log=lambda *a, **k: None))
         params = dict(k=args.k, kernel="gaussian", sigma="local", solver="exact", duplicates="drop",
                       n_samples=None, seed=0, symmetrize="none", device="cpu")
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:  # fresh process: its own peak RSS
-            seconds, peak, degree = pool.submit(_graph_stage, store, args.layer, graphs, params, args.threads).result()
+        seconds, peak, degree = _in_fresh_process(_graph_stage, store, args.layer, graphs, params, args.threads)
         summary = __import__("json").loads((graphs / "summary.json").read_text())
-        # the check holds the whole layer too: a process of its own, so that no process holds it twice
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            ok, lines, peak_check = pool.submit(_check_graphs_here, store, {args.layer: graphs}, params,
-                                                args.check_nodes, max(1, args.check_nodes // 10)).result()
+        # the check holds the whole layer too: apart from the extract's memory, as the stage is
+        ok, lines, peak_check = _in_fresh_process(_check_graphs_here, store, {args.layer: graphs}, params,
+                                                  args.check_nodes, max(1, args.check_nodes // 10))
         for line in lines:
             out(line)
     out(f"ResNet-18 (CIFAR stem, random weights) layer {args.layer} on {args.n} synthetic 32x32 RGB images: "
