@@ -1,7 +1,8 @@
 # cwnnk: channel-wise NNK graphs for channel redundancy and overlap in CNNs.
 # Entry point: validates the config against workflow/schemas/config.schema.yaml (defaults
-# filled in, errors name the key, the value and what is allowed), then includes one
-# .smk per stage. `snakemake --cores all` runs the default experiment of config.yaml.
+# filled in, errors name the key, the value and what is allowed), then includes one .smk
+# per stage in data-flow order; workflow/rules/N_X.smk runs the science of cwnnk.X.
+# `snakemake --cores all` runs the default experiment of config.yaml.
 
 from snakemake.utils import min_version
 
@@ -15,11 +16,14 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/extract.smk"
-include: "workflow/rules/graphs.smk"
-include: "workflow/rules/overlap.smk"
-include: "workflow/rules/figures.smk"
+include: "workflow/rules/1_train.smk"
+include: "workflow/rules/2_extract.smk"
+include: "workflow/rules/3_graphs.smk"
+include: "workflow/rules/4_overlap.smk"
+include: "workflow/rules/5_solvers.smk"
+include: "workflow/rules/6_tables.smk"
+include: "workflow/rules/7_manifolds.smk"
+include: "workflow/rules/8_figures.smk"
 
 
 rule all:

@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 
-from cwnnk.bench import main
+from cwnnk.bench.__main__ import main
 
 
 def first_time_after_checks(lines, is_time):
@@ -38,7 +38,7 @@ def test_bench_cosine_all_nodes(capsys):
 
 
 def test_agreement_tells_a_numerically_non_unique_optimum_from_a_difference():
-    from cwnnk.bench import agreement
+    from cwnnk.bench.gpu import agreement
     from cwnnk.engine import nnk
 
     rng = np.random.default_rng(0)
@@ -63,7 +63,7 @@ def test_agreement_tells_a_numerically_non_unique_optimum_from_a_difference():
 def test_bench_gpu_runs_on_cpu_and_checks_agreement_first():
     import argparse
 
-    from cwnnk.bench import bench_gpu
+    from cwnnk.bench.gpu import bench_gpu
 
     lines = []
     ok = bench_gpu(argparse.Namespace(device="cpu", n=40, check_n=30, cpu_n=20, threads=1, k=10), out=lines.append)
@@ -93,12 +93,12 @@ def test_a_fresh_process_reports_its_own_peak_not_its_parents():
     starts at its parent's peak, which would hide a stage smaller than the parent."""
     import multiprocessing
 
-    from cwnnk.bench import _peak_mib
+    from cwnnk.bench.common import peak_mib
 
     ballast = np.ones(1 << 27)  # 1 GiB, touched: this process's peak is at least that
-    parent = _peak_mib()
+    parent = peak_mib()
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        child = pool.apply(_peak_mib)
+        child = pool.apply(peak_mib)
     del ballast
     assert parent >= 1024 and child < parent - 512
 

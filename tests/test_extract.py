@@ -23,6 +23,7 @@ from cwnnk.datasets import Split, load_dataset, load_synthetic
 from cwnnk.extract import (PAUSE_ENV, LayerExtractor, NonFiniteActivation, UnknownLayerError, extract_to_store,
                            resolve_layers, run_extract, select_samples)
 from cwnnk.models import build_model, layer_names, load_checkpoint, save_checkpoint
+from cwnnk.params import ExtractParams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = {"name": "synthetic", "n_train": 60, "n_test": 30, "num_classes": 3, "image_size": 12}
@@ -79,6 +80,12 @@ def _resnet_reference(model, x):
     return out
 
 
+def xparams(cfg, layers="all", **changes):
+    """The ExtractParams of the fixture's config, with `changes`."""
+    settings = {key: value for key, value in cfg["extract"].items() if key != "layers"}
+    return ExtractParams(dataset=cfg["dataset"], layers=layers, device="cpu", **dict(settings, **changes))
+
+
 def _assert_store_matches(store, reference):
     for layer, expected in reference.items():
         expected = expected.numpy()
@@ -92,7 +99,7 @@ def _assert_store_matches(store, reference):
 def test_convnet_store_equals_forward_pass(convnet, tmp_path):
     entry, checkpoint, cfg = convnet
     store = tmp_path / "activations" / "m.zarr"
-    run_extract(entry, checkpoint, store, "all", cfg["dataset"], dict(cfg["extract"], test_split=True), "cpu")
+    run_extract(entry, checkpoint, store, xparams(cfg, test_split=True))
     assert not list(store.parent.glob(".*tmp*"))  # nothing left beside the store
     model, spec = load_checkpoint(checkpoint)
     dataset = load_dataset(cfg["dataset"])
@@ -199,7 +206,7 @@ def test_resolve_layers(convnet):
 def test_unknown_layer_fails_at_job_start(convnet, tmp_path):
     entry, checkpoint, cfg = convnet
     with pytest.raises(UnknownLayerError, match="valid layers: conv1, conv2, conv3"):
-        run_extract(entry, checkpoint, tmp_path / "m.zarr", ["relu"], cfg["dataset"], cfg["extract"], "cpu")
+        run_extract(entry, checkpoint, tmp_path / "m.zarr", xparams(cfg, ["relu"]))
     assert not (tmp_path / "m.zarr").exists()
 
 
@@ -215,8 +222,7 @@ def test_subsample_keeps_class_balance_and_is_seeded():
 
 def test_stored_subsample_is_balanced(convnet, tmp_path):
     entry, checkpoint, cfg = convnet
-    run_extract(entry, checkpoint, tmp_path / "m.zarr", ["conv3"], cfg["dataset"],
-                dict(cfg["extract"], n_samples=30, seed=5), "cpu")
+    run_extract(entry, checkpoint, tmp_path / "m.zarr", xparams(cfg, ["conv3"], n_samples=30, seed=5))
     acts = open_activations(tmp_path / "m.zarr")
     full = load_dataset(cfg["dataset"]).train
     assert len(acts) == 30 and acts.layers == ["conv3"]
@@ -229,12 +235,12 @@ def test_killed_extraction_is_refused_and_a_rerun_completes(convnet, tmp_path):
     store, log = tmp_path / "m.zarr", tmp_path / "extract.log"
     script = (
         "import json, sys; from cwnnk.extract import run_extract; from cwnnk.logs import stage_logger;"
-        "a = json.loads(sys.argv[1]);"
-        "run_extract(a['entry'], a['checkpoint'], a['store'], 'all', a['dataset'], a['extract'], 'cpu',"
+        "from cwnnk.params import ExtractParams; a = json.loads(sys.argv[1]);"
+        "run_extract(a['entry'], a['checkpoint'], a['store'], ExtractParams.from_dict(a['extract']),"
         " stage_logger('extract', a['log']).info)"
     )
     args = json.dumps({"entry": entry, "checkpoint": str(checkpoint), "store": str(store), "log": str(log),
-                       "dataset": cfg["dataset"], "extract": dict(cfg["extract"], batch_size=8)})
+                       "extract": xparams(cfg, batch_size=8).to_dict()})
     proc = subprocess.Popen([sys.executable, "-c", script, args], env=dict(os.environ, **{PAUSE_ENV: "2"}),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -255,7 +261,7 @@ def test_killed_extraction_is_refused_and_a_rerun_completes(convnet, tmp_path):
     with pytest.raises(StoreError, match="incomplete"):
         open_activations(partial)
     messages = []
-    run_extract(entry, checkpoint, store, "all", cfg["dataset"], cfg["extract"], "cpu", messages.append)
+    run_extract(entry, checkpoint, store, xparams(cfg), messages.append)
     assert len(open_activations(store)) == 60 and not partial.exists()
     assert any("removing" in m and "killed" in m for m in messages)
 
@@ -269,7 +275,7 @@ def test_non_finite_activation_names_layer_channel_and_sample(convnet, tmp_path)
     save_checkpoint(bad, model, spec)
     with pytest.raises(NonFiniteActivation, match=r"\(nan\) in layer 'conv2', channel 4, sample 0 of the stored "
                                                   r"train samples \(source index 0\)"):
-        run_extract(entry, bad, tmp_path / "m.zarr", "all", cfg["dataset"], cfg["extract"], "cpu")
+        run_extract(entry, bad, tmp_path / "m.zarr", xparams(cfg))
     assert not list(tmp_path.glob("*.zarr")) and not list(tmp_path.glob(".*tmp*"))
 
 

@@ -5,6 +5,7 @@ import pytest
 from matplotlib.image import imread
 
 from cwnnk import figures
+from cwnnk.params import FigureParams
 from cwnnk.tables import read_table, select, write_table
 
 LAYERS = ("conv1", "conv2", "conv3")
@@ -74,6 +75,10 @@ def fast_png(monkeypatch):
 def tables(tmp_path_factory):
     tables_dir = write_tables(tmp_path_factory.mktemp("figs"))
     return {name: read_table(tables_dir / f"{name}.csv") for name in figures.TABLES}
+
+
+def table_paths(tables_dir):
+    return {name: tables_dir / f"{name}.csv" for name in figures.TABLES}
 
 
 def check_outputs(prefix, width=None):
@@ -148,7 +153,7 @@ def test_f6(tables, tmp_path):
 def test_single_model_single_layer(tmp_path):
     """One level, one seed, one layer, two channels: every figure draws what is there."""
     tables_dir = write_tables(tmp_path, dropouts=(0.1,), seeds=(3,), layers=("conv1",), channels=2)
-    paths = figures.draw_all(tables_dir, tmp_path / "figs")
+    paths = figures.draw_all(table_paths(tables_dir), figures.figure_paths(tmp_path / "figs"))
     assert paths == figures.figure_paths(tmp_path / "figs")
     for name in figures.FIGURES:
         check_outputs(tmp_path / "figs" / name)
@@ -159,7 +164,7 @@ def test_draw_all_missing_and_empty_tables(tmp_path):
     tables_dir = tmp_path / "tables"
     write_table(tables_dir / "overlap.csv", [])
     write_table(tables_dir / "channels.csv", [], columns=["model", "label", "depth"])
-    for path in figures.draw_all(tables_dir, tmp_path / "figs"):
+    for path in figures.draw_all(table_paths(tables_dir), figures.figure_paths(tmp_path / "figs")):
         assert path.stat().st_size > 0
 
 
@@ -186,8 +191,11 @@ def test_level_order_and_styles():
 
 def test_draw_all_unknown_model(tmp_path):
     tables_dir = write_tables(tmp_path, dropouts=(0.0,), seeds=(1,), layers=("conv1",), channels=2)
+    outputs = figures.figure_paths(tmp_path / "figs")
     with pytest.raises(ValueError, match="heatmap_model='nope'.*models there"):
-        figures.draw_all(tables_dir, tmp_path / "figs", heatmap_model="nope")
+        figures.draw_all(table_paths(tables_dir), outputs, FigureParams(heatmap_model="nope"))
     with pytest.raises(ValueError, match="solver_model='nope'"):
-        figures.draw_all(tables_dir, tmp_path / "figs", solver_model="nope")
+        figures.draw_all(table_paths(tables_dir), outputs, FigureParams(solver_model="nope"))
     assert not (tmp_path / "figs").exists()  # checked before anything is drawn
+    with pytest.raises(ValueError, match="no output path given for"):
+        figures.draw_all(table_paths(tables_dir), outputs[:-1])

@@ -9,9 +9,9 @@ import scipy.sparse
 from cwnnk.activations import StoreWriter, open_activations
 from cwnnk.graphs import build_layer_graphs, channel_blocks, load_layer_graphs
 from cwnnk.engine import nnk
+from cwnnk.params import GraphParams
 
-PARAMS = dict(k=6, kernel="gaussian", sigma="local", solver="exact", duplicates="drop", n_samples=None, seed=0,
-              symmetrize="none", device="cpu")
+PARAMS = GraphParams(k=6, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_the_aggregate_first_or_last_gives_the_same_graphs(store, tmp_path, monk
 
 def test_subsample_is_stratified_and_recorded(store, tmp_path):
     path, _ = store
-    build_layer_graphs(path, "relu", tmp_path / "g", dict(PARAMS, n_samples=20), log=lambda m: None)
+    build_layer_graphs(path, "relu", tmp_path / "g", PARAMS.replace(n_samples=20), log=lambda m: None)
     arrays, _ = load_layer_graphs(tmp_path / "g")
     labels = open_activations(path).labels
     assert len(arrays["positions"]) == 20 and np.array_equal(arrays["labels"], labels[arrays["positions"]])
@@ -94,7 +94,7 @@ def test_subsample_is_stratified_and_recorded(store, tmp_path):
 def test_k_too_large_names_the_store_and_layer(store, tmp_path):
     path, _ = store
     with pytest.raises(ValueError, match=r"graphs.k = 40 .*relu"):
-        build_layer_graphs(path, "relu", tmp_path / "g", dict(PARAMS, k=40), log=lambda m: None)
+        build_layer_graphs(path, "relu", tmp_path / "g", PARAMS.replace(k=40), log=lambda m: None)
     assert not (tmp_path / "g").exists()
 
 

@@ -332,7 +332,7 @@ def test_deep_relu_layers_meet_kkt_with_bounded_weights(monkeypatch):
     """Low-dimensional post-ReLU maps (ResNet-18's 4x4 layer4, random weights) give K_SS so ill
     conditioned that block principal pivoting cycles; those nodes go to Lawson-Hanson.
     Since K has non-negative entries and a unit diagonal, an optimal theta has ||theta|| <= 2 sqrt(k)."""
-    from cwnnk.bench import resnet18_layers
+    from cwnnk.bench.gpu import resnet18_layers
 
     calls = []
     original = cwnnk.engine._lawson_hanson

@@ -6,12 +6,15 @@ descriptions; docs/configuration.md is checked against it by a test.
 
 import copy
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
 import yaml
 
 from cwnnk.datasets import dataset_signature
+from cwnnk.params import (DatasetParams, ExtractParams, FigureParams, GraphParams, ImportParams, ManifoldParams,
+                          OverlapParams, TrainParams)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -137,6 +140,61 @@ def expand_models(config):
             dropout=dropout, weight_decay=None, augment=None, seed=None, label=ext.get("label", "external"),
         )
     return models
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated config as the workflow runs it: the models and every stage's parameters.
+
+    Built once (`Experiment.from_config`) by the Snakefile and the benchmarks alike; a rule's
+    params are these objects, unchanged. layers: model -> its extracted layers, depth order.
+    """
+
+    config: dict
+    models: OrderedDict
+    layers: dict
+    graphs: GraphParams
+    overlap: OverlapParams
+    manifolds: ManifoldParams
+    figures: FigureParams
+
+    @classmethod
+    def from_config(cls, config):
+        """config: as returned by `validate`. Raises ConfigError for an unknown layer name."""
+        from cwnnk.extract import UnknownLayerError, resolve_layers
+
+        models = expand_models(config)
+        try:
+            layers = {m: tuple(resolve_layers(e["spec"], config["extract"]["layers"], m)) for m, e in models.items()}
+        except UnknownLayerError as err:
+            raise ConfigError(str(err)) from None
+        graphs = GraphParams(**config["graphs"], seed=config["extract"]["seed"], device=config["device"])
+        fig = config["figures"]
+        first = next(iter(models))
+        return cls(
+            config=config, models=models, layers=layers, graphs=graphs, overlap=OverlapParams(),
+            manifolds=ManifoldParams(dims=fig["manifold_dims"], n=fig["manifold_n"], graphs=graphs),
+            figures=FigureParams(heatmap_model=fig["heatmap_model"] or first, solver_model=fig["solver_model"] or first),
+        )
+
+    @property
+    def dataset(self):
+        return DatasetParams(**self.config["dataset"])
+
+    def train(self, model):
+        """TrainParams of a trained model: the shared `training` settings and its sweep point."""
+        entry = self.models[model]
+        return TrainParams(dataset=self.dataset, seed=entry["seed"], weight_decay=entry["weight_decay"],
+                           augment=entry["augment"], device=self.config["device"], **self.config["training"])
+
+    def import_(self, model):
+        """ImportParams of an external checkpoint."""
+        return ImportParams(dataset=self.dataset, device=self.config["device"])
+
+    def extract(self, model):
+        """ExtractParams of a model: its resolved layers and the `extract` settings."""
+        settings = {key: value for key, value in self.config["extract"].items() if key != "layers"}
+        return ExtractParams(dataset=self.dataset, layers=self.layers[model], device=self.config["device"], **settings)
 
 
 def _rows(schema, defs, prefix=""):

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("digits", "cifar10", "synthetic")
+from cwnnk.params import DATASETS  # the names the schema and DatasetParams allow
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -184,14 +185,15 @@ def load_synthetic(n_train=512, n_test=256, num_classes=4, image_size=12, channe
     return Dataset("synthetic", train, test, tuple(f"class{c}" for c in range(num_classes)))
 
 
-def load_dataset(cfg):
-    """Build a Dataset from a validated `dataset` config entry ({'name': ..., params...})."""
+def load_dataset(params):
+    """Build a Dataset from DatasetParams (or a `dataset` config mapping, checked the same way)."""
+    from cwnnk.params import DatasetParams
+
+    params = DatasetParams.from_dict(params)
     loaders = {"digits": load_digits, "cifar10": load_cifar10, "synthetic": load_synthetic}
-    if cfg.get("name") not in loaders:
-        raise ValueError(f"dataset.name must be one of {DATASETS}, got {cfg.get('name')!r}")
-    name = cfg["name"]
-    params = {k: v for k, v in cfg.items() if k in _PARAMS[name] and v is not None}
-    return loaders[name](**params)
+    values = params.to_dict()
+    kwargs = {k: v for k, v in values.items() if k in _PARAMS[params.name] and v is not None}
+    return loaders[params.name](**kwargs)
 
 
 # The config keys each loader takes (the schema holds the keys of every dataset).

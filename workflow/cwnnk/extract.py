@@ -271,12 +271,11 @@ def _extract_to_store(model, nodes, dataset, path, splits, n_samples, seed, batc
     return writer.group.attrs.asdict()
 
 
-def run_extract(entry, checkpoint, store, layers, dataset_cfg, extract_cfg, device="auto", log=print):
+def run_extract(entry, checkpoint, store, params, log=print):
     """The `extract` stage: checkpoint -> complete activation store at `store`, atomically.
 
-    entry: the model's config entry (cwnnk.config.expand_models); layers: 'all' or names;
-    extract_cfg: the validated `extract` config (n_samples, test_split, batch_size, seed,
-    compressor). A failure or a kill leaves no store at `store`.
+    entry: the model's config entry (cwnnk.config.expand_models); params: ExtractParams (its
+    layers already resolved for this model). A failure or a kill leaves no store at `store`.
     """
     from cwnnk.atomic import atomic_path
     from cwnnk.datasets import load_dataset
@@ -285,30 +284,27 @@ def run_extract(entry, checkpoint, store, layers, dataset_cfg, extract_cfg, devi
     from cwnnk.provenance import sha256_file
 
     start = time.perf_counter()
-    device = resolve_device(device)
+    device = resolve_device(params.device)
     model, spec = load_checkpoint(checkpoint, map_location="cpu")
-    names = resolve_layers(spec, layers, entry.get("name"))
+    names = resolve_layers(spec, params.layers if params.layers == "all" else list(params.layers), entry.get("name"))
     nodes = OrderedDict((name, model.layers[name]) for name in names)
     model.to(device).eval()
-    dataset = load_dataset(dataset_cfg)
+    dataset = load_dataset(params.dataset)
+    settings = params.to_dict()
     attrs = dict(
         model=entry.get("name"), entry={k: v for k, v in entry.items() if k != "spec"},
         checkpoint={"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
         spec=spec,
-        dataset={"name": dataset.name, "config": dict(dataset_cfg), "classes": list(dataset.classes)},
+        dataset={"name": dataset.name, "config": settings.pop("dataset"), "classes": list(dataset.classes)},
         transform={"images": "cwnnk.datasets.load_dataset: float32 in [0, 1], bilinear resize to image_size",
-                   "image_size": dataset_cfg.get("image_size"), "input_shape": list(dataset.input_shape),
+                   "image_size": params.dataset.image_size, "input_shape": list(dataset.input_shape),
                    "normalize": spec.get("normalize"), "normalize_applied_by": "the model (cwnnk.models.Normalize)",
                    "augment": "none"},
-        extract_config=dict(extract_cfg),
+        extract_config=settings,
     )
     _remove_stale_temporaries(store, log)
     with atomic_path(store) as tmp:
-        extract_to_store(
-            model, nodes, dataset, tmp,
-            splits=("train", "test") if extract_cfg.get("test_split") else ("train",),
-            n_samples=extract_cfg.get("n_samples"), seed=extract_cfg.get("seed", 0),
-            batch_size=extract_cfg.get("batch_size", 256), compressor=extract_cfg.get("compressor", "zstd"),
-            device=device, method=extract_cfg.get("method", "auto"), attrs=attrs, log=log,
-        )
+        extract_to_store(model, nodes, dataset, tmp, splits=params.splits, n_samples=params.n_samples,
+                         seed=params.seed, batch_size=params.batch_size, compressor=params.compressor, device=device,
+                         attrs=attrs, log=log)
     log(f"wrote {store} in {time.perf_counter() - start:.1f}s")

@@ -2,7 +2,7 @@
 
 Each `f*` function takes tables as read by `cwnnk.tables.read_table` (dicts of numpy
 columns) and an output prefix, and writes `{prefix}.pdf` and `{prefix}.png` (atomically).
-`draw_all(tables_dir, figures_dir)` draws all six as `{figures_dir}/F1.pdf` ... `F6.png`.
+`draw_all(tables, outputs)` draws all six from the tables' files into the given F1.pdf ... F6.png.
 
 Conventions: the Okabe-Ito palette (colour-blind safe), with a marker per regularization
 level as well so that levels stay apart in grey print; widths of 3.5 in (one paper column)
@@ -27,6 +27,8 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarForm
 from scipy import stats
 
 from cwnnk.atomic import atomic_path
+from cwnnk.params import FigureParams
+from cwnnk.products import FIGURE_FORMATS, FIGURES, TABLES
 from cwnnk.tables import n_rows, read_table, select
 
 # Okabe & Ito (2008), "Color universal design"; yellow last (weak on white).
@@ -38,15 +40,6 @@ PALETTE = tuple(OKABE_ITO.values())
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "p")
 SINGLE, DOUBLE = 3.5, 7.0  # column widths in inches
 DPI = 300
-FIGURES = {
-    "F1": "NNK degree per layer",
-    "F2": "redundancy and pairwise overlap versus depth",
-    "F3": "last-layer overlap versus generalization",
-    "F4": "pairwise channel-overlap heatmaps",
-    "F5": "NNK degree versus intrinsic dimension on synthetic manifolds",
-    "F6": "exact versus pynnk solver degree",
-}
-TABLES = ("overlap", "channels", "pairwise", "solvers", "manifolds")
 STYLE = {
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7,
     "ytick.labelsize": 7, "legend.fontsize": 7, "legend.title_fontsize": 7,
@@ -590,16 +583,16 @@ def f6_solvers(solvers, prefix, model=None):
 
 # ---------------------------------------------------------------------------- all
 
-def _read(tables_dir, name, where=None):
-    path = Path(tables_dir) / f"{name}.csv"
-    return read_table(path, where=where) if path.exists() else {}
+def _read(tables, name, where=None):
+    path = tables.get(name)
+    return read_table(path, where=where) if path is not None and Path(path).exists() else {}
 
 
 def _first_model(path):
     """The model of the first data row of a CSV, or None (cheap on long tables)."""
     import csv
 
-    if not path.exists():
+    if path is None or not Path(path).exists():
         return None
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
@@ -609,34 +602,55 @@ def _first_model(path):
 
 
 def figure_paths(figures_dir):
-    """Every file draw_all writes: {figures_dir}/F1.pdf, F1.png, ..., F6.png."""
-    return [Path(figures_dir) / f"{name}.{ext}" for name in FIGURES for ext in ("pdf", "png")]
+    """Every file of F1-F6 in figures_dir: {figures_dir}/F1.pdf, F1.png, ..., F6.png."""
+    return [Path(figures_dir) / f"{name}.{ext}" for name in FIGURES for ext in FIGURE_FORMATS]
 
 
-def draw_all(tables_dir, figures_dir, heatmap_model=None, solver_model=None):
-    """Draw F1-F6 from {tables_dir}/{overlap,channels,pairwise,solvers,manifolds}.csv into
-    figures_dir; an absent or empty table gives a placeholder figure. Returns figure_paths.
+def _prefixes(outputs):
+    """{figure: output prefix} of the files F1.pdf ... F6.png in outputs; all of them must be there."""
+    prefixes, wanted = {}, {f"{name}.{ext}" for name in FIGURES for ext in FIGURE_FORMATS}
+    for path in map(Path, outputs):
+        if path.name not in wanted:
+            raise ValueError(f"{path}: not a figure file; expected one of {sorted(wanted)}")
+        prefixes[path.stem] = path.with_suffix("")
+        wanted.discard(path.name)
+    if wanted:
+        raise ValueError(f"no output path given for {sorted(wanted)}")
+    return prefixes
+
+
+def draw_all(tables, outputs, params=FigureParams()):
+    """Draw F1-F6 from the tables into the files `outputs` (F1.pdf, F1.png, ..., F6.png).
+
+    tables: {name: CSV path} for the names of cwnnk.products.TABLES; an absent or empty table
+    gives a placeholder figure. params: FigureParams (the models F4 and F6 draw; None: the first).
+    Returns the paths written.
     """
-    tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
+    unknown = sorted(set(tables) - set(TABLES))
+    if unknown:
+        raise ValueError(f"unknown table(s) {unknown}; expected names from {list(TABLES)}")
+    prefixes = _prefixes(outputs)
+    heatmap_model, solver_model = params.heatmap_model, params.solver_model
     # pairwise.csv is long (C^2 rows per layer): read only the model drawn. The chosen
     # models are checked before anything is drawn.
-    model = heatmap_model or _first_model(tables_dir / "pairwise.csv")
-    pairwise = _read(tables_dir, "pairwise", where={"model": model} if model else None)
-    if heatmap_model and n_rows(pairwise) == 0 and _first_model(tables_dir / "pairwise.csv") is not None:
-        models = _first_seen(_text(read_table(tables_dir / "pairwise.csv")["model"]))  # error path only
+    model = heatmap_model or _first_model(tables.get("pairwise"))
+    pairwise = _read(tables, "pairwise", where={"model": model} if model else None)
+    if heatmap_model and n_rows(pairwise) == 0 and _first_model(tables.get("pairwise")) is not None:
+        models = _first_seen(_text(read_table(tables["pairwise"])["model"]))  # error path only
         raise ValueError(f"figures.heatmap_model={heatmap_model!r} has no rows in pairwise.csv; "
                          f"models there: {models}")
-    solvers = _read(tables_dir, "solvers")
+    solvers = _read(tables, "solvers")
     if solver_model and n_rows(solvers):
         _pick_model(solvers, solver_model, "solvers.csv", "solver_model")
-    overlap = _read(tables_dir, "overlap")
+    overlap = _read(tables, "overlap")
     levels = level_order(overlap) if n_rows(overlap) else None
     k = _unique_number(overlap, "k") if n_rows(overlap) else None
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    f1_degree(_read(tables_dir, "channels"), figures_dir / "F1", levels=levels, k=k)
-    f2_redundancy_depth(overlap, figures_dir / "F2", levels=levels)
-    f3_generalization(overlap, figures_dir / "F3", levels=levels)
-    f4_heatmaps(pairwise, figures_dir / "F4", model=heatmap_model)
-    f5_manifolds(_read(tables_dir, "manifolds"), figures_dir / "F5")
-    f6_solvers(solvers, figures_dir / "F6", model=solver_model)
-    return figure_paths(figures_dir)
+    for prefix in prefixes.values():
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+    f1_degree(_read(tables, "channels"), prefixes["F1"], levels=levels, k=k)
+    f2_redundancy_depth(overlap, prefixes["F2"], levels=levels)
+    f3_generalization(overlap, prefixes["F3"], levels=levels)
+    f4_heatmaps(pairwise, prefixes["F4"], model=heatmap_model)
+    f5_manifolds(_read(tables, "manifolds"), prefixes["F5"])
+    f6_solvers(solvers, prefixes["F6"], model=solver_model)
+    return [Path(path) for path in outputs]

@@ -51,7 +51,7 @@ def channel_blocks(C, N, D, block_bytes=BLOCK_BYTES):
 def cw_nnk(acts, params, log=print, timings=None):
     """NNK graphs of every channel (in blocks of channels) and of the aggregate.
 
-    acts: (N, C, D) float32 (see read_layer). params: k, kernel, sigma, solver, duplicates, device.
+    acts: (N, C, D) float32 (see read_layer). params: GraphParams (its engine settings are used).
     timings: optional dict receiving the engine's seconds per part (see cwnnk.engine.nnk).
     Returns (the channels' NNKResult, stacked over C; the fraction of all-zero maps per channel;
     the aggregate NNKResult).
@@ -59,13 +59,12 @@ def cw_nnk(acts, params, log=print, timings=None):
     from cwnnk.engine import nnk_stream  # torch: imported by the jobs that solve, not by readers (overlap)
 
     N, C, D = acts.shape
-    engine = dict(k=params["k"], kernel=params["kernel"], sigma=params["sigma"], solver=params["solver"],
-                  duplicates=params["duplicates"], device=params["device"], timings=timings)
+    engine = dict(params.engine(), timings=timings)
     # One stream for the channel blocks and the aggregate: each one's solves overlap the next one's
     # search. The aggregate's search is the largest working set: it goes first where the channels'
     # results would be large to hold beside it (at N = 10,000 that kept `bench scale` under 4 GiB),
     # else last, so that the channels' queued solves keep the other core busy during it.
-    aggregate_first = C * N * params["k"] * RESULT_BYTES > AGGREGATE_LAST_BYTES
+    aggregate_first = C * N * params.k * RESULT_BYTES > AGGREGATE_LAST_BYTES
     order = [None, *channel_blocks(C, N, D)] if aggregate_first else [*channel_blocks(C, N, D), None]
     zero_maps = np.empty(C)
 
@@ -114,19 +113,19 @@ def _stacked_like(part, C):
 def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=None):
     """The `graphs` job of one (model, layer): read the store, build CW-NNK, write out_dir atomically.
 
-    params: k, kernel, sigma, solver, duplicates, n_samples, seed, symmetrize, device.
+    params: GraphParams.
     """
     from cwnnk.datasets import stratified_subset
 
     start = time.perf_counter()
     store = open_activations(store_path)
-    positions = stratified_subset(store.labels, params.get("n_samples"), params.get("seed", 0))
+    positions = stratified_subset(store.labels, params.n_samples, params.seed)
     acts = read_layer(store, layer, positions)
     N, C, D = acts.shape
-    if params["k"] >= N:
-        raise ValueError(f"graphs.k = {params['k']} needs more than k samples; {store_path} layer {layer!r} has N = {N}")
-    log(f"{store_path} layer {layer}: C={C} channels, N={N} samples, D={D} per channel; k={params['k']}, "
-        f"{params['kernel']}/{params['sigma']}, solver {params['solver']}")
+    if params.k >= N:
+        raise ValueError(f"graphs.k = {params.k} needs more than k samples; {store_path} layer {layer!r} has N = {N}")
+    log(f"{store_path} layer {layer}: C={C} channels, N={N} samples, D={D} per channel; k={params.k}, "
+        f"{params.kernel}/{params.sigma}, solver {params.solver}")
     seconds = {"read": time.perf_counter() - start}
     start = time.perf_counter()
     channels, zero_maps, aggregate = cw_nnk(acts, params, log, timings)
@@ -136,9 +135,9 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
         tmp.mkdir()
         # uncompressed: zlib took 13 ms per graph for 26 % less space (float64 weights hardly compress)
         for c in range(C):
-            scipy.sparse.save_npz(tmp / channel_file(c), to_sparse(channels.channel(c), params["symmetrize"]),
+            scipy.sparse.save_npz(tmp / channel_file(c), to_sparse(channels.channel(c), params.symmetrize),
                                   compressed=False)
-        scipy.sparse.save_npz(tmp / "aggregate.npz", to_sparse(aggregate, params["symmetrize"]), compressed=False)
+        scipy.sparse.save_npz(tmp / "aggregate.npz", to_sparse(aggregate, params.symmetrize), compressed=False)
         np.savez(
             tmp / "knn.npz", positions=positions, labels=store.labels[positions],
             channel_indices=channels.indices, channel_distances=channels.distances,
@@ -147,7 +146,7 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
             agg_error=aggregate.error,
         )
         write_json(tmp / "summary.json", dict(
-            layer=layer, n_channels=C, n_samples=N, dim_channel=D, params=params,
+            layer=layer, n_channels=C, n_samples=N, dim_channel=D, params=params.to_dict(),
             counts={name: values.tolist() for name, values in channels.counts.items()},
             aggregate_counts={name: int(value) for name, value in aggregate.counts.items()},
             zero_map_fraction=zero_maps.tolist(), seconds=seconds,
@@ -176,30 +175,3 @@ def load_layer_graphs(folder):
     with np.load(folder / "knn.npz") as data:
         arrays = dict(data)
     return arrays, summary
-
-
-def compare_solvers(store_path, graph_dirs, params, log=print):
-    """Rows of solvers.csv: mean NNK degree of each channel (and the aggregate, channel -1)
-    with the exact and the pynnk solver, on the samples each graphs folder used.
-
-    The configured solver's weights come from the graph folder; only the other one is solved.
-    """
-    store = open_activations(store_path)
-    other = "pynnk" if params["solver"] == "exact" else "exact"
-    rows = []
-    for depth, (layer, folder) in enumerate(graph_dirs.items()):
-        arrays, _ = load_layer_graphs(folder)
-        acts = read_layer(store, layer, arrays["positions"])
-        channels, _, aggregate = cw_nnk(acts, dict(params, solver=other), log)
-        done = {"channel": arrays["channel_weights"], "aggregate": arrays["agg_weights"]}
-        fresh = {"channel": channels.weights, "aggregate": aggregate.weights}
-        degree = {key: {params["solver"]: (done[key] > 0).sum(-1).mean(-1), other: (fresh[key] > 0).sum(-1).mean(-1)}
-                  for key in done}
-        for c in range(acts.shape[1]):
-            rows.append(dict(layer=layer, depth=depth, channel=c, degree_exact=float(degree["channel"]["exact"][c]),
-                             degree_pynnk=float(degree["channel"]["pynnk"][c])))
-        rows.append(dict(layer=layer, depth=depth, channel=-1, degree_exact=float(degree["aggregate"]["exact"]),
-                         degree_pynnk=float(degree["aggregate"]["pynnk"])))
-        log(f"{layer}: exact vs pynnk mean degree (aggregate) "
-            f"{rows[-1]['degree_exact']:.2f} vs {rows[-1]['degree_pynnk']:.2f}")
-    return rows

@@ -1,4 +1,5 @@
-"""Channel overlap of one CW-NNK layer: per-node metrics, chance levels and summaries.
+"""The overlap stage: channel overlap of one CW-NNK layer (per-node metrics, chance levels,
+summaries), from a graphs folder to one JSON (`analyse_layer`).
 
 Inputs are the NNK engine's arrays: for C channels and N nodes, channel `indices` (C, N, k)
 int (-1 = padding), `weights` (C, N, k) float and `distances` (C, N, k) float sorted per row
@@ -13,9 +14,9 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.stats import hypergeom
 
+from cwnnk.atomic import write_json
 from cwnnk.intrinsic_dim import twonn
-
-TOL = 1e-10
+from cwnnk.params import TOL, OverlapParams
 STATS = ("mean", "std", "q25", "median", "q75")
 # Bounds on one block of nodes: C * block * k neighbour-list entries, block * N (node,
 # point) counters, and block * C * C channel pairs in the per-node intersection counts.
@@ -289,3 +290,30 @@ def layer_summary(ch_indices, ch_weights, ch_distances, agg_indices, agg_weights
     id_channel = summarize(twonn(ch_distances)[0])
     row.update({f"id_channel_{stat}": id_channel[stat] for stat in (*STATS, "n")})
     return row, nm.pairwise
+
+
+def analyse_layer(graph_dir, out_json, params=OverlapParams()):
+    """The `overlap` job: every docs/method.md section 4 metric of one layer's graphs folder,
+    written to out_json: layer-level columns (`row`), per-channel rows and the C x C pairwise
+    overlap matrix. params: OverlapParams (tol, the support threshold tau)."""
+    from cwnnk.graphs import load_layer_graphs
+
+    arrays, summary = load_layer_graphs(graph_dir)
+    row, pairwise = layer_summary(
+        arrays["channel_indices"], arrays["channel_weights"], arrays["channel_distances"],
+        arrays["agg_indices"], arrays["agg_weights"], arrays["agg_distances"], tol=params.tol,
+    )
+    zero_maps = np.asarray(summary["zero_map_fraction"])
+    row["zero_map_fraction_mean"] = float(zero_maps.mean())
+    row["zero_map_fraction_max"] = float(zero_maps.max())
+    row["kkt_failed"] = int(sum(summary["counts"]["kkt_failed"]) + summary["aggregate_counts"]["kkt_failed"])
+    row["not_pd"] = int(sum(summary["counts"]["not_pd"]) + summary["aggregate_counts"]["not_pd"])
+    degree = (arrays["channel_weights"] > params.tol).sum(-1)
+    channel_ids, _ = twonn(arrays["channel_distances"])
+    channels = [
+        dict(channel=c, degree_mean=float(degree[c].mean()), degree_agg_mean=row["degree_agg_mean"],
+             zero_map_fraction=float(zero_maps[c]), id_twonn=float(channel_ids[c]))
+        for c in range(degree.shape[0])
+    ]
+    write_json(out_json, dict(layer=summary["layer"], row=row, channels=channels, pairwise=pairwise.tolist(),
+                              params=summary["params"]))

@@ -1,4 +1,8 @@
-"""Tidy CSV tables: write rows of dicts atomically, read them back as numpy columns.
+"""The tables stage and the CSV format of every table.
+
+`collect_tables` joins every analysed layer with its model's metrics into the tidy tables
+overlap.csv, channels.csv and pairwise.csv. `write_table` and `read_table` write rows of dicts
+atomically and read them back as numpy columns.
 
 Format: comma separated, one header line, "\\n" line ends, UTF-8. Cell encoding:
 - float (Python or numpy): `repr(float(x))`, the shortest text that parses back to the
@@ -12,6 +16,7 @@ float64 with empty cells as NaN. Any other column comes back as a str array, emp
 """
 
 import csv
+import json
 import math
 import numbers
 from pathlib import Path
@@ -19,6 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from cwnnk.atomic import atomic_path
+# Model settings copied onto every row, in this order (tables are tidy: one row, all context).
+MODEL_COLUMNS = ("model", "kind", "label", "arch", "dropout", "weight_decay", "augment", "seed")
+METRIC_COLUMNS = ("train_acc", "test_acc", "train_loss", "test_loss", "gap_acc", "gap_loss")
 
 
 def _cell(value):
@@ -112,3 +120,40 @@ def select(table, mask):
     """The rows of `table` where the boolean `mask` is true, as a new table."""
     mask = np.asarray(mask, dtype=bool)
     return {name: values[mask] for name, values in table.items()}
+
+
+def _model_context(entry, metrics):
+    """The model columns (MODEL_COLUMNS, then METRIC_COLUMNS) of every row of one model."""
+    source = dict(entry, model=entry["name"], arch=entry["spec"]["arch"], **metrics["final"])
+    return {key: source.get(key) for key in (*MODEL_COLUMNS, *METRIC_COLUMNS)}
+
+
+def collect_tables(models, metrics, layers, overlap, out):
+    """The `tables` job: write overlap.csv, channels.csv and pairwise.csv.
+
+    models: name -> model entry (cwnnk.config.expand_models); metrics: name -> its metrics.json;
+    layers: name -> its analysed layers in depth order; overlap: name -> the overlap stage's
+    JSON of each of those layers, same order; out: {"overlap": path, "channels": path,
+    "pairwise": path}.
+    """
+    overlap_rows, channels, pairwise = [], [], []
+    for name, entry in models.items():
+        context = _model_context(entry, json.loads(Path(metrics[name]).read_text()))
+        if len(overlap[name]) != len(layers[name]):
+            raise ValueError(f"model {name!r}: {len(layers[name])} layers but {len(overlap[name])} overlap files")
+        for depth, (layer, path) in enumerate(zip(layers[name], overlap[name])):
+            layer_info = json.loads(Path(path).read_text())
+            if layer_info["layer"] != layer:
+                raise ValueError(f"{path}: holds layer {layer_info['layer']!r}, expected {layer!r}")
+            where = dict(layer=layer, depth=depth, n_layers=len(layers[name]), is_last=int(depth == len(layers[name]) - 1))
+            overlap_rows.append({**context, **where, **layer_info["row"]})
+            short = {key: context[key] for key in ("model", "label", "dropout", "seed")}
+            channels += [{**short, "layer": layer, "depth": depth, **ch} for ch in layer_info["channels"]]
+            matrix = layer_info["pairwise"]
+            pairwise += [
+                dict(model=name, layer=layer, depth=depth, channel_a=a, channel_b=b, overlap=matrix[a][b])
+                for a in range(len(matrix)) for b in range(len(matrix))
+            ]
+    write_table(out["overlap"], overlap_rows)
+    write_table(out["channels"], channels)
+    write_table(out["pairwise"], pairwise)

@@ -8,9 +8,6 @@ import torch.nn.functional as F
 from cwnnk.device import resolve_device
 from cwnnk.models import build_model
 
-AUGMENTS = ("none", "shift", "shift_flip")
-
-
 def augment_batch(x, kind, gen):
     """Random translations of up to 2 pixels (zero fill), and horizontal flips for 'shift_flip'."""
     if kind == "none":
@@ -39,38 +36,36 @@ def evaluate(model, split, device, batch_size=512):
     return loss / len(split), correct / len(split)
 
 
-def _optimizer(model, cfg):
-    if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-    if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    raise ValueError(f"training.optimizer must be 'sgd' or 'adam', got {cfg['optimizer']!r}")
+def _optimizer(model, params):
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
+                               weight_decay=params.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
 
 
-def train_model(spec, dataset, cfg, seed, device="auto", log=print):
-    """Train a fresh model of `spec` on `dataset`; return (model, history).
+def train_model(spec, dataset, params, log=print):
+    """Train a fresh model of `spec` on `dataset` with TrainParams `params`; return (model, history).
 
-    cfg keys: optimizer, lr, momentum, weight_decay, epochs, batch_size, augment, lr_schedule.
     history: one dict per epoch with train/test loss and accuracy and the epoch's seconds.
     """
-    device = resolve_device(device)
-    torch.manual_seed(seed)
+    device = resolve_device(params.device)
+    torch.manual_seed(params.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(params.seed)
     model = build_model(spec).to(device)
-    opt = _optimizer(model, cfg)
-    epochs = cfg["epochs"]
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs) if cfg["lr_schedule"] == "cosine" else None
+    opt = _optimizer(model, params)
+    epochs = params.epochs
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs) if params.lr_schedule == "cosine" else None
     train = dataset.train
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         model.train()
         order = torch.randperm(len(train), generator=gen)
-        for i in range(0, len(order), cfg["batch_size"]):
-            batch = order[i : i + cfg["batch_size"]]
-            x = augment_batch(train.images[batch], cfg["augment"], gen).to(device)
+        for i in range(0, len(order), params.batch_size):
+            batch = order[i : i + params.batch_size]
+            x = augment_batch(train.images[batch], params.augment, gen).to(device)
             loss = F.cross_entropy(model(x), train.labels[batch].to(device))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}: lower training.lr")
@@ -112,26 +107,28 @@ def _metrics(entry, spec, dataset, history, wall, device, **extra):
     )
 
 
-def run_train(entry, dataset_cfg, training_cfg, device, checkpoint_path, metrics_path, log=print):
-    """The `train` stage: train one sweep entry and write its checkpoint and metrics.json."""
+def run_train(entry, params, checkpoint_path, metrics_path, log=print):
+    """The `train` stage: train one sweep entry with TrainParams `params`; write its checkpoint
+    and metrics.json."""
     from cwnnk.atomic import write_json
     from cwnnk.datasets import load_dataset
     from cwnnk.models import save_checkpoint
 
     start = time.perf_counter()
-    dataset = load_dataset(dataset_cfg)
+    dataset = load_dataset(params.dataset)
     mean, std = dataset.channel_stats()
     spec = dict(entry["spec"], normalize={"mean": mean, "std": std})
-    cfg = dict(training_cfg, weight_decay=entry["weight_decay"], augment=entry["augment"])
+    device = resolve_device(params.device)
     log(f"training {entry['name']} on {dataset.name} ({len(dataset.train)} train, {len(dataset.test)} test), "
-        f"seed {entry['seed']}, device {resolve_device(device)}")
-    model, history = train_model(spec, dataset, cfg, entry["seed"], device, log)
+        f"seed {params.seed}, device {device}")
+    model, history = train_model(spec, dataset, params, log)
     save_checkpoint(checkpoint_path, model.cpu(), spec)
-    write_json(metrics_path, _metrics(entry, spec, dataset, history, time.perf_counter() - start,
-                                      resolve_device(device), training=cfg))
+    training = {key: value for key, value in params.to_dict().items() if key not in ("dataset", "device", "seed")}
+    write_json(metrics_path, _metrics(entry, spec, dataset, history, time.perf_counter() - start, device,
+                                      training=training))
 
 
-def run_import(entry, dataset_cfg, device, checkpoint_path, metrics_path, log=print):
+def run_import(entry, params, checkpoint_path, metrics_path, log=print):
     """The `import_checkpoint` stage: validate an external checkpoint against its declared
     architecture, evaluate it on the dataset and write it in this project's format."""
     from cwnnk.atomic import write_json
@@ -141,8 +138,8 @@ def run_import(entry, dataset_cfg, device, checkpoint_path, metrics_path, log=pr
 
     start = time.perf_counter()
     model, spec = load_checkpoint(entry["path"], entry["spec"])
-    dataset = load_dataset(dataset_cfg)
-    device = resolve_device(device)
+    dataset = load_dataset(params.dataset)
+    device = resolve_device(params.device)
     model.to(device)
     train_loss, train_acc = evaluate(model, dataset.train, device)
     test_loss, test_acc = evaluate(model, dataset.test, device)

@@ -1,4 +1,4 @@
-# Helpers and input functions shared by every stage.
+# Validation and input functions shared by every stage; no rules.
 
 import os
 import sys
@@ -10,18 +10,21 @@ sys.path.insert(0, _LIB)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [_LIB, os.environ.get("PYTHONPATH")])))
 
 import cwnnk.config
+from cwnnk.products import FIGURE_FORMATS, FIGURES, TABLES
 
+# The config is validated and every stage's parameters are built here, once (cwnnk.params). A
+# rule's params hold each object's canonical dict, since Snakemake notices changed params only
+# in builtin values; the script rebuilds the same object with `from_dict`.
 try:
     config.update(cwnnk.config.validate(config))
+    EXP = cwnnk.config.Experiment.from_config(config)
 except cwnnk.config.ConfigError as err:
     sys.exit(f"cwnnk: {err}")
 
 R = config["results"]
-MODELS = cwnnk.config.expand_models(config)
+MODELS = EXP.models
 TRAINED = [m for m, e in MODELS.items() if e["kind"] == "trained"]
 EXTERNAL = [m for m, e in MODELS.items() if e["kind"] == "external"]
-# A GPU is requested from the scheduler only when the config names a CUDA device explicitly.
-GPUS = 1 if config["device"].startswith("cuda") else 0
 
 
 def _names_regex(names):
@@ -39,32 +42,52 @@ def model_entry(wildcards):
     return MODELS[wildcards.model]
 
 
-def _resolve_layers():
-    """Every model's extracted layers, checked at parse time (an unknown name stops the run)."""
-    from cwnnk.extract import resolve_layers
-
-    try:
-        return {m: resolve_layers(e["spec"], config["extract"]["layers"], m) for m, e in MODELS.items()}
-    except ValueError as err:
-        sys.exit(f"cwnnk: {err}")
-
-
-LAYERS = _resolve_layers()
-
-
 def layers_of(model):
     """Stable names of the layers extracted for a model, in depth order (one graph job each)."""
-    return LAYERS[model]
+    return list(EXP.layers[model])
 
 
 def all_outputs():
     """The default target: every table and figure (which pull in every earlier stage)."""
     return [
-        *expand(f"{R}/tables/{{table}}.csv", table=["overlap", "channels", "pairwise", "solvers", "manifolds"]),
-        *expand(f"{R}/figures/{{figure}}.{{ext}}", figure=["F1", "F2", "F3", "F4", "F5", "F6"], ext=["pdf", "png"]),
+        *expand(f"{R}/tables/{{table}}.csv", table=TABLES),
+        *expand(f"{R}/figures/{{figure}}.{{ext}}", figure=FIGURES, ext=FIGURE_FORMATS),
     ]
 
 
-def graph_params(wildcards):
-    """Engine parameters of a graphs job (a change reruns graphs and everything after it)."""
-    return dict(config["graphs"], seed=config["extract"]["seed"], device=config["device"])
+# Resources, declared here once for local runs and SLURM alike: memory in MB (doubled on each
+# retry) and runtime, sized for the CIFAR-10 paper experiment; a rule that can use a GPU asks
+# for one when the config names a CUDA device. The SLURM profile adds account and partition.
+# Site settings from the environment (docs/cluster.md): CWNNK_SLURM_MAX_MEM_MB caps every
+# memory request; CWNNK_SLURM_GPU_PARTITION and CWNNK_SLURM_GPU_MODEL apply to GPU jobs.
+RESOURCES = {
+    "train": dict(mem_mb=8000, runtime="4h", gpu=True),
+    "import_checkpoint": dict(mem_mb=8000, runtime="1h", gpu=True),
+    "extract": dict(mem_mb=8000, runtime="1h", gpu=True),
+    "graphs": dict(mem_mb=16000, runtime="4h", gpu=True),
+    "overlap": dict(mem_mb=8000, runtime="1h", gpu=False),
+    "solvers": dict(mem_mb=16000, runtime="4h", gpu=True),
+    "tables": dict(mem_mb=4000, runtime="30m", gpu=False),
+    "manifolds": dict(mem_mb=8000, runtime="1h", gpu=False),
+    "figures": dict(mem_mb=4000, runtime="30m", gpu=False),
+}
+GPUS = 1 if config["device"].startswith("cuda") else 0
+_SITE = {name: os.environ.get(f"CWNNK_SLURM_{name.upper()}", "").strip()
+         for name in ("max_mem_mb", "gpu_partition", "gpu_model")}
+
+
+def job_resources(rule):
+    """The resources of a rule's jobs (use as `resources: **job_resources("rule")`)."""
+    spec = RESOURCES[rule]
+    cap = int(_SITE["max_mem_mb"] or 0)
+    resources = dict(
+        mem_mb=lambda wildcards, attempt: min(spec["mem_mb"] * attempt, cap or spec["mem_mb"] * attempt),
+        runtime=spec["runtime"],
+        gpu=GPUS if spec["gpu"] else 0,
+    )
+    if spec["gpu"] and GPUS:
+        if _SITE["gpu_partition"]:
+            resources["slurm_partition"] = _SITE["gpu_partition"]
+        if _SITE["gpu_model"]:
+            resources["gpu_model"] = _SITE["gpu_model"]
+    return resources

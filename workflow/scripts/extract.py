@@ -1,12 +1,11 @@
-# Glue for rule extract: parse snakemake.*, call the library.
+# Glue for rule extract: snakemake.* to cwnnk.extract.
 import torch
 
 from cwnnk.extract import run_extract
 from cwnnk.logs import stage_logger
+from cwnnk.params import ExtractParams
 
 log = stage_logger("extract", snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-run_extract(
-    snakemake.params.entry, snakemake.input.checkpoint, snakemake.output.store, snakemake.params.layers,
-    snakemake.params.dataset, snakemake.params.extract, snakemake.params.device, log.info,
-)
+params = ExtractParams.from_dict(snakemake.params.extract)
+run_extract(snakemake.params.entry, snakemake.input.checkpoint, snakemake.output.store, params, log.info)

@@ -1,10 +1,10 @@
-# Glue for rule figures: parse snakemake.*, call the library.
-from pathlib import Path
-
+# Glue for rule figures: snakemake.* to cwnnk.figures.
 from cwnnk.figures import draw_all
 from cwnnk.logs import stage_logger
+from cwnnk.params import FigureParams
+from cwnnk.products import TABLES
 
 log = stage_logger("figures", snakemake.log[0])
-written = draw_all(Path(snakemake.input.tables[0]).parent, Path(snakemake.output.pdf[0]).parent,
-                   heatmap_model=snakemake.params.heatmap_model, solver_model=snakemake.params.solver_model)
+params = FigureParams.from_dict(snakemake.params.figures)
+written = draw_all({name: snakemake.input[name] for name in TABLES}, [*snakemake.output.pdf, *snakemake.output.png], params)
 log.info(f"wrote {len(written)} files")

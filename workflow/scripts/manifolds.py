@@ -1,11 +1,11 @@
-# Glue for rule manifolds: parse snakemake.*, call the library.
+# Glue for rule manifolds: snakemake.* to cwnnk.manifolds.
 import torch
 
-from cwnnk.calibration import write_manifold_table
 from cwnnk.logs import stage_logger
+from cwnnk.manifolds import write_manifold_table
+from cwnnk.params import ManifoldParams
 
 log = stage_logger("manifolds", snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-g = snakemake.params.graphs
-write_manifold_table(snakemake.output[0], snakemake.params.dims, n=snakemake.params.n, k=g["k"], kernel=g["kernel"],
-                     sigma=g["sigma"], duplicates=g["duplicates"], device=snakemake.params.device, log=log.info)
+params = ManifoldParams.from_dict(snakemake.params.manifolds)
+write_manifold_table(snakemake.output[0], params, log=log.info)

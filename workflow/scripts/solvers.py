@@ -1,12 +1,12 @@
-# Glue for rule solvers: parse snakemake.*, call the library.
+# Glue for rule solvers: snakemake.* to cwnnk.solvers.
 import torch
 
-from cwnnk.graphs import compare_solvers
 from cwnnk.logs import stage_logger
-from cwnnk.tables import write_table
+from cwnnk.params import GraphParams
+from cwnnk.solvers import write_solver_table
 
 log = stage_logger("solvers", snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-rows = compare_solvers(snakemake.input.store, dict(zip(snakemake.params.layers, snakemake.input.graphs)),
-                       snakemake.params.graphs, log.info)
-write_table(snakemake.output[0], [dict(model=snakemake.params.model, **row) for row in rows])
+params = GraphParams.from_dict(snakemake.params.graphs)
+write_solver_table(snakemake.output[0], snakemake.params.model, snakemake.input.store,
+                   dict(zip(snakemake.params.layers, snakemake.input.graphs)), params, log.info)

@@ -1,10 +1,10 @@
-# Glue for rule tables: parse snakemake.*, call the library.
-from pathlib import Path
-
-from cwnnk.analysis import collect_tables
+# Glue for rule tables: snakemake.* to cwnnk.tables.
 from cwnnk.logs import stage_logger
+from cwnnk.tables import collect_tables
 
 log = stage_logger("tables", snakemake.log[0])
-results = Path(snakemake.input.metrics[0]).parents[2]  # {results}/models/{model}/metrics.json
-collect_tables(snakemake.params.models, snakemake.params.layers, results, Path(snakemake.output.overlap).parent)
+models, layers = snakemake.params.models, snakemake.params.layers
+files = iter(snakemake.input.overlap)  # model by model, each model's layers in depth order
+overlap = {model: [next(files) for _ in layers[model]] for model in models}
+collect_tables(models, dict(zip(models, snakemake.input.metrics)), layers, overlap, snakemake.output)
 log.info(f"wrote {list(snakemake.output)}")

@@ -1,5 +1,6 @@
-# Stage 2: each model's post-ReLU activations on the training images (optionally the test
-# images too), streamed into one Zarr store per model. Format: docs/activations.md.
+# Stage 2 (cwnnk.extract): each model's post-ReLU activations on the training images
+# (optionally the test images too), streamed into one Zarr store per model. Format:
+# docs/activations.md.
 
 
 rule extract:
@@ -9,19 +10,14 @@ rule extract:
         store=directory(f"{R}/activations/{{model}}.zarr"),
     params:
         entry=model_entry,
-        layers=lambda wildcards: layers_of(wildcards.model),
-        dataset=config["dataset"],
-        extract=config["extract"],
-        device=config["device"],
+        extract=lambda wildcards: EXP.extract(wildcards.model).to_dict(),
     log:
         f"{R}/logs/extract/{{model}}.log",
     benchmark:
         f"{R}/benchmarks/extract/{{model}}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=4000,
-        runtime="30m",
-        gpu=GPUS,
+        **job_resources("extract"),
     conda:
         "../../envs/torch.yaml"
     script:

@@ -1,4 +1,4 @@
-# Stage 1: a checkpoint and metrics.json per model, trained here or imported.
+# Stage 1 (cwnnk.train): a checkpoint and metrics.json per model, trained here or imported.
 
 
 rule train:
@@ -9,18 +9,14 @@ rule train:
         model=_names_regex(TRAINED),
     params:
         entry=model_entry,
-        dataset=config["dataset"],
-        training=config["training"],
-        device=config["device"],
+        train=lambda wildcards: EXP.train(wildcards.model).to_dict(),
     log:
         f"{R}/logs/train/{{model}}.log",
     benchmark:
         f"{R}/benchmarks/train/{{model}}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=4000,
-        runtime="60m",
-        gpu=GPUS,
+        **job_resources("train"),
     conda:
         "../../envs/torch.yaml"
     script:
@@ -29,7 +25,7 @@ rule train:
 
 rule import_checkpoint:
     input:
-        lambda wc: MODELS[wc.model]["path"],
+        lambda wildcards: MODELS[wildcards.model]["path"],
     output:
         checkpoint=f"{R}/models/{{model}}/checkpoint.pt",
         metrics=f"{R}/models/{{model}}/metrics.json",
@@ -37,17 +33,14 @@ rule import_checkpoint:
         model=_names_regex(EXTERNAL),
     params:
         entry=model_entry,
-        dataset=config["dataset"],
-        device=config["device"],
+        evaluate=lambda wildcards: EXP.import_(wildcards.model).to_dict(),
     log:
         f"{R}/logs/import_checkpoint/{{model}}.log",
     benchmark:
         f"{R}/benchmarks/import_checkpoint/{{model}}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=4000,
-        runtime="30m",
-        gpu=GPUS,
+        **job_resources("import_checkpoint"),
     conda:
         "../../envs/torch.yaml"
     script:

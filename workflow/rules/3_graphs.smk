@@ -1,4 +1,5 @@
-# Stage 3: CW-NNK graphs, one job per (model, layer): every channel plus the aggregate.
+# Stage 3 (cwnnk.graphs): CW-NNK graphs, one job per (model, layer): every channel plus the
+# aggregate.
 
 
 rule graphs:
@@ -7,16 +8,14 @@ rule graphs:
     output:
         graphs=directory(f"{R}/graphs/{{model}}/{{layer}}"),
     params:
-        graphs=graph_params,
+        graphs=EXP.graphs.to_dict(),
     log:
         f"{R}/logs/graphs/{{model}}/{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/graphs/{{model}}/{{layer}}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=8000,
-        runtime="60m",
-        gpu=GPUS,
+        **job_resources("graphs"),
     conda:
         "../../envs/torch.yaml"
     script:

@@ -1,15 +1,16 @@
-"""cwnnk.calibration: the F5 synthetic-manifold experiment on tiny sizes."""
+"""cwnnk.manifolds: the F5 synthetic-manifold experiment on tiny sizes."""
 
 import numpy as np
 import pytest
 
-from cwnnk.calibration import COLUMNS, run_manifold_experiment, write_manifold_table
+from cwnnk.manifolds import COLUMNS, run_manifold_experiment, write_manifold_table
+from cwnnk.params import GraphParams, ManifoldParams
 from cwnnk.tables import read_table
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return run_manifold_experiment([1, 3], n=200, D=16, k=12, seed=0, device="cpu")
+    return run_manifold_experiment(ManifoldParams(dims=(1, 3), n=200, D=16, seed=0, graphs=GraphParams(k=12, device="cpu")))
 
 
 def test_rows_and_columns(rows):
@@ -48,8 +49,9 @@ def test_twonn_near_truth(rows):
 
 
 def test_write_table(tmp_path):
-    path = write_manifold_table(tmp_path / "manifolds.csv", [2], n=120, D=8, k=8, embeddings=("linear",),
-                                device="cpu")
+    path = write_manifold_table(tmp_path / "manifolds.csv",
+                                ManifoldParams(dims=(2,), n=120, D=8, graphs=GraphParams(k=8, device="cpu")),
+                                embeddings=("linear",))
     t = read_table(path)
     assert list(t)[: len(COLUMNS)] == list(COLUMNS)
     assert t["solver"].tolist() == ["exact", "pynnk"] and t["dim"].tolist() == [2, 2]
@@ -57,6 +59,6 @@ def test_write_table(tmp_path):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="embedding"):
-        run_manifold_experiment([1], n=50, embeddings=("sphere",))
-    with pytest.raises(ValueError, match="dims"):
-        run_manifold_experiment([], n=50)
+        run_manifold_experiment(ManifoldParams(dims=(1,), n=50), embeddings=("sphere",))
+    with pytest.raises(ValueError, match="figures.manifold_dims"):
+        ManifoldParams(dims=(), n=50)

@@ -1,23 +1,4 @@
-# Stage 4: overlap, redundancy and intrinsic dimension per (model, layer), then tidy tables.
-
-
-rule overlap:
-    input:
-        graphs=f"{R}/graphs/{{model}}/{{layer}}",
-    output:
-        f"{R}/overlap/{{model}}/{{layer}}.json",
-    log:
-        f"{R}/logs/overlap/{{model}}/{{layer}}.log",
-    benchmark:
-        f"{R}/benchmarks/overlap/{{model}}/{{layer}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime="30m",
-    conda:
-        "../../envs/analysis.yaml"
-    script:
-        "../scripts/overlap.py"
+# Stage 6 (cwnnk.tables): every model's layers and metrics joined into tidy tables.
 
 
 rule tables:
@@ -30,15 +11,14 @@ rule tables:
         pairwise=report(f"{R}/tables/pairwise.csv", caption="../report/pairwise.rst", category="Tables"),
     params:
         models=MODELS,
-        layers={m: layers_of(m) for m in MODELS},
+        layers=EXP.layers,
     log:
         f"{R}/logs/tables.log",
     benchmark:
         f"{R}/benchmarks/tables.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime="10m",
+        **job_resources("tables"),
     conda:
         "../../envs/analysis.yaml"
     script:

@@ -1,0 +1,254 @@
+"""Each stage's settings as one frozen, validated object.
+
+`cwnnk.config.Experiment` builds them once from the validated config; the Snakemake rules hand
+them unchanged to the scripts, and the benchmarks and the library take the same objects. A
+library user builds one directly, e.g. `GraphParams(k=10)`, and a bad value is refused there,
+naming the config key it corresponds to.
+
+Snakemake compares a job's params by their repr: fields have a fixed order and sequences are
+tuples, so the same settings always give the same params, whatever the config's key order.
+"""
+
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+
+DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
+DATASETS = ("digits", "cifar10", "synthetic")
+KERNELS = ("gaussian", "cosine")
+SIGMAS = ("local", "global")
+SOLVERS = ("exact", "pynnk")
+DUPLICATES = ("drop", "keep")
+SYMMETRIZE = ("none", "max", "pynnk")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("cosine", "constant")
+AUGMENTS = ("none", "shift", "shift_flip")
+COMPRESSORS = ("none", "zstd")
+# Support threshold tau: theta_ij > tau counts as an edge (docs/method.md).
+TOL = 1e-10
+
+
+def _refuse(key, value, expected):
+    raise ValueError(f"config key '{key}': {value!r} is not allowed; expected {expected}")
+
+
+def _choice(key, value, allowed):
+    if value not in allowed:
+        _refuse(key, value, f"one of {list(allowed)}")
+
+
+def _integer(key, value, minimum, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _refuse(key, value, f"an integer >= {minimum}" + (" or null" if allow_none else ""))
+
+
+def _number(key, value, low, high=None, *, open_low=False, open_high=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _refuse(key, value, "a number")
+    too_low = value <= low if open_low else value < low
+    too_high = high is not None and (value >= high if open_high else value > high)
+    if too_low or too_high:
+        left, right = "(" if open_low else "[", ")" if open_high else "]"
+        _refuse(key, value, f"a number in {left}{low}, {'inf' if high is None else high}{right}")
+
+
+def _device(key, value):
+    if not isinstance(value, str) or not DEVICE.match(value):
+        _refuse(key, value, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+class _Params:
+    """Shared behaviour: a plain dict for JSON provenance, and `replace` for one changed value."""
+
+    def to_dict(self):
+        return asdict(self)
+
+    def replace(self, **changes):
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build from a mapping (e.g. a config section); unknown keys are refused by name."""
+        if isinstance(values, cls):
+            return values
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class DatasetParams(_Params):
+    """The image dataset (config section `dataset`); each loader reads the keys it knows."""
+
+    name: str = "digits"
+    image_size: int | None = None
+    root: str = "data/cifar10"
+    download: bool = False
+    classes: tuple | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+    num_classes: int = 4
+    channels: int = 1
+    noise: float = 0.3
+    seed: int = 0
+
+    def __post_init__(self):
+        _choice("dataset.name", self.name, DATASETS)
+        _integer("dataset.image_size", self.image_size, 4, allow_none=True)
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
+        _integer("dataset.n_train", self.n_train, 1, allow_none=True)
+        _integer("dataset.n_test", self.n_test, 1, allow_none=True)
+        _integer("dataset.num_classes", self.num_classes, 2)
+        _integer("dataset.channels", self.channels, 1)
+        _number("dataset.noise", self.noise, 0)
+
+
+@dataclass(frozen=True)
+class TrainParams(_Params):
+    """Training of one model (config `training`, the model's sweep point, `dataset`, `device`)."""
+
+    dataset: DatasetParams = field(default_factory=DatasetParams)
+    seed: int = 1
+    weight_decay: float = 0.0
+    augment: str = "none"
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    lr_schedule: str = "cosine"
+    epochs: int = 15
+    batch_size: int = 64
+    device: str = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "dataset", DatasetParams.from_dict(self.dataset))
+        _integer("sweep.seeds[]", self.seed, 0)
+        _number("sweep.weight_decay[]", self.weight_decay, 0)
+        _choice("sweep.augment[]", self.augment, AUGMENTS)
+        _choice("training.optimizer", self.optimizer, OPTIMIZERS)
+        _number("training.lr", self.lr, 0, open_low=True)
+        _number("training.momentum", self.momentum, 0, 1)
+        _choice("training.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _integer("training.epochs", self.epochs, 1)
+        _integer("training.batch_size", self.batch_size, 1)
+        _device("device", self.device)
+
+
+@dataclass(frozen=True)
+class ImportParams(_Params):
+    """Evaluation of an external checkpoint on the dataset (rule import_checkpoint)."""
+
+    dataset: DatasetParams = field(default_factory=DatasetParams)
+    device: str = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "dataset", DatasetParams.from_dict(self.dataset))
+        _device("device", self.device)
+
+
+@dataclass(frozen=True)
+class ExtractParams(_Params):
+    """Which activations of one model are stored (config `extract`, `dataset`, `device`).
+
+    layers: the stable layer names, or "all" (the workflow resolves them per model, so that its
+    params name the layers).
+    """
+
+    dataset: DatasetParams = field(default_factory=DatasetParams)
+    layers: tuple | str = "all"
+    n_samples: int | None = 1000
+    test_split: bool = False
+    batch_size: int = 256
+    seed: int = 0
+    compressor: str = "zstd"
+    device: str = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "dataset", DatasetParams.from_dict(self.dataset))
+        if self.layers != "all":
+            layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
+            if not layers or not all(isinstance(name, str) for name in layers):
+                _refuse("extract.layers", self.layers, "'all' or at least one layer name")
+            object.__setattr__(self, "layers", layers)
+        _integer("extract.n_samples", self.n_samples, 2, allow_none=True)
+        _integer("extract.batch_size", self.batch_size, 1)
+        _choice("extract.compressor", self.compressor, COMPRESSORS)
+        _device("device", self.device)
+
+    @property
+    def splits(self):
+        return ("train", "test") if self.test_split else ("train",)
+
+
+@dataclass(frozen=True)
+class GraphParams(_Params):
+    """CW-NNK graph construction of one layer (config `graphs`, `extract.seed`, `device`).
+
+    seed: of the stratified subsample of n_samples stored samples (null: every stored sample).
+    """
+
+    k: int = 25
+    kernel: str = "gaussian"
+    sigma: str = "local"
+    solver: str = "exact"
+    duplicates: str = "drop"
+    n_samples: int | None = None
+    seed: int = 0
+    symmetrize: str = "none"
+    device: str = "auto"
+
+    def __post_init__(self):
+        _integer("graphs.k", self.k, 2)
+        _choice("graphs.kernel", self.kernel, KERNELS)
+        _choice("graphs.sigma", self.sigma, SIGMAS)
+        _choice("graphs.solver", self.solver, SOLVERS)
+        _choice("graphs.duplicates", self.duplicates, DUPLICATES)
+        _integer("graphs.n_samples", self.n_samples, 3, allow_none=True)
+        _choice("graphs.symmetrize", self.symmetrize, SYMMETRIZE)
+        _device("device", self.device)
+
+    def engine(self):
+        """The keyword arguments of cwnnk.engine.nnk / nnk_stream these settings fix."""
+        return dict(k=self.k, kernel=self.kernel, sigma=self.sigma, solver=self.solver, duplicates=self.duplicates,
+                    device=self.device)
+
+
+@dataclass(frozen=True)
+class OverlapParams(_Params):
+    """Layer metrics from a graphs folder (rule overlap): tol is the support threshold tau."""
+
+    tol: float = TOL
+
+    def __post_init__(self):
+        _number("overlap.tol", self.tol, 0, 1e-3, open_low=True, open_high=True)
+
+
+@dataclass(frozen=True)
+class ManifoldParams(_Params):
+    """The F5 experiment (config `figures.manifold_*`), with the real layers' kernel settings."""
+
+    dims: tuple = (1, 2, 4, 8, 16)
+    n: int = 2000
+    D: int = 64
+    seed: int = 0
+    graphs: GraphParams = field(default_factory=GraphParams)
+
+    def __post_init__(self):
+        object.__setattr__(self, "dims", tuple(self.dims))
+        object.__setattr__(self, "graphs", GraphParams.from_dict(self.graphs))
+        if not self.dims:
+            _refuse("figures.manifold_dims", self.dims, "at least one intrinsic dimension")
+        for d in self.dims:
+            _integer("figures.manifold_dims[]", d, 1)
+        _integer("figures.manifold_n", self.n, 3)
+
+
+@dataclass(frozen=True)
+class FigureParams(_Params):
+    """Figures F1-F6 (config `figures`): the models drawn by F4 and F6 (None: the first)."""
+
+    heatmap_model: str | None = None
+    solver_model: str | None = None

@@ -1,0 +1,18 @@
+"""The workflow's final products, named once: the tables of results/tables/ and figures F1-F6.
+
+The Snakefile's targets, the tables and figures stages and the report take their names from here.
+"""
+
+# {name}.csv, by the stage that writes it: tables (the first three), solvers and manifolds.
+TABLES = ("overlap", "channels", "pairwise", "solvers", "manifolds")
+
+# {name}.pdf and {name}.png: what each figure shows (docs/method.md section 5).
+FIGURES = {
+    "F1": "NNK degree per layer",
+    "F2": "redundancy and pairwise overlap versus depth",
+    "F3": "last-layer overlap versus generalization",
+    "F4": "pairwise channel-overlap heatmaps",
+    "F5": "NNK degree versus intrinsic dimension on synthetic manifolds",
+    "F6": "exact versus pynnk solver degree",
+}
+FIGURE_FORMATS = ("pdf", "png")

@@ -1,0 +1,21 @@
+# Stage 4 (cwnnk.overlap): overlap, redundancy and intrinsic dimension per (model, layer).
+
+
+rule overlap:
+    input:
+        graphs=f"{R}/graphs/{{model}}/{{layer}}",
+    output:
+        f"{R}/overlap/{{model}}/{{layer}}.json",
+    params:
+        overlap=EXP.overlap.to_dict(),
+    log:
+        f"{R}/logs/overlap/{{model}}/{{layer}}.log",
+    benchmark:
+        f"{R}/benchmarks/overlap/{{model}}/{{layer}}.tsv"
+    threads: 1
+    resources:
+        **job_resources("overlap"),
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/overlap.py"

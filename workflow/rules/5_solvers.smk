@@ -1,0 +1,24 @@
+# Stage 5 (cwnnk.solvers): the exact and the pynnk solver on one model's layers (figure F6).
+
+
+rule solvers:
+    input:
+        store=f"{R}/activations/{EXP.figures.solver_model}.zarr",
+        graphs=[f"{R}/graphs/{EXP.figures.solver_model}/{layer}" for layer in layers_of(EXP.figures.solver_model)],
+    output:
+        report(f"{R}/tables/solvers.csv", caption="../report/solvers.rst", category="Tables"),
+    params:
+        model=EXP.figures.solver_model,
+        layers=layers_of(EXP.figures.solver_model),
+        graphs=EXP.graphs.to_dict(),
+    log:
+        f"{R}/logs/solvers.log",
+    benchmark:
+        f"{R}/benchmarks/solvers.tsv"
+    threads: config["threads"]
+    resources:
+        **job_resources("solvers"),
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/solvers.py"

@@ -1,0 +1,20 @@
+# Stage 7 (cwnnk.manifolds): NNK degree and TwoNN on synthetic manifolds of known dimension
+# (figure F5, claim C1); independent of the models.
+
+
+rule manifolds:
+    output:
+        report(f"{R}/tables/manifolds.csv", caption="../report/manifolds.rst", category="Tables"),
+    params:
+        manifolds=EXP.manifolds.to_dict(),
+    log:
+        f"{R}/logs/manifolds.log",
+    benchmark:
+        f"{R}/benchmarks/manifolds.tsv"
+    threads: config["threads"]
+    resources:
+        **job_resources("manifolds"),
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/manifolds.py"
