@@ -240,7 +240,7 @@ def _extract_to_store(model, nodes, dataset, path, splits, n_samples, seed, batc
     shapes = OrderedDict((name, tuple(int(d) for d in v.shape[1:])) for name, v in probe.items())
     attrs = dict(attrs or {})
     attrs.update(
-        fx_nodes=dict(nodes), dimension_names=["sample", "channel", "y", "x"],
+        fx_nodes=dict(nodes),
         extraction=dict(method=extractor.method, batch_size=batch_size, compressor=compressor, device=str(device),
                         mode="eval, torch.inference_mode, float32 without TF32"),
         versions=versions(), created=now(),
