@@ -305,8 +305,9 @@ def test_snakemake_builds_the_stores(tmp_path):
                "--cores", "2", "--configfile", str(tmp_path / "config.yaml")]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
-    proc = snakemake(str(store))
+    proc = snakemake(str(store / "zarr.json"))  # the rule's output: the store's root metadata
     assert proc.returncode == 0, proc.stderr[-6000:]
+    assert sorted(p.name for p in store.iterdir()) == ["test", "train", "zarr.json"]  # nothing of Snakemake's
     acts = open_activations(store)
     assert acts.layers == ["conv2"] and len(acts) == 30 and acts.shapes["conv2"] == (30, 4, 6, 6)
     assert len(open_activations(store, "test")) == 24

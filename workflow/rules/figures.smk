@@ -28,7 +28,7 @@ rule manifolds:
 
 rule solvers:
     input:
-        store=f"{R}/activations/{SOLVER_MODEL}.zarr",
+        store=f"{R}/activations/{SOLVER_MODEL}.zarr/zarr.json",
         graphs=[f"{R}/graphs/{SOLVER_MODEL}/{layer}" for layer in layers_of(SOLVER_MODEL)],
     output:
         report(f"{R}/tables/solvers.csv", caption="../report/solvers.rst", category="Tables"),

@@ -1,4 +1,6 @@
 # Glue for rule graphs: parse snakemake.*, call the library.
+import os
+
 import torch
 
 from cwnnk.graphs import build_layer_graphs
@@ -6,5 +8,5 @@ from cwnnk.logs import stage_logger
 
 log = stage_logger("graphs", snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-build_layer_graphs(snakemake.input.store, snakemake.wildcards.layer, snakemake.output.graphs, snakemake.params.graphs,
-                   log.info)
+build_layer_graphs(os.path.dirname(snakemake.input.store), snakemake.wildcards.layer, snakemake.output.graphs,
+                   snakemake.params.graphs, log.info)
