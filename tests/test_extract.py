@@ -300,10 +300,12 @@ def test_snakemake_builds_the_stores(tmp_path):
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     store = tmp_path / "results" / "activations" / "convnet-d0-wd0-s1.zarr"
-    def snakemake(*args):  # targets first: --configfile takes every value after it
-        cmd = [sys.executable, "-m", "snakemake", "-s", os.path.join(REPO, "Snakefile"), "--directory", REPO, *args,
-               "--cores", "2", "--configfile", str(tmp_path / "config.yaml")]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    def command(*args):  # targets first: --configfile takes every value after it
+        return [sys.executable, "-m", "snakemake", "-s", os.path.join(REPO, "Snakefile"), "--directory", REPO, *args,
+                "--cores", "2", "--configfile", str(tmp_path / "config.yaml")]
+
+    def snakemake(*args):
+        return subprocess.run(command(*args), capture_output=True, text=True, timeout=600)
 
     proc = snakemake(str(store / "zarr.json"))  # the rule's output: the store's root metadata
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -314,6 +316,27 @@ def test_snakemake_builds_the_stores(tmp_path):
     log = (tmp_path / "results" / "logs" / "extract" / "convnet-d0-wd0-s1.log").read_text()
     assert "batch 4/4 done" in log
     assert (tmp_path / "results" / "benchmarks" / "extract" / "convnet-d0-wd0-s1.tsv").exists()
+    # A forced rerun, killed after its first batch: Snakemake deleted the old store's zarr.json (the rule's
+    # output) before the job, so neither the reader nor a later rule accepts the old store; a rerun replaces it.
+    log_path, created = tmp_path / "results" / "logs" / "extract" / "convnet-d0-wd0-s1.log", acts.attrs["created"]
+    proc = subprocess.Popen(command(str(store / "zarr.json"), "--forcerun", "extract"), start_new_session=True,
+                            env=dict(os.environ, **{PAUSE_ENV: "1"}), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while "pausing after 1 batches" not in (log_path.read_text() if log_path.exists() else ""):
+            assert proc.poll() is None, f"snakemake exited early ({proc.returncode})"
+            assert time.monotonic() < deadline, "the rerun never reached its first batch"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with pytest.raises(StoreError, match="no zarr.json.*rerun the extract stage"):
+        open_activations(store)
+    proc = snakemake(str(store / "zarr.json"), "--rerun-incomplete", "--nolock")  # the kill left a lock behind
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert open_activations(store).attrs["created"] != created and not list(store.parent.glob(".*tmp*"))
+    assert sorted(p.name for p in store.iterdir()) == ["test", "train", "zarr.json"]
     # An unknown layer stops the run at parse time, naming the valid layers.
     config["extract"]["layers"] = ["conv7"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
