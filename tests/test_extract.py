@@ -224,6 +224,21 @@ def test_stored_subsample_is_balanced(convnet, tmp_path):
     np.testing.assert_array_equal(acts.labels, full.labels.numpy()[np.searchsorted(full.indices, acts.indices)])
 
 
+def _kill_when_paused(cmd, log, batches, timeout):
+    """Run cmd with the pause hook set; SIGKILL it (and its children) once `log` says it paused."""
+    proc = subprocess.Popen(cmd, env=dict(os.environ, **{PAUSE_ENV: str(batches)}), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while f"pausing after {batches} batches" not in (log.read_text() if log.exists() else ""):
+            assert proc.poll() is None, f"extraction exited early ({proc.returncode})"
+            assert time.monotonic() < deadline, f"extraction never reached batch {batches}"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_killed_extraction_is_refused_and_a_rerun_completes(convnet, tmp_path):
     entry, checkpoint, cfg = convnet
     store, log = tmp_path / "m.zarr", tmp_path / "extract.log"
@@ -235,18 +250,7 @@ def test_killed_extraction_is_refused_and_a_rerun_completes(convnet, tmp_path):
     )
     args = json.dumps({"entry": entry, "checkpoint": str(checkpoint), "store": str(store), "log": str(log),
                        "dataset": cfg["dataset"], "extract": dict(cfg["extract"], batch_size=8)})
-    proc = subprocess.Popen([sys.executable, "-c", script, args], env=dict(os.environ, **{PAUSE_ENV: "2"}),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while "pausing after 2 batches" not in (log.read_text() if log.exists() else ""):
-            assert proc.poll() is None, f"extraction exited early ({proc.returncode})"
-            assert time.monotonic() < deadline, "extraction never reached its second batch"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    _kill_when_paused([sys.executable, "-c", script, args], log, batches=2, timeout=120)
     assert "batch 2/8 done" in log.read_text()
     with pytest.raises(StoreError, match="no activation store here"):
         open_activations(store)
@@ -313,24 +317,13 @@ def test_snakemake_builds_the_stores(tmp_path):
     acts = open_activations(store)
     assert acts.layers == ["conv2"] and len(acts) == 30 and acts.shapes["conv2"] == (30, 4, 6, 6)
     assert len(open_activations(store, "test")) == 24
-    log = (tmp_path / "results" / "logs" / "extract" / "convnet-d0-wd0-s1.log").read_text()
-    assert "batch 4/4 done" in log
+    log_path = tmp_path / "results" / "logs" / "extract" / "convnet-d0-wd0-s1.log"
+    assert "batch 4/4 done" in log_path.read_text()
     assert (tmp_path / "results" / "benchmarks" / "extract" / "convnet-d0-wd0-s1.tsv").exists()
     # A forced rerun, killed after its first batch: Snakemake deleted the old store's zarr.json (the rule's
     # output) before the job, so neither the reader nor a later rule accepts the old store; a rerun replaces it.
-    log_path, created = tmp_path / "results" / "logs" / "extract" / "convnet-d0-wd0-s1.log", acts.attrs["created"]
-    proc = subprocess.Popen(command(str(store / "zarr.json"), "--forcerun", "extract"), start_new_session=True,
-                            env=dict(os.environ, **{PAUSE_ENV: "1"}), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while "pausing after 1 batches" not in (log_path.read_text() if log_path.exists() else ""):
-            assert proc.poll() is None, f"snakemake exited early ({proc.returncode})"
-            assert time.monotonic() < deadline, "the rerun never reached its first batch"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    created = acts.attrs["created"]
+    _kill_when_paused(command(str(store / "zarr.json"), "--forcerun", "extract"), log_path, batches=1, timeout=300)
     with pytest.raises(StoreError, match="no zarr.json.*rerun the extract stage"):
         open_activations(store)
     proc = snakemake(str(store / "zarr.json"), "--rerun-incomplete", "--nolock")  # the kill left a lock behind
