@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
-from cwnnk.activations import DIMENSION_NAMES, StoreError, StoreWriter, open_activations
+from cwnnk.activations import FORMAT, StoreError, StoreWriter, dimension_names, open_activations
 
 SHAPES = {"conv1": (3, 5, 5), "conv2": (4, 2, 2)}
 N, B = 23, 8  # a partial last chunk on purpose
@@ -78,9 +78,42 @@ def test_layout_chunks_one_channel_per_chunk(store):
     for name, (c, h, w) in SHAPES.items():
         arr = root["train"][name]
         assert arr.dtype == np.float32 and arr.shape == (N, c, h, w)
-        assert tuple(arr.metadata.dimension_names) == DIMENSION_NAMES
-        assert arr.chunks == (B, 1, h, w)
-    assert tuple(root["train"]["labels"].metadata.dimension_names) == ("sample",)
+        assert tuple(arr.metadata.dimension_names) == dimension_names(name) == ("sample", f"{name}_channel",
+                                                                                f"{name}_y", f"{name}_x")
+        assert arr.chunks == (B, 1, h, w) and arr.attrs["coordinates"] == "labels indices"
+    for name in ("sample", "labels", "indices"):
+        assert tuple(root["train"][name].metadata.dimension_names) == ("sample",)
+    np.testing.assert_array_equal(root["train"]["sample"][:], np.arange(N))
+    consolidated = json.loads((store[0] / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
+    assert {"train/conv1", "test/conv2", "train/labels", "train/sample"} <= set(consolidated)
+    assert sorted(p.name for p in store[0].iterdir()) == ["test", "train", "zarr.json"]  # nothing foreign
+
+
+@pytest.mark.filterwarnings("error")  # neither zarr nor xarray may warn, on writing or on opening
+def test_xarray_opens_a_store_as_it_is(tmp_path):
+    xr = pytest.importorskip("xarray")
+    layers, labels, indices = _data(2)
+    path = _write(tmp_path / "m.zarr", layers, labels, indices, splits=("train", "test"))
+    acts = open_activations(path)
+    tree = xr.open_datatree(path, engine="zarr")
+    assert set(tree.children) == {"train", "test"} and tree.attrs["complete"] is True
+    for ds in (tree["train"].to_dataset(), xr.open_zarr(path, group="train"),
+               xr.open_dataset(path, group="train", engine="zarr")):
+        assert set(ds.data_vars) == set(SHAPES) and set(ds.coords) == {"sample", "labels", "indices"}
+        for name in SHAPES:  # conv1 is 5x5, conv2 2x2: each has dimensions of its own
+            layer = ds[name]
+            assert layer.dims == dimension_names(name) and layer.dtype == np.float32
+            assert layer.attrs == {"layer": name}
+            np.testing.assert_array_equal(layer.values, acts.samples(name))
+            np.testing.assert_array_equal(layer.isel({f"{name}_channel": 1}).values.reshape(N, -1),
+                                          acts.channel(name, 1))
+        np.testing.assert_array_equal(ds["labels"].values, acts.labels)
+        np.testing.assert_array_equal(ds["indices"].values, acts.indices)
+        np.testing.assert_array_equal(ds["sample"].values, np.arange(N))
+        assert ds["labels"].dtype == ds["indices"].dtype == np.int64 and ds["labels"].dims == ("sample",)
+        # the coordinates travel with a layer, e.g. the class-1 samples of conv2
+        np.testing.assert_array_equal(ds["conv2"].where(ds["labels"] == 1, drop=True)["indices"].values,
+                                      indices[labels == 1])
 
 
 def test_reading_a_channel_touches_only_its_chunks(store, tmp_path):
@@ -125,12 +158,23 @@ def test_store_with_a_deleted_array_is_refused(store, tmp_path):
         open_activations(path)
 
 
-def test_unknown_format_is_refused(store, tmp_path):
+@pytest.mark.parametrize("old", [1, 99])  # 1: the layout before stores opened in xarray (shared y, x)
+def test_other_format_is_refused_with_rerun_extract(store, tmp_path, old):
     path = _copy(store, tmp_path)
     meta = json.loads((path / "zarr.json").read_text())
-    meta["attributes"]["format"] = 99
+    meta["attributes"]["format"] = old
     (path / "zarr.json").write_text(json.dumps(meta))
-    with pytest.raises(StoreError, match="format 99"):
+    with pytest.raises(StoreError, match=rf"copy\.zarr/zarr\.json: activation store format {old}, this reader "
+                                         rf"reads format {FORMAT} only .*rerun the extract stage"):
+        open_activations(path)
+
+
+def test_store_without_consolidated_metadata_is_refused(store, tmp_path):
+    path = _copy(store, tmp_path)
+    meta = json.loads((path / "zarr.json").read_text())
+    del meta["consolidated_metadata"]
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="damaged.*no consolidated metadata"):
         open_activations(path)
 
 
@@ -144,6 +188,13 @@ def test_writer_refuses_misaligned_or_short_writes(tmp_path):
     with pytest.raises(ValueError, match="not every array was filled.*train/conv1 \\(8/23 rows\\)"):
         writer.finish()
     assert "complete" not in zarr.open_group(str(tmp_path / "m.zarr"), mode="r").attrs
+
+
+def test_writer_refuses_a_layer_named_like_a_dimension(tmp_path):
+    _, labels, indices = _data()
+    writer = StoreWriter(tmp_path / "m.zarr", {})
+    with pytest.raises(ValueError, match=r"\['conv1_x'\] equal a dimension name"):
+        writer.add_split("train", labels, indices, {"conv1": (1, 2, 2), "conv1_x": (1, 2, 2)}, B)
 
 
 def _read_in_child(args):

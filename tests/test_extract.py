@@ -230,6 +230,21 @@ def test_stored_subsample_is_balanced(convnet, tmp_path):
     np.testing.assert_array_equal(acts.labels, full.labels.numpy()[np.searchsorted(full.indices, acts.indices)])
 
 
+def _kill_when_paused(cmd, log, batches, timeout):
+    """Run cmd with the pause hook set; SIGKILL it (and its children) once `log` says it paused."""
+    proc = subprocess.Popen(cmd, env=dict(os.environ, **{PAUSE_ENV: str(batches)}), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while f"pausing after {batches} batches" not in (log.read_text() if log.exists() else ""):
+            assert proc.poll() is None, f"extraction exited early ({proc.returncode})"
+            assert time.monotonic() < deadline, f"extraction never reached batch {batches}"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_killed_extraction_is_refused_and_a_rerun_completes(convnet, tmp_path):
     entry, checkpoint, cfg = convnet
     store, log = tmp_path / "m.zarr", tmp_path / "extract.log"
@@ -241,18 +256,7 @@ def test_killed_extraction_is_refused_and_a_rerun_completes(convnet, tmp_path):
     )
     args = json.dumps({"entry": entry, "checkpoint": str(checkpoint), "store": str(store), "log": str(log),
                        "extract": xparams(cfg, batch_size=8).to_dict()})
-    proc = subprocess.Popen([sys.executable, "-c", script, args], env=dict(os.environ, **{PAUSE_ENV: "2"}),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while "pausing after 2 batches" not in (log.read_text() if log.exists() else ""):
-            assert proc.poll() is None, f"extraction exited early ({proc.returncode})"
-            assert time.monotonic() < deadline, "extraction never reached its second batch"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    _kill_when_paused([sys.executable, "-c", script, args], log, batches=2, timeout=120)
     assert "batch 2/8 done" in log.read_text()
     with pytest.raises(StoreError, match="no activation store here"):
         open_activations(store)
@@ -306,19 +310,32 @@ def test_snakemake_builds_the_stores(tmp_path):
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     store = tmp_path / "results" / "activations" / "convnet-d0-wd0-s1.zarr"
-    def snakemake(*args):  # targets first: --configfile takes every value after it
-        cmd = [sys.executable, "-m", "snakemake", "-s", os.path.join(REPO, "Snakefile"), "--directory", REPO, *args,
-               "--cores", "2", "--configfile", str(tmp_path / "config.yaml")]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    def command(*args):  # targets first: --configfile takes every value after it
+        return [sys.executable, "-m", "snakemake", "-s", os.path.join(REPO, "Snakefile"), "--directory", REPO, *args,
+                "--cores", "2", "--configfile", str(tmp_path / "config.yaml")]
 
-    proc = snakemake(str(store))
+    def snakemake(*args):
+        return subprocess.run(command(*args), capture_output=True, text=True, timeout=600)
+
+    proc = snakemake(str(store / "zarr.json"))  # the rule's output: the store's root metadata
     assert proc.returncode == 0, proc.stderr[-6000:]
+    assert sorted(p.name for p in store.iterdir()) == ["test", "train", "zarr.json"]  # nothing of Snakemake's
     acts = open_activations(store)
     assert acts.layers == ["conv2"] and len(acts) == 30 and acts.shapes["conv2"] == (30, 4, 6, 6)
     assert len(open_activations(store, "test")) == 24
-    log = (tmp_path / "results" / "logs" / "extract" / "convnet-d0-wd0-s1.log").read_text()
-    assert "batch 4/4 done" in log
+    log_path = tmp_path / "results" / "logs" / "extract" / "convnet-d0-wd0-s1.log"
+    assert "batch 4/4 done" in log_path.read_text()
     assert (tmp_path / "results" / "benchmarks" / "extract" / "convnet-d0-wd0-s1.tsv").exists()
+    # A forced rerun, killed after its first batch: Snakemake deleted the old store's zarr.json (the rule's
+    # output) before the job, so neither the reader nor a later rule accepts the old store; a rerun replaces it.
+    created = acts.attrs["created"]
+    _kill_when_paused(command(str(store / "zarr.json"), "--forcerun", "extract"), log_path, batches=1, timeout=300)
+    with pytest.raises(StoreError, match="no zarr.json.*rerun the extract stage"):
+        open_activations(store)
+    proc = snakemake(str(store / "zarr.json"), "--rerun-incomplete", "--nolock")  # the kill left a lock behind
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert open_activations(store).attrs["created"] != created and not list(store.parent.glob(".*tmp*"))
+    assert sorted(p.name for p in store.iterdir()) == ["test", "train", "zarr.json"]
     # An unknown layer stops the run at parse time, naming the valid layers.
     config["extract"]["layers"] = ["conv7"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

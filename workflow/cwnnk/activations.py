@@ -3,13 +3,20 @@
 One Zarr (format 3) group per model, `results/activations/{model}.zarr`:
 
     zarr.json                    root attributes: provenance (see docs/activations.md),
+                                 the consolidated metadata of every group and array, and
                                  `complete: true` written last
     train/                       one group per stored split ("train", optionally "test")
-        labels    (N,)  int64    class label of each stored sample
+        sample    (N,)  int64    0 .. N-1, the sample's position in the store (index coordinate)
+        labels    (N,)  int64    class label of each stored sample (coordinate on `sample`)
         indices   (N,)  int64    position of each sample in the source split (Split.indices)
-        <layer>   (N, C, H, W) float32, dimension_names (sample, channel, y, x),
-                  chunks (B, 1, H, W) with B the extraction batch size, so one channel of
-                  every sample lives in its own ceil(N / B) chunks
+        <layer>   (N, C, H, W) float32, dimension names (sample, <layer>_channel, <layer>_y,
+                  <layer>_x), attribute `coordinates: "labels indices"`, chunks (B, 1, H, W)
+                  with B the extraction batch size, so one channel of every sample lives in
+                  its own ceil(N / B) chunks
+
+Every layer has dimension names of its own, so layers of different sizes share a group, and
+`xarray.open_datatree(path, engine="zarr")` or `xarray.open_zarr(path, group="train")`
+open a store as it is (labels and indices as coordinates, no warnings).
 
 This module needs only numpy and zarr (no torch): the writer is driven by
 `cwnnk.extract`, and the reader (`open_activations`) refuses anything that is not a
@@ -19,22 +26,30 @@ complete store, so a killed or damaged extraction is never analysed.
 import itertools
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-FORMAT = 1
-DIMENSION_NAMES = ("sample", "channel", "y", "x")
+# 2: per-layer dimension names, coordinates and consolidated metadata (xarray opens it); 1: shared (y, x).
+FORMAT = 2
+SAMPLE = "sample"
+COORDINATES = ("labels", "indices")  # non-index coordinates along `sample`, named by every layer
 COMPRESSORS = ("none", "zstd")
 SPLITS = ("train", "test")
-_RESERVED = ("labels", "indices")
+_RESERVED = (SAMPLE, *COORDINATES)
 # Flat chunk keys ("c.3.7.0.0") keep one directory per array: fewer inodes, one cheap listing.
 _CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
 
 
 class StoreError(ValueError):
     """A path that is not a complete, intact activation store."""
+
+
+def dimension_names(layer):
+    """The dimension names of a layer's (N, C, H, W) array: `sample` is shared, the rest its own."""
+    return (SAMPLE, f"{layer}_channel", f"{layer}_y", f"{layer}_x")
 
 
 def compressors(name):
@@ -62,7 +77,8 @@ class StoreWriter:
 
     Writes must be chunk-aligned and in order for each array (start = rows written so far,
     a multiple of the chunk's sample extent), so memory never holds more than one batch.
-    `finish()` checks that every array is full and only then writes `complete: true`.
+    `finish()` checks that every array is full, consolidates the metadata into the root
+    zarr.json and only then writes `complete: true` there.
     The caller makes the whole thing atomic (write to a temporary sibling, then rename).
     """
 
@@ -94,9 +110,13 @@ class StoreWriter:
             raise ValueError(f"labels {labels.shape} and indices {indices.shape} must be equal non-empty 1-d arrays")
         n = len(labels)
         chunk_samples = int(min(chunk_samples, n))
+        clash = sorted(set(shapes) & {dim for layer in shapes for dim in dimension_names(layer)})
+        if clash:
+            raise ValueError(f"layer name(s) {clash} equal a dimension name of another layer")
         group = self.group.create_group(split)
-        for name, values in (("labels", labels), ("indices", indices)):
-            arr = group.create_array(name, shape=(n,), dtype="int64", chunks=(n,), dimension_names=("sample",),
+        coordinates = ((SAMPLE, np.arange(n, dtype=np.int64)), ("labels", labels), ("indices", indices))
+        for name, values in coordinates:
+            arr = group.create_array(name, shape=(n,), dtype="int64", chunks=(n,), dimension_names=(SAMPLE,),
                                      chunk_key_encoding=_CHUNK_KEY_ENCODING, compressors=self._compressors,
                                      config={"write_empty_chunks": True})
             arr[:] = values
@@ -106,11 +126,12 @@ class StoreWriter:
             c, h, w = (int(s) for s in shape)
             self._arrays[split, layer] = group.create_array(
                 layer, shape=(n, c, h, w), dtype="float32", chunks=(chunk_samples, 1, h, w),
-                dimension_names=DIMENSION_NAMES, chunk_key_encoding=_CHUNK_KEY_ENCODING,
+                dimension_names=dimension_names(layer), chunk_key_encoding=_CHUNK_KEY_ENCODING,
                 compressors=self._compressors, fill_value=float("nan"),
                 # A dead channel's all-zero chunk must still be written: the reader checks every key.
                 config={"write_empty_chunks": True},
-                attributes={"layer": layer},
+                # xarray's convention (CF): the names of the variable's non-index coordinates.
+                attributes={"layer": layer, "coordinates": " ".join(COORDINATES)},
             )
             self._rows[split, layer] = 0
         splits = dict(self.group.attrs.get("splits", {}))
@@ -130,11 +151,18 @@ class StoreWriter:
         self._rows[split, layer] = start + len(values)
 
     def finish(self):
-        """Check every array is full, then mark the store complete (the last write)."""
+        """Check every array is full, consolidate the metadata, then mark the store complete
+        (the last write, into the root zarr.json that also holds the consolidated metadata)."""
         short = [f"{s}/{l} ({rows}/{self._arrays[s, l].shape[0]} rows)"
                  for (s, l), rows in self._rows.items() if rows != self._arrays[s, l].shape[0]]
         if short:
             raise ValueError(f"{self.path}: not every array was filled: {', '.join(short)}")
+        with warnings.catch_warnings():
+            # zarr: consolidated metadata is not (yet) in the format 3 spec; xarray and zarr read it.
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            zarr.consolidate_metadata(str(self.path))
+        # Reopened so that the attribute update keeps the consolidated metadata it now holds.
+        self.group = zarr.open_group(str(self.path), mode="r+", zarr_format=3, use_consolidated=True)
         self.group.attrs["complete"] = True
 
 
@@ -154,45 +182,63 @@ def _expected_chunks(array, prefix):
         yield f"{prefix}/{encode(coords)}"
 
 
+def store_root(path):
+    """The store's folder, given the folder or its root `zarr.json` (the extract rule's output)."""
+    path = Path(path)
+    return path.parent if path.name == "zarr.json" else path
+
+
 def verify_store(path):
-    """Raise StoreError unless path is a complete activation store with every chunk present.
+    """Raise StoreError unless path (the store's folder or its zarr.json) is a complete activation
+    store with every chunk present.
 
     Returns the opened root group (read-only).
     """
-    path = Path(path)
+    path = store_root(path)
     if not path.exists():
         raise StoreError(f"{path}: no activation store here (an extraction that did not finish leaves none; "
                          "rerun the extract stage)")
     if not (path / "zarr.json").is_file():
-        raise StoreError(f"{path}: not a Zarr format 3 store (no zarr.json)")
+        # Snakemake deletes a store's zarr.json (the rule's output) before it reruns extract.
+        raise StoreError(f"{path}: not a Zarr format 3 store (no zarr.json; an extraction that was rerun and "
+                         "did not finish leaves none); rerun the extract stage")
     try:
         root = zarr.open_group(str(path), mode="r", zarr_format=3)
     except Exception as err:  # noqa: BLE001 - any failure to open means the store is unusable
         raise StoreError(f"{path}: cannot be opened as a Zarr group ({err})") from err
     attrs = root.attrs.asdict()
+    if attrs.get("format") != FORMAT:
+        raise StoreError(f"{path / 'zarr.json'}: activation store format {attrs.get('format')!r}, this reader reads "
+                         f"format {FORMAT} only (per-layer dimension names, coordinates and consolidated metadata, "
+                         "so that xarray opens it); rerun the extract stage to rewrite it "
+                         "(snakemake --forcerun extract)")
     if attrs.get("complete") is not True:
         raise StoreError(f"{path}: incomplete activation store (the 'complete' attribute is missing: the "
                          "extraction was interrupted or is still running); rerun the extract stage")
-    if attrs.get("format") != FORMAT:
-        raise StoreError(f"{path}: store format {attrs.get('format')!r}, this reader knows format {FORMAT}")
     files = _list_files(path)
     problems = []
+    if root.metadata.consolidated_metadata is None:
+        problems.append("no consolidated metadata in zarr.json")
     for split, info in attrs["splits"].items():
-        if split not in root:
+        # Checked against the files too: the consolidated metadata would still list a deleted node.
+        if split not in root or f"{split}/zarr.json" not in files:
             problems.append(f"group {split!r} is missing")
             continue
         group = root[split]
         n = info["n"]
-        expected = {"labels": (n,), "indices": (n,)}
-        expected.update({layer: (n, *attrs["shapes"][layer]) for layer in attrs["layers"]})
-        for name, shape in expected.items():
-            if name not in group:
+        expected = {name: ((n,), (SAMPLE,)) for name in _RESERVED}
+        expected.update({layer: ((n, *attrs["shapes"][layer]), dimension_names(layer)) for layer in attrs["layers"]})
+        for name, (shape, dims) in expected.items():
+            if name not in group or f"{split}/{name}/zarr.json" not in files:
                 problems.append(f"array {split}/{name} is missing")
                 continue
             arr = group[name]
             if tuple(arr.shape) != tuple(shape):
                 problems.append(f"array {split}/{name} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
                 continue
+            if tuple(arr.metadata.dimension_names or ()) != dims:
+                problems.append(f"array {split}/{name} has dimension names {arr.metadata.dimension_names}, "
+                                f"expected {dims}")
             missing = [key for key in _expected_chunks(arr, f"{split}/{name}") if key not in files]
             if missing:
                 problems.append(f"array {split}/{name} lacks {len(missing)} of {arr.nchunks} chunks "
@@ -267,10 +313,12 @@ class ActivationStore:
 
 
 def open_activations(path, split="train"):
-    """Open a complete activation store for reading; refuse an incomplete or damaged one.
+    """Open a complete activation store (its folder, or its zarr.json) for reading; refuse an
+    incomplete or damaged one.
 
     Raises StoreError naming the path and the problem: no store, no `complete` attribute
-    (interrupted extraction), a missing array or chunk, or an unknown format.
+    (interrupted extraction), a missing array or chunk, or another format (a format 1 store,
+    written before stores opened in xarray, is refused with a request to rerun extract).
     """
     root = verify_store(path)
-    return ActivationStore(path, root, split)
+    return ActivationStore(store_root(path), root, split)

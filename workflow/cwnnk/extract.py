@@ -240,7 +240,7 @@ def _extract_to_store(model, nodes, dataset, path, splits, n_samples, seed, batc
     shapes = OrderedDict((name, tuple(int(d) for d in v.shape[1:])) for name, v in probe.items())
     attrs = dict(attrs or {})
     attrs.update(
-        fx_nodes=dict(nodes), dimension_names=["sample", "channel", "y", "x"],
+        fx_nodes=dict(nodes),
         extraction=dict(method=extractor.method, batch_size=batch_size, compressor=compressor, device=str(device),
                         mode="eval, torch.inference_mode, float32 without TF32"),
         versions=versions(), created=now(),
@@ -274,9 +274,11 @@ def _extract_to_store(model, nodes, dataset, path, splits, n_samples, seed, batc
 def run_extract(entry, checkpoint, store, params, log=print):
     """The `extract` stage: checkpoint -> complete activation store at `store`, atomically.
 
-    entry: the model's config entry (cwnnk.config.expand_models); params: ExtractParams (its
-    layers already resolved for this model). A failure or a kill leaves no store at `store`.
+    store: the store's folder, or its zarr.json (the rule's output). entry: the model's config
+    entry (cwnnk.config.expand_models); params: ExtractParams. A failure or a kill leaves no
+    store at `store`.
     """
+    from cwnnk.activations import store_root
     from cwnnk.atomic import atomic_path
     from cwnnk.datasets import load_dataset
     from cwnnk.device import resolve_device
@@ -284,6 +286,7 @@ def run_extract(entry, checkpoint, store, params, log=print):
     from cwnnk.provenance import sha256_file
 
     start = time.perf_counter()
+    store = store_root(store)
     device = resolve_device(params.device)
     model, spec = load_checkpoint(checkpoint, map_location="cpu")
     names = resolve_layers(spec, params.layers if params.layers == "all" else list(params.layers), entry.get("name"))

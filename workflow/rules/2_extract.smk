@@ -7,7 +7,8 @@ rule extract:
     input:
         checkpoint=f"{R}/models/{{model}}/checkpoint.pt",
     output:
-        store=directory(f"{R}/activations/{{model}}.zarr"),
+        # The store's root metadata, not directory(): Snakemake then writes nothing inside the store.
+        store=f"{R}/activations/{{model}}.zarr/zarr.json",
     params:
         entry=model_entry,
         extract=lambda wildcards: EXP.extract(wildcards.model).to_dict(),

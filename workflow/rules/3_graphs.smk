@@ -4,7 +4,7 @@
 
 rule graphs:
     input:
-        store=f"{R}/activations/{{model}}.zarr",
+        store=f"{R}/activations/{{model}}.zarr/zarr.json",
     output:
         graphs=directory(f"{R}/graphs/{{model}}/{{layer}}"),
     params:

@@ -3,7 +3,7 @@
 
 rule solvers:
     input:
-        store=f"{R}/activations/{EXP.figures.solver_model}.zarr",
+        store=f"{R}/activations/{EXP.figures.solver_model}.zarr/zarr.json",
         graphs=[f"{R}/graphs/{EXP.figures.solver_model}/{layer}" for layer in layers_of(EXP.figures.solver_model)],
     output:
         report(f"{R}/tables/solvers.csv", caption="../report/solvers.rst", category="Tables"),
