@@ -24,7 +24,7 @@ import torch
 
 from cwnnk.device import resolve_device
 from cwnnk.engine import nnk
-from cwnnk.knn import row_blocks
+from cwnnk.engine.blocks import row_blocks
 from cwnnk.reference import KKT_TOL, candidates, check_nodes, kkt_violation, problem, sample_nodes
 
 
