@@ -19,7 +19,7 @@ TAU = 1e-10
 
 
 def reference_problems(X, result, kernel, sigma):
-    """(K_SS, K_Si, usable) per node, from X (N, D) and the result's candidates, as METHOD.md says."""
+    """(K_SS, K_Si, usable) per node, from X (N, D) and the result's candidates, as docs/method.md says."""
     N = len(X)
     problems = []
     last = []
@@ -45,7 +45,7 @@ def reference_problems(X, result, kernel, sigma):
 
 
 def factor(K):
-    """Cholesky factor of K, with METHOD.md's ridge eps * trace / k (times 10) where K is not PD."""
+    """Cholesky factor of K, with docs/method.md's ridge eps * trace / k (times 10) where K is not PD."""
     ridge = np.finfo(float).eps * np.trace(K) / len(K)
     for power in (None, *range(17)):
         try:
@@ -228,7 +228,7 @@ def test_numpy_and_torch_inputs_agree():
     np.testing.assert_allclose(a.weights, b.weights, atol=1e-5)
 
 
-# Degenerate input (METHOD.md section 2), each counted.
+# Degenerate input (docs/method.md, section 2), each counted.
 
 
 def test_duplicates_drop_are_no_candidates_and_are_counted():
