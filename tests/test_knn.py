@@ -1,4 +1,4 @@
-"""Exact kNN (cwnnk.knn): candidate sets equal a float64 brute force, ties by lower index."""
+"""Exact kNN (cwnnk.engine.knn): candidate sets equal a float64 brute force, ties by lower index."""
 
 import contextlib
 
@@ -8,19 +8,23 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cwnnk.knn
-from cwnnk.knn import GRAM_SCALE, exact_knn
+import cwnnk.engine.gram
+import cwnnk.engine.knn
+import cwnnk.engine.pointsets
+from cwnnk.engine.gram import GramSum
+from cwnnk.engine.knn import exact_knn
+from cwnnk.engine.pointsets import GRAM_SCALE
 
 
 @contextlib.contextmanager
 def gram_matrix(on):
     """Search with (on) or without each set's float64 Gram matrix H, whatever the sets' sizes."""
-    previous = cwnnk.knn.GRAM_BYTES
-    cwnnk.knn.GRAM_BYTES = {"cpu": 1 << 40 if on else 0, "cuda": 1 << 40 if on else 0}
+    previous = cwnnk.engine.gram.GRAM_BYTES
+    cwnnk.engine.gram.GRAM_BYTES = {"cpu": 1 << 40 if on else 0, "cuda": 1 << 40 if on else 0}
     try:
         yield
     finally:
-        cwnnk.knn.GRAM_BYTES = previous
+        cwnnk.engine.gram.GRAM_BYTES = previous
 
 
 @pytest.fixture
@@ -117,7 +121,7 @@ def test_continuous_data_is_certified_by_the_float32_pass(products, keep):
 def test_continuous_data_is_certified_from_the_gram_matrix(keep):
     """Sets small enough for H (the default at this size) are searched from it in float64 alone."""
     X = relu_layer(0)
-    assert X.shape[1] ** 2 * 8 <= cwnnk.knn.GRAM_BYTES["cpu"]
+    assert X.shape[1] ** 2 * 8 <= cwnnk.engine.gram.GRAM_BYTES["cpu"]
     result = exact_knn(torch.from_numpy(X), 10, duplicates="keep" if keep else "drop", tile_bytes=1 << 20)
     assert_matches_brute_force(X, result, 10, keep)
     assert result.rows_by_pass == {"float32": 0, "float64": sum(len(np.unique(x, axis=0)) for x in X), "brute": 0}
@@ -159,7 +163,7 @@ def concatenation(blocks):
 
 def search_channels_then_aggregate(blocks, k, keep=False, sets_per_batch=None):
     """exact_knn of each block of sets, adding their H to a GramSum, then of their concatenation from it."""
-    total = cwnnk.knn.GramSum(blocks[0].shape[1], torch.device("cpu"))
+    total = GramSum()
     duplicates = "keep" if keep else "drop"
     for X in blocks:
         exact_knn(torch.from_numpy(X), k, duplicates=duplicates, sets_per_batch=sets_per_batch, add_gram_to=total)
@@ -174,8 +178,8 @@ def test_a_concatenation_is_searched_from_its_sets_gram_matrices(monkeypatch, ke
     X = relu_layer(2, c=4, n=300, d=12)
     X[:, 7] = X[:, 8]  # one sample twice: a duplicate in the aggregate too
     made = []
-    product = cwnnk.knn._PointSets.gram_matrix
-    monkeypatch.setattr(cwnnk.knn._PointSets, "gram_matrix",
+    product = cwnnk.engine.pointsets.PointSets.gram_matrix
+    monkeypatch.setattr(cwnnk.engine.pointsets.PointSets, "gram_matrix",
                         lambda ps, buffers: made.append(ps.U.shape[1]) or product(ps, buffers))
     agg, _, result = search_channels_then_aggregate([X[:3], X[3:]], 10, keep, sets_per_batch)
     assert made and agg.shape[1] not in made
@@ -187,7 +191,7 @@ def test_a_concatenation_is_searched_from_its_sets_gram_matrices(monkeypatch, ke
 
 def test_the_summed_gram_matrix_errs_within_one_products_bound():
     """Sum_c H_c errs from the exact (x_p - m).(x_q - m) by at most c (|v_p|^2 + |v_q|^2) with c of
-    one product of the whole length D (_bound_constant), which the certificates assume; points
+    one product of the whole length D (bound_constant), which the certificates assume; points
     far from the origin make the errors large. Sets searched in pairs, one of each pair with
     duplicates: the other's distinct rows are then numbered by hash, not in point order."""
     rng = np.random.default_rng(4)
@@ -197,7 +201,7 @@ def test_the_summed_gram_matrix_errs_within_one_products_bound():
     v = (agg - total.mean.numpy()).astype(np.longdouble)  # the centred points as H's product saw them
     exact = v @ v.T  # 64-bit significands
     sq = np.diag(exact)
-    c = cwnnk.knn._bound_constant(agg.shape[1], torch.float64, torch.device("cpu"))
+    c = cwnnk.engine.pointsets.bound_constant(agg.shape[1], torch.float64, torch.device("cpu"))
     error = np.abs(total.A.numpy().astype(np.longdouble) - exact)
     assert (error <= c * (sq[:, None] + sq[None, :])).all()
     assert error.max() > 0  # rounded: the bound is what is tested, not exactness
@@ -206,12 +210,12 @@ def test_the_summed_gram_matrix_errs_within_one_products_bound():
 def test_a_gram_sum_with_a_set_too_large_for_h_leaves_the_concatenation_its_own(monkeypatch):
     """A set without H voids the sum; the concatenation then makes its own H (and is exact)."""
     X = relu_layer(3, c=2, n=120, d=6)
-    monkeypatch.setitem(cwnnk.knn.GRAM_BYTES, "cpu", 8 * 120**2)  # H of 120 rows; the first set has one
+    monkeypatch.setitem(cwnnk.engine.gram.GRAM_BYTES, "cpu", 8 * 120**2)  # H of 120 rows; the first set has one
     X[1, :110] = relu_layer(4, c=1, n=110, d=6)[0]
-    total = cwnnk.knn.GramSum(120, torch.device("cpu"))
+    total = GramSum()
     exact_knn(torch.from_numpy(X[:1]), 5, add_gram_to=total)
     assert not total.void
-    monkeypatch.setitem(cwnnk.knn.GRAM_BYTES, "cpu", 0)  # the second set gets no H
+    monkeypatch.setitem(cwnnk.engine.gram.GRAM_BYTES, "cpu", 0)  # the second set gets no H
     exact_knn(torch.from_numpy(X[1:]), 5, add_gram_to=total)
     assert total.void and total.A is None and not total.covers(torch.zeros(1, 120, 12))
 
@@ -239,10 +243,10 @@ def test_the_gram_matrix_leaves_the_gil_to_other_threads():
     import threading
     import time
 
-    from cwnnk.knn import Buffers, _self_products
+    from cwnnk.engine.gram import Buffers, self_products
 
     V = torch.from_numpy(np.random.default_rng(0).normal(size=(2000, 1500)))
-    _self_products([V[:10]], 10, Buffers(V.device))  # imports and first-call costs out of the way
+    self_products([V[:10]], 10, Buffers(V.device))  # imports and first-call costs out of the way
     stamps, running = [], threading.Event()
 
     def other():
@@ -256,7 +260,7 @@ def test_the_gram_matrix_leaves_the_gil_to_other_threads():
     thread.start()
     running.wait()
     start = time.perf_counter()
-    _self_products([V], len(V), Buffers(V.device))  # 2000^2 x 1500 multiply-adds: a tenth of a second or more
+    self_products([V], len(V), Buffers(V.device))  # 2000^2 x 1500 multiply-adds: a tenth of a second or more
     end = time.perf_counter()
     running.clear()
     thread.join()
@@ -282,13 +286,11 @@ def test_float32_points_far_from_the_origin(products, monkeypatch, held, widest)
     """float32 input (searched as is, float64 made tile by tile) on concentrated data far from the
     origin, where the float32 bound cannot certify the first pool: rows go to a wider pool or, with
     `never`, to the float64 pass; both exact. `held` False centres the points block by block."""
-    import cwnnk.knn
-
     if not held:
-        monkeypatch.setattr(cwnnk.knn, "CENTRED_BYTES", 0)
-        monkeypatch.setattr(cwnnk.knn, "CONVERT_BYTES", 4096)
+        monkeypatch.setattr(cwnnk.engine.pointsets, "CENTRED_BYTES", 0)
+        monkeypatch.setattr(cwnnk.engine.pointsets, "CONVERT_BYTES", 4096)
     if widest == "never":
-        monkeypatch.setattr(cwnnk.knn, "WIDER_POOL", {"cpu": 0, "cuda": 0})
+        monkeypatch.setattr(cwnnk.engine.knn, "WIDER_POOL", {"cpu": 0, "cuda": 0})
     rng = np.random.default_rng(4)
     X = (100 + rng.normal(size=(2, 200, 4096)) * 0.05).astype(np.float32)  # distances within ~2%
     X[:, 5] = X[:, 9]  # a duplicate pair
@@ -304,14 +306,12 @@ def test_float32_points_far_from_the_origin(products, monkeypatch, held, widest)
 def test_a_pass_whose_probe_settles_few_rows_is_skipped(products, monkeypatch):
     """Float32 bounds too loose for the data (products allowed in bfloat16 precision): after the
     first tile of rows, the others go to the float64 pass at once, and the result stays exact."""
-    import cwnnk.knn
-
-    monkeypatch.setattr(cwnnk.knn, "WIDER_POOL", {"cpu": 0, "cuda": 0})
+    monkeypatch.setattr(cwnnk.engine.knn, "WIDER_POOL", {"cpu": 0, "cuda": 0})
     bounded = {torch.float32: 0, torch.float64: 0}  # query rows whose bounds each pass computed
-    original = cwnnk.knn._PointSets.bounds
-    monkeypatch.setattr(cwnnk.knn._PointSets, "bounds",
-                        lambda self, rows, dtype, *a: bounded.update({dtype: bounded[dtype] + len(rows)})
-                        or original(self, rows, dtype, *a))
+    original = cwnnk.engine.knn.bounds
+    monkeypatch.setattr(cwnnk.engine.knn, "bounds",
+                        lambda sets, rows, dtype, *a: bounded.update({dtype: bounded[dtype] + len(rows)})
+                        or original(sets, rows, dtype, *a))
     X = relu_layer(5, c=1, n=700)
     n_distinct = len(np.unique(X[0], axis=0))
     previous = torch.get_float32_matmul_precision()
@@ -330,9 +330,7 @@ def test_a_pass_whose_probe_settles_few_rows_is_skipped(products, monkeypatch):
 def test_few_rows_left_by_the_first_pass_go_to_the_brute_force(products, monkeypatch, brute_elements):
     """Float32 bounds made too loose to certify (bfloat16 precision allowed): the rows left go to
     the float64 pass, or straight to the brute force where they are few enough; both exact."""
-    import cwnnk.knn
-
-    monkeypatch.setattr(cwnnk.knn, "BRUTE_ELEMENTS", {"cpu": brute_elements, "cuda": brute_elements})
+    monkeypatch.setattr(cwnnk.engine.knn, "BRUTE_ELEMENTS", {"cpu": brute_elements, "cuda": brute_elements})
     X = relu_layer(7, c=2, n=300)
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("medium")

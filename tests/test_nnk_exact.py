@@ -11,14 +11,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cwnnk.engine
-from cwnnk.engine import NNKResult, nnk
+import cwnnk.engine.nnls
+import cwnnk.engine.stream
+from cwnnk.engine import GramSum, NNKResult, nnk, nnk_stream
 
 TAU = 1e-10
 
 
 def reference_problems(X, result, kernel, sigma):
-    """(K_SS, K_Si, usable) per node, from X (N, D) and the result's candidates, as METHOD.md says."""
+    """(K_SS, K_Si, usable) per node, from X (N, D) and the result's candidates, as docs/method.md says."""
     N = len(X)
     problems = []
     last = []
@@ -44,7 +45,7 @@ def reference_problems(X, result, kernel, sigma):
 
 
 def factor(K):
-    """Cholesky factor of K, with METHOD.md's ridge eps * trace / k (times 10) where K is not PD."""
+    """Cholesky factor of K, with docs/method.md's ridge eps * trace / k (times 10) where K is not PD."""
     ridge = np.finfo(float).eps * np.trace(K) / len(K)
     for power in (None, *range(17)):
         try:
@@ -124,7 +125,7 @@ CASES = {
 def test_kkt_and_nnls_on_thousands_of_problems(case, bpp_rounds, monkeypatch):
     """bpp_rounds 0 sends every node to Lawson-Hanson, the path of the stragglers."""
     if bpp_rounds != "default":
-        monkeypatch.setattr(cwnnk.engine, "BPP_ROUNDS", bpp_rounds)
+        monkeypatch.setattr(cwnnk.engine.nnls, "BPP_ROUNDS", bpp_rounds)
     make, kwargs = CASES[case]
     X = make()
     result = nnk(X, **kwargs)
@@ -172,9 +173,9 @@ def test_several_point_sets_at_once_equal_one_at_a_time():
 def test_a_stream_of_arrays_equals_one_call_each(monkeypatch, lookahead):
     """nnk_stream over arrays of different shapes (one pipeline, solves overlapping the next
     array's search, finishing mid-stream or only at the end) gives each array's own nnk result."""
-    monkeypatch.setitem(cwnnk.engine.LOOKAHEAD_BYTES, "cpu", lookahead)
+    monkeypatch.setitem(cwnnk.engine.stream.LOOKAHEAD_BYTES, "cpu", lookahead)
     arrays = [relu(120, 5, 1), np.stack([relu(90, 4, s) for s in range(4)]), relu(60, 7, 2)]
-    streamed = list(cwnnk.engine.nnk_stream(iter(arrays), 9, device="cpu"))
+    streamed = list(nnk_stream(iter(arrays), 9, device="cpu"))
     assert len(streamed) == 3
     for X, got in zip(arrays, streamed):
         alone = nnk(X, 9, device="cpu")
@@ -184,7 +185,7 @@ def test_a_stream_of_arrays_equals_one_call_each(monkeypatch, lookahead):
 
 
 def test_a_layers_stream_with_its_aggregate_equals_one_call_each():
-    """aggregate=True (channel blocks, then their concatenation, whose Gram matrix is summed from
+    """gram=GramSum() (channel blocks, then their concatenation, whose Gram matrix is summed from
     the channels'): the channels' results are nnk's own, the aggregate's equal to rounding: the
     same candidates and support, weights within 1e-9."""
     rng = np.random.default_rng(5)
@@ -192,7 +193,7 @@ def test_a_layers_stream_with_its_aggregate_equals_one_call_each():
     acts[rng.random((150, 5)) < 0.1] = 0  # zero maps
     blocks = [np.ascontiguousarray(acts[:, lo:hi].transpose(1, 0, 2)) for lo, hi in ((0, 2), (2, 5))]
     aggregate = acts.reshape(150, -1)
-    *channels, streamed = cwnnk.engine.nnk_stream([*blocks, aggregate], 8, device="cpu", aggregate=True)
+    *channels, streamed = nnk_stream([*blocks, aggregate], 8, device="cpu", gram=GramSum())
     for X, got in zip(blocks, channels):
         alone = nnk(X, 8, device="cpu")
         np.testing.assert_array_equal(got.weights, alone.weights)
@@ -205,8 +206,8 @@ def test_a_layers_stream_with_its_aggregate_equals_one_call_each():
 
 def test_an_aggregate_that_is_not_the_channels_concatenation_is_refused():
     blocks = [np.stack([relu(60, 4, s) for s in range(3)])]
-    with pytest.raises(ValueError, match=r"aggregate=True: the aggregate has shape \(60, 11\).*\(60, 12\)"):
-        list(cwnnk.engine.nnk_stream([*blocks, relu(60, 11, 9)], 5, device="cpu", aggregate=True))
+    with pytest.raises(ValueError, match=r"gram=GramSum: the array of shape \(60, 11\).*\(60, 12\)"):
+        list(nnk_stream([*blocks, relu(60, 11, 9)], 5, device="cpu", gram=GramSum()))
 
 
 def test_a_bad_array_in_a_stream_stops_it_cleanly():
@@ -216,7 +217,7 @@ def test_a_bad_array_in_a_stream_stops_it_cleanly():
 
     before = threading.active_count()
     with pytest.raises(ValueError, match=r"k=9 is not allowed.*N = 5"):
-        list(cwnnk.engine.nnk_stream([relu(120, 5, 1), relu(5, 3, 2)], 9, device="cpu"))
+        list(nnk_stream([relu(120, 5, 1), relu(5, 3, 2)], 9, device="cpu"))
     assert threading.active_count() == before
 
 
@@ -227,7 +228,7 @@ def test_numpy_and_torch_inputs_agree():
     np.testing.assert_allclose(a.weights, b.weights, atol=1e-5)
 
 
-# Degenerate input (METHOD.md section 2), each counted.
+# Degenerate input (docs/method.md, section 2), each counted.
 
 
 def test_duplicates_drop_are_no_candidates_and_are_counted():
@@ -335,8 +336,8 @@ def test_deep_relu_layers_meet_kkt_with_bounded_weights(monkeypatch):
     from cwnnk.bench.gpu import resnet18_layers
 
     calls = []
-    original = cwnnk.engine._lawson_hanson
-    monkeypatch.setattr(cwnnk.engine, "_lawson_hanson", lambda *a: calls.append(len(a[1])) or original(*a))
+    original = cwnnk.engine.nnls.lawson_hanson
+    monkeypatch.setattr(cwnnk.engine.nnls, "lawson_hanson", lambda *a: calls.append(len(a[1])) or original(*a))
     acts = resnet18_layers(160, torch.device("cpu"))["layer4.1.relu"][:, :96]
     result = nnk(acts.transpose(0, 1).contiguous(), 25, device="cpu")
     assert calls, "this data no longer exercises Lawson-Hanson; pick harder data"
@@ -349,8 +350,8 @@ def test_nodes_off_kkt_are_solved_again_with_nnls(monkeypatch):
     """The last resort: if both batched solvers leave a node off KKT, scipy's NNLS solves it."""
     X = relu(300, 8, 3)
     expected = nnk(X, 15)
-    monkeypatch.setattr(cwnnk.engine, "BPP_ROUNDS", 0)
-    monkeypatch.setattr(cwnnk.engine, "_lawson_hanson", lambda K, b, valid, tol: (torch.zeros_like(b), b[:, 0] * 0))
+    monkeypatch.setattr(cwnnk.engine.nnls, "BPP_ROUNDS", 0)
+    monkeypatch.setattr(cwnnk.engine.nnls, "lawson_hanson", lambda K, b, valid, tol: (torch.zeros_like(b), b[:, 0] * 0))
     result = nnk(X, 15)
     assert result.counts["kkt_failed"] == 0
     np.testing.assert_allclose(result.weights, expected.weights, rtol=0, atol=1e-9)

@@ -1,4 +1,4 @@
-"""Solver `pynnk`: equal to a plain per-node loop written here from METHOD.md section 2.
+"""Solver `pynnk`: equal to a plain per-node loop written here from docs/method.md (section 2).
 
 Nothing of the engine is used by the reference: its kNN, kernel and solver are rebuilt in numpy.
 """

@@ -1,4 +1,4 @@
-"""The theory of METHOD.md section 3 (channel-wise NNK), checked on the engine's kernels and graphs.
+"""The theory of docs/method.md section 3 (channel-wise NNK), checked on the engine's kernels and graphs.
 
 Two statements are NOT true in general and are deliberately not tested: N^agg subset of the
 union of the N^c, and |N^agg| <= sum_c |N^c|.

@@ -56,7 +56,7 @@ def cw_nnk(acts, params, log=print, timings=None):
     Returns (the channels' NNKResult, stacked over C; the fraction of all-zero maps per channel;
     the aggregate NNKResult).
     """
-    from cwnnk.engine import nnk_stream  # torch: imported by the jobs that solve, not by readers (overlap)
+    from cwnnk.engine import GramSum, nnk_stream  # torch: imported by the jobs that solve, not by readers (overlap)
 
     N, C, D = acts.shape
     engine = dict(params.engine(), timings=timings)
@@ -80,7 +80,9 @@ def cw_nnk(acts, params, log=print, timings=None):
 
     channels = aggregate = None
     start, done = time.perf_counter(), 0
-    for block, part in zip(order, nnk_stream(inputs(), **engine, aggregate=not aggregate_first)):
+    # aggregate last: its Gram matrix is summed from the channels' (the aggregate concatenates them)
+    gram = None if aggregate_first else GramSum()
+    for block, part in zip(order, nnk_stream(inputs(), **engine, gram=gram)):
         if block is None:
             aggregate = part
             log(f"aggregate ({N} x {C * D}) done ({time.perf_counter() - start:.1f}s)")

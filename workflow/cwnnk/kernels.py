@@ -1,4 +1,4 @@
-"""The kernels of METHOD.md section 2, from squared distances (and squared norms for cosine)."""
+"""The kernels of docs/method.md (section 2), from squared distances (and squared norms for cosine)."""
 
 import torch
 

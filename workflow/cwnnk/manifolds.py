@@ -16,7 +16,7 @@ import numpy as np
 
 from cwnnk.intrinsic_dim import twonn
 from cwnnk.overlap import summarize
-from cwnnk.params import ManifoldParams
+from cwnnk.params import SOLVERS, ManifoldParams
 from cwnnk.tables import write_table
 
 MAX_DIM = 16
@@ -75,7 +75,6 @@ def sample(kind, n, d, D=64, seed=0):
 
 
 EMBEDDINGS = ("linear", "curved")
-SOLVERS = ("exact", "pynnk")
 COLUMNS = ("embedding", "dim", "n", "D", "k", "solver", "degree_mean", "degree_std", "twonn_id")
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from cwnnk.bench.reference import check_nodes, sample_nodes
-from cwnnk.knn import row_blocks
+from cwnnk.engine.blocks import row_blocks
 
 
 def make_layer(n, c, d, seed):
