@@ -27,6 +27,7 @@ def analyse_layer(graph_dir, out_json):
     row, pairwise = layer_summary(
         arrays["channel_indices"], arrays["channel_weights"], arrays["channel_distances"],
         arrays["agg_indices"], arrays["agg_weights"], arrays["agg_distances"], tol=TOL,
+        ch_twonn=arrays["channel_twonn"], agg_twonn=arrays["agg_twonn"],
     )
     zero_maps = np.asarray(summary["zero_map_fraction"])
     row["zero_map_fraction_mean"] = float(zero_maps.mean())
@@ -34,7 +35,7 @@ def analyse_layer(graph_dir, out_json):
     row["kkt_failed"] = int(sum(summary["counts"]["kkt_failed"]) + summary["aggregate_counts"]["kkt_failed"])
     row["not_pd"] = int(sum(summary["counts"]["not_pd"]) + summary["aggregate_counts"]["not_pd"])
     degree = (arrays["channel_weights"] > TOL).sum(-1)
-    channel_ids, _ = twonn(arrays["channel_distances"])
+    channel_ids, _ = twonn(arrays["channel_twonn"])
     channels = [
         dict(channel=c, degree_mean=float(degree[c].mean()), degree_agg_mean=row["degree_agg_mean"],
              zero_map_fraction=float(zero_maps[c]), id_twonn=float(channel_ids[c]))
