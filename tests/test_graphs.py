@@ -76,7 +76,7 @@ def test_the_aggregate_first_or_last_gives_the_same_graphs(store, tmp_path, monk
     last, first = load_layer_graphs(tmp_path / "last")[0], load_layer_graphs(tmp_path / "first")[0]
     assert last.keys() == first.keys()
     for name in last:
-        if name in ("agg_distances", "agg_weights", "agg_error"):
+        if name in ("agg_distances", "agg_weights", "agg_error", "agg_twonn"):
             np.testing.assert_allclose(last[name], first[name], rtol=1e-12, atol=1e-9, err_msg=name)
         else:
             np.testing.assert_array_equal(last[name], first[name], err_msg=name)

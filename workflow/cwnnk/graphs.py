@@ -4,7 +4,9 @@ Output folder, per (model, layer):
     channel_0000.npz ...   one scipy CSR N x N matrix per channel (row i holds theta_i)
     aggregate.npz          the NNK graph of the whole layer (x_i = vec(A[i]))
     knn.npz                kNN candidates, distances and NNK weights, channels (C, N, k) and
-                           aggregate (N, k), plus the positions of the samples used
+                           aggregate (N, k), the positions of the samples used, and TwoNN's
+                           input: each distinct row's two nearest other distinct rows
+                           (channel_twonn[_indices] (C, N, 2), agg_twonn[_indices] (N, 2))
     summary.json           parameters, per-channel degenerate counts, zero-map fractions,
                            provenance and timings
 The folder is written under a temporary name and renamed into place when complete.
@@ -17,10 +19,13 @@ import scipy.sparse
 
 from cwnnk.activations import open_activations
 from cwnnk.atomic import atomic_path, write_json
+from cwnnk.intrinsic_dim import distinct_two_nn
 from cwnnk.provenance import now, sha256_array, versions
 from cwnnk.sparse import to_sparse
 
 GRAPH_FILES = ("aggregate.npz", "knn.npz", "summary.json")
+# TwoNN's input (the duplicate policy, cwnnk.intrinsic_dim); folders written before it lack these
+TWONN_ARRAYS = ("channel_twonn", "channel_twonn_indices", "agg_twonn", "agg_twonn_indices")
 # Channels per engine call: bounds the (block, N, D) float32 copy handed to the engine.
 BLOCK_BYTES = 64 << 20
 # The aggregate is solved after the channels where their results (RESULT_BYTES per candidate: its
@@ -132,6 +137,10 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
     start = time.perf_counter()
     channels, zero_maps, aggregate = cw_nnk(acts, params, log, timings)
     seconds["nnk"] = time.perf_counter() - start
+    start = time.perf_counter()
+    two_nn = [distinct_two_nn(acts[:, c], (channels.distances[c], channels.indices[c])) for c in range(C)]
+    agg_two_nn = distinct_two_nn(acts, (aggregate.distances, aggregate.indices))
+    seconds["twonn"] = time.perf_counter() - start
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -146,6 +155,8 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
             channel_weights=channels.weights, channel_error=channels.error,
             agg_indices=aggregate.indices, agg_distances=aggregate.distances, agg_weights=aggregate.weights,
             agg_error=aggregate.error,
+            channel_twonn=np.stack([t[0] for t in two_nn]), channel_twonn_indices=np.stack([t[1] for t in two_nn]),
+            agg_twonn=agg_two_nn[0], agg_twonn_indices=agg_two_nn[1],
         )
         write_json(tmp / "summary.json", dict(
             layer=layer, n_channels=C, n_samples=N, dim_channel=D, params=params.to_dict(),
@@ -176,4 +187,8 @@ def load_layer_graphs(folder):
         raise FileNotFoundError(f"{folder}: missing channel graphs {absent[:5]}; rerun the graphs stage")
     with np.load(folder / "knn.npz") as data:
         arrays = dict(data)
+    lacking = [name for name in TWONN_ARRAYS if name not in arrays]
+    if lacking:
+        raise ValueError(f"{folder}: knn.npz lacks {lacking} (written before TwoNN's duplicate policy, "
+                         "docs/overlap.md); rerun the graphs stage")
     return arrays, summary

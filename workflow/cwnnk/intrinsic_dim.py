@@ -1,10 +1,16 @@
 """Intrinsic dimension: TwoNN from kNN distances, and a degree -> dimension calibration.
 
-TwoNN follows Facco et al. 2017 as implemented by Ansuini et al. 2019: mu = r2 / r1 from the
-two nearest neighbours; points with r1 = 0, r1 = r2 or a non-finite ratio are discarded;
-with n valid points, mu sorted ascending and F_emp(mu_(i)) = i / n, the dimension is the
-slope of the least-squares line through the origin of -log(1 - F_emp) against log(mu),
-fitted on the floor(fraction * n) smallest mu.
+TwoNN follows Facco et al. 2017, as scikit-dimension's `TwoNN` and DADApy's `compute_id_2NN`
+compute it: mu = r2 / r1 from the two nearest neighbours; points with a non-finite ratio
+(r1 = 0, or padding) are discarded; with n points left, mu sorted ascending and
+F_emp(mu_(i)) = i / n, the dimension is the slope of the least-squares line through the
+origin of -log(1 - F_emp) against log(mu), fitted on the floor(fraction * n) smallest mu.
+
+Duplicate policy: TwoNN is estimated on the distinct rows of a point set (each set of equal
+points counted once, with its two nearest *other distinct* rows), as the TwoNN literature does
+(Facco et al. remove duplicates; DADApy's `remove_identical_points`). `distinct_two_nn` builds
+that input from the points; the graphs stage stores it in knn.npz (`channel_twonn`,
+`agg_twonn`), and `twonn` is the estimator on it. See docs/overlap.md.
 """
 
 from dataclasses import dataclass
@@ -16,7 +22,10 @@ def twonn(distances, fraction=0.9):
     """TwoNN intrinsic dimension of one or many point sets.
 
     distances: (..., N, k) kNN distances sorted ascending per row, self excluded, k >= 2;
-    padding (missing neighbours) is +inf. Leading axes (e.g. channels) are independent sets.
+    padding (missing neighbours, or rows left out, such as the later copies of a distinct row in
+    `distinct_two_nn`'s output) is +inf. Leading axes (e.g. channels) are independent sets.
+    Equals scikit-dimension's `TwoNN(discard_fraction=1 - fraction, dist=True)` on the finite
+    rows of distances[..., :2] (mu = 1 is kept, as there).
     Returns (dimension, n_used), each of shape (...): the slope (float; NaN, with n_used 0,
     when fewer than 2 points are left for the fit) and the number of points in the fit.
     """
@@ -30,7 +39,7 @@ def twonn(distances, fraction=0.9):
         raise ValueError("distances must be sorted ascending along the last axis")
     with np.errstate(divide="ignore", invalid="ignore"):
         mu = r2 / r1
-    valid = (r1 > 0) & (r2 > r1) & np.isfinite(mu)
+    valid = np.isfinite(mu)  # r1 = 0 gives inf (or NaN with r2 = 0), padding inf or NaN
     n_valid = valid.sum(axis=-1)
     # Invalid points sort to the end, so ranks 1..n_valid are the valid mu in order.
     mu = np.sort(np.where(valid, mu, np.inf), axis=-1)
@@ -41,9 +50,46 @@ def twonn(distances, fraction=0.9):
     with np.errstate(divide="ignore", invalid="ignore"):
         x = np.where(used, np.log(mu), 0.0)
         y = np.where(used, -np.log1p(-rank / n_valid[..., None]), 0.0)
-        dim = (x * y).sum(axis=-1) / (x * x).sum(axis=-1)  # mu > 1, so x > 0 where used
-    defined = n_used >= 2
+        dim = (x * y).sum(axis=-1) / (x * x).sum(axis=-1)
+    defined = (n_used >= 2) & (dim == dim)  # NaN where every used mu is 1 (x = 0)
     return np.where(defined, dim, np.nan), np.where(defined, n_used, 0)
+
+
+def distinct_two_nn(points, knn=None):
+    """TwoNN's input under the duplicate policy: each distinct row's two nearest other distinct rows.
+
+    points: (N, ...) one point set (trailing axes are flattened). knn: optional (distances,
+    indices), each (N, k), the exact kNN of the same points (self excluded, k >= 2, as the engine
+    returns them): when no two points are equal, their first two columns are the answer.
+    Returns (distances (N, 2) float64, indices (N, 2) int64): for the first copy of each distinct
+    row (lowest index), the distances to its two nearest other distinct rows and those rows'
+    first copies (ties by lower index); +inf / -1 on the later copies and where fewer than two
+    other distinct rows exist. From the engine's exact kNN (cwnnk.engine.knn.exact_knn) on the distinct rows.
+    """
+    P = np.asarray(points)
+    P = P.reshape(len(P), -1) + P.dtype.type(0)  # -0.0 + 0 = 0.0: equal values, equal bits
+    N = len(P)
+    _, first = np.unique(P, axis=0, return_index=True)
+    first = np.sort(first)
+    if knn is not None and len(first) == N:
+        d, i = (np.asarray(a) for a in knn)
+        if d.shape[-1] >= 2 and np.all(d[:, 0] > 0):
+            return d[:, :2].astype(np.float64), i[:, :2].astype(np.int64)
+    dist = np.full((N, 2), np.inf)
+    idx = np.full((N, 2), -1, dtype=np.int64)
+    if len(first) >= 2:
+        import torch  # the engine's exact kNN; imported only here, readers of graphs need no torch
+
+        from cwnnk.engine.knn import exact_knn
+
+        U = P[first]
+        if U.dtype not in (np.float32, np.float64):
+            U = U.astype(np.float64)
+        nn = exact_knn(torch.from_numpy(np.ascontiguousarray(U))[None], min(2, len(U) - 1), duplicates="drop")
+        j = nn.indices[0].numpy()
+        dist[first, : j.shape[1]] = nn.sqdist[0].sqrt().numpy()
+        idx[first, : j.shape[1]] = np.where(j >= 0, first[j], -1)
+    return dist, idx
 
 
 @dataclass(frozen=True, eq=False)

@@ -264,10 +264,12 @@ def _stats_columns(name, values):
 
 
 def layer_summary(ch_indices, ch_weights, ch_distances, agg_indices, agg_weights,
-                  agg_distances, tol=TOL):
+                  agg_distances, tol=TOL, ch_twonn=None, agg_twonn=None):
     """One flat row of layer-level columns and the (C, C) pairwise overlap matrix.
 
     The columns are listed, with definition, range and NaN policy, in docs/overlap.md.
+    ch_twonn (C, N, 2), agg_twonn (N, 2): TwoNN's input under the duplicate policy (knn.npz
+    channel_twonn, agg_twonn); by default the kNN distances, the same where no rows are equal.
     """
     C, N, k = _validate(ch_indices, ch_weights, agg_indices, agg_weights, ch_distances,
                         agg_distances)
@@ -284,10 +286,10 @@ def layer_summary(ch_indices, ch_weights, ch_distances, agg_indices, agg_weights
     zero = zero_degree_fraction(nm.degree_channel)
     row["zero_degree_channel_mean"] = float(zero.mean())
     row["zero_degree_channel_max"] = float(zero.max())
-    id_layer, id_layer_n = twonn(agg_distances)
+    id_layer, id_layer_n = twonn(agg_distances if agg_twonn is None else agg_twonn)
     row["id_layer"] = float(id_layer)
     row["id_layer_n"] = int(id_layer_n)
-    id_channel = summarize(twonn(ch_distances)[0])
+    id_channel = summarize(twonn(ch_distances if ch_twonn is None else ch_twonn)[0])
     row.update({f"id_channel_{stat}": id_channel[stat] for stat in (*STATS, "n")})
     return row, nm.pairwise
 
@@ -302,6 +304,7 @@ def analyse_layer(graph_dir, out_json, params=OverlapParams()):
     row, pairwise = layer_summary(
         arrays["channel_indices"], arrays["channel_weights"], arrays["channel_distances"],
         arrays["agg_indices"], arrays["agg_weights"], arrays["agg_distances"], tol=params.tol,
+        ch_twonn=arrays["channel_twonn"], agg_twonn=arrays["agg_twonn"],
     )
     zero_maps = np.asarray(summary["zero_map_fraction"])
     row["zero_map_fraction_mean"] = float(zero_maps.mean())
@@ -309,7 +312,7 @@ def analyse_layer(graph_dir, out_json, params=OverlapParams()):
     row["kkt_failed"] = int(sum(summary["counts"]["kkt_failed"]) + summary["aggregate_counts"]["kkt_failed"])
     row["not_pd"] = int(sum(summary["counts"]["not_pd"]) + summary["aggregate_counts"]["not_pd"])
     degree = (arrays["channel_weights"] > params.tol).sum(-1)
-    channel_ids, _ = twonn(arrays["channel_distances"])
+    channel_ids, _ = twonn(arrays["channel_twonn"])
     channels = [
         dict(channel=c, degree_mean=float(degree[c].mean()), degree_agg_mean=row["degree_agg_mean"],
              zero_map_fraction=float(zero_maps[c]), id_twonn=float(channel_ids[c]))
