@@ -16,7 +16,7 @@ def resolve_device(name="auto"):
 
 
 # A buffer sized per device (a solver batch, a kNN tile) takes at most this share of a GPU's memory:
-# on an H200 the engine's peak was measured at 7 to 10 solver batches.
+# the engine holds several solver batches at once (docs/performance.md).
 GPU_MEMORY_SHARE = 20
 
 

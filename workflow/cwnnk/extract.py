@@ -194,8 +194,8 @@ class _Progress:
 def full_float32():
     """Full-precision float32 convolutions and matmuls on CUDA (no TF32), deterministic cuDNN.
 
-    TF32, PyTorch's default for cuDNN convolutions, moves activations by ~1e-3 relative (measured
-    on an H200), enough to reorder near-tied neighbours in the graph stage.
+    TF32, PyTorch's default for cuDNN convolutions, moves activations by about 1e-3 relative,
+    enough to reorder near-tied neighbours in the graph stage.
     """
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     saved = cudnn.allow_tf32, matmul.allow_tf32, cudnn.deterministic, cudnn.benchmark

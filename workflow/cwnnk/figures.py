@@ -1,4 +1,4 @@
-"""Figures F1-F6 of METHOD.md section 5, drawn only from the tables in results/tables/.
+"""Figures F1-F6 of docs/method.md section 5, drawn only from the tables in results/tables/.
 
 Each `f*` function takes tables as read by `cwnnk.tables.read_table` (dicts of numpy
 columns) and an output prefix, and writes `{prefix}.pdf` and `{prefix}.png` (atomically).

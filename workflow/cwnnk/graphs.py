@@ -67,7 +67,7 @@ def cw_nnk(acts, params, log=print, timings=None):
     engine = dict(params.engine(), timings=timings)
     # One stream for the channel blocks and the aggregate: each one's solves overlap the next one's
     # search. The aggregate's search is the largest working set: it goes first where the channels'
-    # results would be large to hold beside it (at N = 10,000 that kept `bench scale` under 4 GiB),
+    # results would be large to hold beside it (it bounds the peak of large layers, `bench scale`),
     # else last, so that the channels' queued solves keep the other core busy during it.
     aggregate_first = C * N * params.k * RESULT_BYTES > AGGREGATE_LAST_BYTES
     order = [None, *channel_blocks(C, N, D)] if aggregate_first else [*channel_blocks(C, N, D), None]
@@ -144,7 +144,7 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        # uncompressed: zlib took 13 ms per graph for 26 % less space (float64 weights hardly compress)
+        # uncompressed: float64 weights hardly compress, and zlib costs more time than the space it saves
         for c in range(C):
             scipy.sparse.save_npz(tmp / channel_file(c), to_sparse(channels.channel(c), params.symmetrize),
                                   compressed=False)

@@ -77,7 +77,7 @@ def _validate(ch_indices, ch_weights, agg_indices, agg_weights, ch_distances=Non
 
 
 def node_metrics(ch_indices, ch_weights, agg_indices, agg_weights, tol=TOL):
-    """Every per-node metric of METHOD.md section 4 for one layer, and the C x C matrix.
+    """Every per-node metric of docs/method.md section 4 for one layer, and the C x C matrix.
 
     Nodes are processed in blocks so that memory stays bounded (C = 512, N = 10^4, k = 50
     are routine): a block counts, for each of its (node i, point j) pairs, the channels

@@ -1,4 +1,4 @@
-"""NNK results as scipy sparse graphs (METHOD.md section 2, "Graph")."""
+"""NNK results as scipy sparse graphs (docs/method.md section 2, "Graph")."""
 
 import numpy as np
 import scipy.sparse

@@ -12,7 +12,7 @@ from cwnnk.params import GraphParams
 
 
 def _reference_pynnk(K, b, tol):
-    """One node's problem as the authors' code solves it (METHOD.md section 2), scipy Cholesky.
+    """One node's problem as the authors' code solves it (docs/method.md section 2), scipy Cholesky.
 
     As in the engine: candidates that repeat one point (equal rows of K, a singular K_SS) share one
     variable whose weight is split equally, and a Cholesky that fails gets a ridge

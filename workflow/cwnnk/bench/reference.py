@@ -1,6 +1,6 @@
 """An independent float64 reference of single nodes' NNK problems, for the benchmarks' checks.
 
-Written from METHOD.md section 2 with numpy alone, one node at a time, sharing no code with the
+Written from docs/method.md section 2 with numpy alone, one node at a time, sharing no code with the
 engine: the node's candidates by a brute force on direct differences (ties by lower index), its
 kernel problem built from them, and the KKT conditions of that problem as the certificate that
 an engine's weights are optimal (they hold whatever the solver, also where K_SS is singular and
