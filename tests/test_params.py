@@ -1,0 +1,89 @@
+"""cwnnk.params and cwnnk.config.Experiment: one validated object per stage, built once."""
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY_CONFIG
+from cwnnk.config import ConfigError, Experiment, validate
+from cwnnk.params import (DatasetParams, ExtractParams, FigureParams, GraphParams, ImportParams, ManifoldParams,
+                          OverlapParams, TrainParams)
+
+ALL = (DatasetParams, TrainParams, ImportParams, ExtractParams, GraphParams, OverlapParams, ManifoldParams,
+       FigureParams)
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    return Experiment.from_config(validate(yaml.safe_load((REPO / "config.yaml").read_text())))
+
+
+def test_every_stage_of_the_default_experiment(experiment):
+    model = next(iter(experiment.models))
+    assert model == "convnet-d0-wd0-s1"
+    train = experiment.train(model)
+    assert (train.seed, train.weight_decay, train.augment, train.epochs, train.lr) == (1, 0.0, "none", 15, 0.05)
+    assert train.dataset == DatasetParams(name="digits", image_size=16)
+    extract = experiment.extract(model)
+    assert extract.layers == ("conv1", "conv2", "conv3", "conv4") and extract.n_samples == 1000
+    assert experiment.graphs == GraphParams(k=25, kernel="gaussian", sigma="local", solver="exact", seed=0,
+                                            device="auto")
+    assert experiment.manifolds.graphs is experiment.graphs and experiment.manifolds.dims == (1, 2, 4, 8, 16)
+    assert experiment.figures == FigureParams(heatmap_model=model, solver_model=model)
+
+
+def test_round_trip_through_builtin_dicts(experiment):
+    """Rules hand Snakemake each object's dict (it tracks builtin params only); scripts rebuild it."""
+    model = next(iter(experiment.models))
+    for params in (experiment.train(model), experiment.import_(model), experiment.extract(model), experiment.graphs,
+                   experiment.overlap, experiment.manifolds, experiment.figures):
+        plain = params.to_dict()
+        assert type(params).from_dict(plain) == params
+        assert repr(plain) == repr(params.to_dict())  # what Snakemake records
+
+
+def test_key_order_does_not_change_params():
+    """An equivalent config with its keys in another order gives identical params (no rerun)."""
+    a = dict(TINY_CONFIG, dataset={"name": "synthetic", "image_size": 10, "n_train": 96, "n_test": 48,
+                                   "num_classes": 3},
+             graphs={"kernel": "gaussian", "k": 8})
+    b = dict(TINY_CONFIG, dataset={"num_classes": 3, "n_test": 48, "n_train": 96, "image_size": 10,
+                                   "name": "synthetic"},
+             graphs={"k": 8, "kernel": "gaussian"})
+    ea, eb = Experiment.from_config(validate(a)), Experiment.from_config(validate(b))
+    model = next(iter(ea.models))
+    for stage in ("train", "extract"):
+        assert repr(getattr(ea, stage)(model).to_dict()) == repr(getattr(eb, stage)(model).to_dict())
+    assert repr(ea.graphs.to_dict()) == repr(eb.graphs.to_dict())
+
+
+@pytest.mark.parametrize("build, key", [
+    (lambda: GraphParams(k=1), "graphs.k"),
+    (lambda: GraphParams(k=True), "graphs.k"),
+    (lambda: GraphParams(kernel="rbf"), "graphs.kernel"),
+    (lambda: GraphParams(device="gpu"), "device"),
+    (lambda: TrainParams(lr=0), "training.lr"),
+    (lambda: TrainParams(augment="flip"), r"sweep.augment\[\]"),
+    (lambda: ExtractParams(layers=()), "extract.layers"),
+    (lambda: ExtractParams(compressor="lz4"), "extract.compressor"),
+    (lambda: DatasetParams(name="mnist"), "dataset.name"),
+    (lambda: OverlapParams(tol=0.5), "overlap.tol"),
+    (lambda: ManifoldParams(dims=()), "figures.manifold_dims"),
+])
+def test_bad_values_name_their_config_key(build, key):
+    with pytest.raises(ValueError, match=f"config key '{key}'"):
+        build()
+
+
+def test_unknown_keys_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"GraphParams: unknown key\(s\) \['kk'\]"):
+        GraphParams.from_dict({"kk": 3})
+
+
+def test_params_are_frozen():
+    with pytest.raises(AttributeError):
+        GraphParams().k = 3
+
+
+def test_unknown_layer_is_a_config_error():
+    with pytest.raises(ConfigError, match="extract.layers.*conv9"):
+        Experiment.from_config(validate(dict(TINY_CONFIG, extract={"layers": ["conv9"]})))
