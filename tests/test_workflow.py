@@ -105,6 +105,19 @@ def test_tiny_run_writes_graph_files_per_channel(tiny_run):
     assert len(summary["zero_map_fraction"]) == 4
 
 
+def test_long_jobs_log_their_progress(tiny_run):
+    """Each job that can run long says in its log how far it is, with a rate."""
+    logs = tiny_run[0] / "results" / "logs"
+    model = MODELS[0]
+    train = (logs / "train" / f"{model}.log").read_text()
+    assert re.search(r"epoch 2/2 .* images/s", train)
+    assert re.search(r"batch 1/\d+ done \(train: \d+/60 samples, .* batch/s", (logs / "extract" / f"{model}.log").read_text())
+    graphs = (logs / "graphs" / model / "conv1.log").read_text()
+    assert re.search(r"point set 4/5 done \(channels 0-3 of 4, .* point set/s", graphs)
+    assert "point set 5/5 done (the aggregate" in graphs
+    assert "done in" in (logs / "overlap" / model / "conv1.log").read_text()
+
+
 def test_tiny_run_overlap_table_has_every_documented_column(tiny_run):
     import numpy as np
 

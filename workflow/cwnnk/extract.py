@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cwnnk.logs import Progress
 from cwnnk.models import layer_names
 
 METHODS = ("auto", "fx", "hooks")
@@ -175,21 +176,6 @@ def _remove_stale_temporaries(path, log):
             stale.unlink(missing_ok=True)
 
 
-class _Progress:
-    def __init__(self, total, log, every_s=10.0):
-        self.total, self.log, self.every_s = total, log, every_s
-        self.done, self.start, self.last = 0, time.perf_counter(), -math.inf
-        self.step = max(1, total // 20)
-
-    def batch(self, split, samples_done, n):
-        self.done += 1
-        now = time.perf_counter()
-        if self.done in (1, self.total) or self.done % self.step == 0 or now - self.last >= self.every_s:
-            self.last = now
-            self.log(f"batch {self.done}/{self.total} done ({split}: {samples_done}/{n} samples, "
-                     f"{now - self.start:.1f}s)")
-
-
 @contextlib.contextmanager
 def full_float32():
     """Full-precision float32 convolutions and matmuls on CUDA (no TF32), deterministic cuDNN.
@@ -253,7 +239,7 @@ def _extract_to_store(model, nodes, dataset, path, splits, n_samples, seed, batc
         writer.add_split(s, split.labels.numpy()[positions], indices, shapes, batch_size, info)
     log(f"extracting {len(nodes)} layers ({', '.join(f'{k} {v}' for k, v in shapes.items())}) with {extractor.method} "
         f"for {', '.join(f'{len(p)} {s}' for s, p in selected.items())} samples, batch {batch_size}, device {device}")
-    progress = _Progress(sum(math.ceil(len(p) / batch_size) for p in selected.values()), log)
+    progress = Progress(sum(math.ceil(len(p) / batch_size) for p in selected.values()), "batch", log)
     for s, positions in selected.items():
         split = dataset.split(s)
         stored_indices = split.indices[positions]
@@ -265,7 +251,7 @@ def _extract_to_store(model, nodes, dataset, path, splits, n_samples, seed, batc
                     check_finite(values, layer, s, start, stored_indices)
                     writer.write(s, layer, start, values.float().cpu().numpy())
             del out
-            progress.batch(s, start + len(batch), len(positions))
+            progress.step(detail=f"{s}: {start + len(batch)}/{len(positions)} samples")
             _pause_for_tests(progress.done, log)
     writer.finish()
     return writer.group.attrs.asdict()

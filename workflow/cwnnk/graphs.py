@@ -19,6 +19,7 @@ import scipy.sparse
 
 from cwnnk.activations import open_activations
 from cwnnk.atomic import atomic_path, write_json
+from cwnnk.logs import Progress
 from cwnnk.intrinsic_dim import distinct_two_nn
 from cwnnk.provenance import now, sha256_array, versions
 from cwnnk.sparse import to_sparse
@@ -84,13 +85,13 @@ def cw_nnk(acts, params, log=print, timings=None):
             del X  # the block's copy goes before the next one is made
 
     channels = aggregate = None
-    start, done = time.perf_counter(), 0
+    progress = Progress(C + 1, "point set", log)  # the C channels, then (or first) the aggregate
     # aggregate last: its Gram matrix is summed from the channels' (the aggregate concatenates them)
     gram = None if aggregate_first else GramSum()
     for block, part in zip(order, nnk_stream(inputs(), **engine, gram=gram)):
         if block is None:
             aggregate = part
-            log(f"aggregate ({N} x {C * D}) done ({time.perf_counter() - start:.1f}s)")
+            progress.step(detail=f"the aggregate, {N} x {C * D}")
             continue
         if channels is None:  # filled block by block: the channels' results are held once
             channels = _stacked_like(part, C)
@@ -99,8 +100,7 @@ def cw_nnk(acts, params, log=print, timings=None):
                 getattr(channels, field)[block.start : block.stop] = getattr(part, field)
         for name, values in part.counts.items():
             channels.counts[name][block.start : block.stop] = values
-        done += len(block)
-        log(f"channels {done}/{C} done ({time.perf_counter() - start:.1f}s)")
+        progress.step(len(block), detail=f"channels {block.start}-{block.stop - 1} of {C}")
     return channels, zero_maps, aggregate
 
 

@@ -79,8 +79,10 @@ def train_model(spec, dataset, params, log=print):
         row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
                    seconds=time.perf_counter() - start)
         history.append(row)
+        left = (epochs - epoch) * sum(r["seconds"] for r in history) / epoch
         log(f"epoch {epoch}/{epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
-            f"test loss {test_loss:.4f} acc {test_acc:.4f}  ({row['seconds']:.1f}s)")
+            f"test loss {test_loss:.4f} acc {test_acc:.4f}  ({row['seconds']:.1f}s, "
+            f"{len(train) / row['seconds']:.0f} images/s, about {left:.0f}s left)")
     return model.eval(), history
 
 
