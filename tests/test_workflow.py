@@ -206,6 +206,20 @@ def test_tiny_run_draws_every_figure_and_builds_the_report(tiny_run):
     assert text.count(f"one model, {MODELS[0]}, of the 2 of the run") == 2  # F4, F6
 
 
+def test_dropping_the_intermediates_keeps_the_run_complete(tiny_run, tmp_path):
+    """README-sizes: after `rm -r results/activations results/graphs` a rerun does nothing."""
+    import shutil
+
+    root, _ = tiny_run
+    results = tmp_path / "results"
+    shutil.copytree(root / "results", results)  # copy2: modification times kept
+    shutil.rmtree(results / "activations")
+    shutil.rmtree(results / "graphs")
+    config = write_config(tmp_path / "config.yaml", results)
+    proc = snakemake("-n", "--cores", "1", "--configfile", config)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
 def test_changing_k_reruns_graphs_and_downstream_only(tiny_run):
     root, config = tiny_run
     write_config(config, root / "results", graphs={"k": 6})
