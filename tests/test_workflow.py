@@ -220,6 +220,19 @@ def test_dropping_the_intermediates_keeps_the_run_complete(tiny_run, tmp_path):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_readme_library_example_runs(tiny_run, monkeypatch):
+    """README's Python example, on the tiny run's store (its layer and a k that fits 60 images)."""
+    root, _ = tiny_run
+    block = re.search(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    assert 'open_activations("results/activations/convnet-d0.2-wd0-s1.zarr")' in block
+    code = (block.replace("convnet-d0.2-wd0-s1", MODELS[1]).replace('"conv3"', '"conv2"')
+            .replace("k=25", "k=8"))
+    monkeypatch.chdir(root)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert len(scope["W"]) == 4 and scope["W"][0].shape == (60, 60)
+
+
 def test_changing_k_reruns_graphs_and_downstream_only(tiny_run):
     root, config = tiny_run
     write_config(config, root / "results", graphs={"k": 6})
