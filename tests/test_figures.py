@@ -199,3 +199,73 @@ def test_draw_all_unknown_model(tmp_path):
     assert not (tmp_path / "figs").exists()  # checked before anything is drawn
     with pytest.raises(ValueError, match="no output path given for"):
         figures.draw_all(table_paths(tables_dir), outputs[:-1])
+
+
+def test_dead_channels_from_store_to_tables_and_figures(tmp_path):
+    """A layer with two dead channels (all-zero maps on every image), through the graphs,
+    overlap and tables stages: counted in the tables, left out of F1's boxes and F4's mean."""
+    import json
+
+    from cwnnk.activations import StoreWriter
+    from cwnnk.graphs import build_layer_graphs
+    from cwnnk.overlap import analyse_layer
+    from cwnnk.params import GraphParams
+    from cwnnk.tables import collect_tables
+
+    rng = np.random.default_rng(0)
+    n, shape = 40, (5, 4, 4)
+    values = np.maximum(rng.normal(size=(n, *shape)), 0).astype(np.float32)
+    values[:, [1, 3]] = 0  # dead: zero on every image
+    values[:39, 4] = 0  # nearly dead, but alive on one image
+    store = tmp_path / "m.zarr"
+    writer = StoreWriter(store, {"model": "m"}, "none")
+    writer.add_split("train", rng.integers(0, 2, n), np.arange(n), {"relu": shape}, chunk_samples=8)
+    for start in range(0, n, 8):
+        writer.write("train", "relu", start, values[start : start + 8])
+    writer.finish()
+    build_layer_graphs(store, "relu", tmp_path / "graphs", GraphParams(k=6, device="cpu"), log=lambda m: None)
+    analyse_layer(tmp_path / "graphs", tmp_path / "relu.json")
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"final": dict(train_acc=0.9, test_acc=0.8)}))
+    entry = dict(name="m", kind="trained", spec={"arch": "convnet"}, dropout=0.0, weight_decay=0.0, augment="none",
+                 seed=1, label="d0 wd0 none")
+    out = {name: tmp_path / f"{name}.csv" for name in ("overlap", "channels", "pairwise")}
+    collect_tables({"m": entry}, {"m": metrics}, {"m": ["relu"]}, {"m": [tmp_path / "relu.json"]}, out)
+
+    overlap, channels, pairwise = (read_table(out[name]) for name in ("overlap", "channels", "pairwise"))
+    assert overlap["n_dead_channels"].tolist() == [2] and overlap["n_channels"].tolist() == [5]
+    assert channels["dead"].tolist() == [0, 1, 0, 1, 0]
+    assert channels["degree_mean"][[1, 3]].tolist() == [0, 0]
+    live = channels["degree_mean"][[0, 2, 4]]
+    assert overlap["degree_channel_mean"][0] == pytest.approx(live.mean())  # the live channels only
+    cells = figures.f1_data(channels, ["d0 wd0 none"])
+    assert cells["d0 wd0 none", 0]["dead"] == 2
+    assert sorted(cells["d0 wd0 none", 0]["live"]) == sorted(live)
+    [panel] = figures.f4_data(pairwise, "m", channels)
+    assert panel["dead"].tolist() == [False, True, False, True, False] and panel["n_live_pairs"] == 3
+    assert panel["mean"] == pytest.approx(overlap["pairwise_overlap_mean"][0])
+    # Older tables without the dead column: zero_map_fraction == 1 identifies the same channels.
+    old = {name: column for name, column in channels.items() if name != "dead"}
+    assert figures.dead_channels(old).tolist() == [False, True, False, True, False]
+    figures.f1_degree(channels, tmp_path / "F1")
+    figures.f4_heatmaps(pairwise, tmp_path / "F4", channels=channels)
+    check_outputs(tmp_path / "F1")
+    check_outputs(tmp_path / "F4")
+
+
+def test_level_names_decode_the_labels(tables):
+    levels = figures.level_order(tables["overlap"])
+    names, common = figures.level_names(tables["overlap"], levels)
+    assert names == {"d0 wd0 none": "dropout 0", "d0.3 wd0 none": "dropout 0.3"}
+    assert common == "weight decay 0, no augmentation"
+    # channels.csv lacks weight_decay and augment: the label itself is decoded.
+    assert figures.level_names(tables["channels"], levels) == (names, common)
+    table = {"label": np.array(["d0 wd0.001 shift", "d0 wd0 shift_flip", "mine"]),
+             "kind": np.array(["trained", "trained", "external"])}
+    names, common = figures.level_names(table, list(table["label"]))
+    assert names == {"d0 wd0.001 shift": "weight decay 0.001, shift augmentation",
+                     "d0 wd0 shift_flip": "weight decay 0, shift + flip augmentation",
+                     "mine": "mine (external checkpoint)"}
+    assert common == "dropout 0"
+    single = figures.level_names({"label": np.array(["d0.2 wd0 none"])}, ["d0.2 wd0 none"])
+    assert single == ({"d0.2 wd0 none": "dropout 0.2, weight decay 0, no augmentation"}, "")

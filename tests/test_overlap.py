@@ -297,3 +297,36 @@ def test_repeated_neighbour_raises(monkeypatch, dense):
     cw[0, 3, :3] = 0.5
     with pytest.raises(ValueError, match="repeats a neighbour"):
         node_metrics(ci, cw, ai, aw)
+
+
+def test_dead_channels_are_counted_and_left_out():
+    """A dead channel (no neighbour anywhere) is counted; the summaries are those of the live
+    channels; the C x C matrix keeps it (J = 0 off the diagonal)."""
+    rng = np.random.default_rng(3)
+    N = 30
+    live = random_sets(rng, N, 3, 2, 5)
+    empty = [set() for _ in range(N)]
+    agg = random_sets(rng, N, 1, 2, 6)[0]
+    sets = [live[0], empty, live[1], empty, live[2]]  # channels 1 and 3 dead
+    dead = np.array([False, True, False, True, False])
+    row, P = layer_summary(*make_layer(sets, agg, N), dead=dead)
+    ref, P_live = layer_summary(*make_layer(live, agg, N))  # the same live channels alone
+    assert row["n_dead_channels"] == 2 and row["n_channels"] == 5 and ref["n_dead_channels"] == 0
+    for name in ("rho_hat", "rho", "gamma", "pairwise_overlap", "degree_channel", "rho_hat_chance",
+                 "pairwise_overlap_chance", "union", "kappa"):
+        assert row[f"{name}_mean"] == pytest.approx(ref[f"{name}_mean"]), name
+    assert row["zero_degree_channel_max"] == 1.0  # over every channel: the dead ones have no edge
+    assert P.shape == (5, 5) and np.allclose(np.diag(P), 1)
+    assert np.allclose(P[np.ix_(~dead, ~dead)], P_live)
+    assert np.all(P[dead][:, ~dead] == 0) and np.all(P[~dead][:, dead] == 0)
+    # Without the mask the dead channels weigh in (the reason for leaving them out).
+    blind, P_blind = layer_summary(*make_layer(sets, agg, N))
+    assert blind["pairwise_overlap_mean"] < row["pairwise_overlap_mean"]
+    assert blind["degree_channel_mean"] < row["degree_channel_mean"]
+    assert np.allclose(P_blind, P)
+    # Fewer than two live channels: nothing to overlap.
+    one, _ = layer_summary(*make_layer([live[0], empty, empty], agg, N), dead=[False, True, True])
+    assert one["n_dead_channels"] == 2 and np.isnan(one["rho_hat_mean"]) and np.isnan(one["pairwise_overlap_mean"])
+    assert one["degree_channel_mean"] == pytest.approx(np.mean([len(s) for s in live[0]]))
+    with pytest.raises(ValueError, match="dead"):
+        layer_summary(*make_layer(sets, agg, N), dead=[True, False])

@@ -140,14 +140,110 @@ def test_tiny_run_overlap_table_has_every_documented_column(tiny_run):
     assert ((0 <= table["rho_hat_mean"]) & (table["rho_hat_mean"] <= 1)).all()
 
 
+def _declared_closure():
+    """Canonical names of the distributions that README's `pip install -e .` brings in: the
+    project's dependencies (pyproject.toml, no extras) and theirs, recursively."""
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    todo = [(Requirement(r), "") for r in project["dependencies"]]
+    seen = set()
+    while todo:
+        req, extra = todo.pop()
+        if req.marker and not req.marker.evaluate({"extra": extra}):
+            continue
+        key = (canonicalize_name(req.name), tuple(sorted(req.extras)))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            requires = metadata.distribution(req.name).requires or []
+        except metadata.PackageNotFoundError:
+            continue
+        for sub in map(Requirement, requires):
+            todo += [(sub, e) for e in ("", *req.extras)]
+    return {name for name, _ in seen} | {"cwnnk", "pip", "setuptools"}  # venv ships pip, setuptools (3.11)
+
+
+# Runs snakemake with every module hidden whose distribution README's install does not bring in.
+_AS_INSTALLED = """
+import importlib.abc, json, runpy, sys
+hidden = set(json.loads(sys.argv.pop(1)))
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in hidden:
+            raise ModuleNotFoundError(f"No module named {name!r} (not installed by README's pip install -e .)", name=name)
+sys.meta_path.insert(0, Hide())
+sys.argv[0] = "snakemake"
+runpy.run_module("snakemake", run_name="__main__")
+"""
+
+
+def snakemake_as_installed(*args):
+    """snakemake as README's install leaves it: test-only packages (pytest pulls in pygments,
+    for one) cannot be imported."""
+    import os
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    declared = _declared_closure()
+    hidden = sorted(top for top, dists in metadata.packages_distributions().items()
+                    if not any(canonicalize_name(d) in declared for d in dists))
+    assert "pytest" in hidden
+    cmd = [sys.executable, "-c", _AS_INSTALLED, json.dumps(hidden), "-s", str(REPO / "Snakefile"),
+           "--directory", str(REPO), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+
+
 def test_tiny_run_draws_every_figure_and_builds_the_report(tiny_run):
+    """README's `snakemake --report results/report.html`, with only what README's install
+    brings in; every figure's caption says what it tests and how many models it rests on."""
     root, config = tiny_run
     for figure in ("F1", "F2", "F3", "F4", "F5", "F6"):
         for ext in ("pdf", "png"):
             assert (root / "results" / "figures" / f"{figure}.{ext}").stat().st_size > 1000
-    snakemake("--cores", "1", "--configfile", config, "--report", root / "report.html")
+    proc = snakemake_as_installed("--cores", "1", "--configfile", config, "--report", root / "report.html")
+    assert proc.returncode == 0, f"the report needs an undeclared package:\n{proc.stderr[-3000:]}"
     html = (root / "report.html").read_text(errors="replace")
     assert "F3" in html and "overlap.csv" in html
+    text = re.sub(r"(\\n|\s)+", " ", html)  # captions sit in JSON strings, line breaks as \n
+    assert text.count("Claim tested") == 6 and "{{" not in html
+    assert text.count("all 2 models of the run") == 3  # F1, F2, F3
+    assert text.count(f"one model, {MODELS[0]}, of the 2 of the run") == 2  # F4, F6
+
+
+def test_dropping_the_intermediates_keeps_the_run_complete(tiny_run, tmp_path):
+    """README-sizes: after `rm -r results/activations results/graphs` a rerun does nothing."""
+    import shutil
+
+    root, _ = tiny_run
+    results = tmp_path / "results"
+    shutil.copytree(root / "results", results)  # copy2: modification times kept
+    shutil.rmtree(results / "activations")
+    shutil.rmtree(results / "graphs")
+    config = write_config(tmp_path / "config.yaml", results)
+    proc = snakemake("-n", "--cores", "1", "--configfile", config)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_readme_library_example_runs(tiny_run, monkeypatch):
+    """README's Python example, on the tiny run's store (its layer and a k that fits 60 images)."""
+    root, _ = tiny_run
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    (block,) = [b for b in blocks if 'open_activations("results/activations/convnet-d0.2-wd0-s1.zarr")' in b]
+    code = (block.replace("convnet-d0.2-wd0-s1", MODELS[1]).replace('"conv3"', '"conv2"')
+            .replace("k=25", "k=8"))
+    monkeypatch.chdir(root)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert len(scope["W"]) == 4 and scope["W"][0].shape == (60, 60)
 
 
 def test_changing_k_reruns_graphs_and_downstream_only(tiny_run):

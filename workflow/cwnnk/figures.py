@@ -14,6 +14,7 @@ one level or one layer.
 """
 
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.colors import to_rgba
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
 from scipy import stats
 
@@ -46,9 +47,12 @@ STYLE = {
     "figure.titlesize": 8, "axes.linewidth": 0.6, "lines.linewidth": 1.2, "lines.markersize": 4,
     "xtick.major.width": 0.6, "ytick.major.width": 0.6, "axes.spines.top": False,
     "axes.spines.right": False, "legend.frameon": False, "pdf.fonttype": 42,
-    "image.cmap": "viridis", "svg.hashsalt": "cwnnk",
+    "image.cmap": "viridis", "svg.hashsalt": "cwnnk", "hatch.linewidth": 0.5,
 }
 LEVEL_TITLE = "regularization"
+DEAD_COLOUR = "0.45"  # dead channels: grey, outside the palette
+DEAD_FILL, DEAD_HATCH = "0.88", "0.55"
+DEAD_BAND = 2.0  # F1: height, in neighbours, of the band under 0 that holds the dead-channel counts
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -135,6 +139,88 @@ def _levels_for(table, levels):
     return ordered, level_styles(list(levels or []) + [label for label in ordered if label not in (levels or [])])
 
 
+# The factors a regularization label stands for: (column, how a value reads). A factor the sweep
+# gains is decoded once it is added here (and copied onto the table rows, cwnnk.tables).
+AUGMENT_NAMES = {"none": "no augmentation", "shift": "shift augmentation",
+                 "shift_flip": "shift + flip augmentation"}
+FACTORS = (
+    ("dropout", lambda v: f"dropout {float(v):g}"),
+    ("weight_decay", lambda v: f"weight decay {float(v):g}"),
+    ("augment", lambda v: AUGMENT_NAMES.get(str(v), f"augmentation {v}")),
+)
+# The label format of cwnnk.config.expand_models, for tables that lack the factor columns.
+_LABEL = re.compile(r"^d(?P<dropout>\S+) wd(?P<weight_decay>\S+) (?P<augment>\S+)$")
+
+
+def _factor_values(table, label):
+    """{factor: value} of a trained level (None for an external one), from the columns or the label."""
+    labels = _text(_col(table, "label", ""))
+    i = int(np.flatnonzero(labels == label)[0])
+    if str(_col(table, "kind", "trained")[i]) == "external":
+        return None
+    parsed = _LABEL.match(label)
+    values = {}
+    for name, _ in FACTORS:
+        value = table[name][i] if name in table else None
+        if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "":
+            value = parsed[name] if parsed and name in parsed.groupdict() else None
+        if value is not None:
+            values[name] = value
+    return values
+
+
+def level_names(table, levels):
+    """Readable names of the regularization levels: ({label: name}, what every level shares).
+
+    A name spells out the factors that differ between the trained levels ("dropout 0.2");
+    the factors they share ("weight decay 0, no augmentation") are returned once, for the
+    legend title. An external checkpoint is named by its label.
+    """
+    factors = {lev: _factor_values(table, lev) for lev in levels}
+    trained = [f for f in factors.values() if f is not None]
+    shared = {name for name, _ in FACTORS
+              if trained and all(name in f for f in trained) and len({str(f[name]) for f in trained}) == 1}
+    if len(trained) == 1:
+        shared = set()  # a single level: its name says everything
+    fmt = dict(FACTORS)
+    names = {}
+    for lev, f in factors.items():
+        if f is None:
+            names[lev] = f"{lev} (external checkpoint)"
+        else:
+            parts = [fmt[name](f[name]) for name, _ in FACTORS if name in f and name not in shared]
+            names[lev] = ", ".join(parts) or lev
+    common = ", ".join(fmt[name](trained[0][name]) for name, _ in FACTORS if name in shared)
+    return names, common
+
+
+def describe_model(model, table=None, sep=" "):
+    """"model NAME (dropout 0.2, weight decay 0, no augmentation, seed 1)" from a table with the
+    model's label and seed (channels.csv, overlap.csv); just "model NAME" without one."""
+    if table is None or not n_rows(table) or "label" not in table or "model" not in table:
+        return f"model {model}"
+    rows = select(table, _text(table["model"]) == model)
+    if not n_rows(rows):
+        return f"model {model}"
+    label = str(rows["label"][0])
+    name = level_names(select(rows, np.arange(n_rows(rows)) == 0), [label])[0][label]
+    seed = _col(rows, "seed")[0]
+    if isinstance(seed, float) and math.isfinite(seed):
+        name += f", seed {seed:g}"
+    return f"model {model}{sep}({name})"
+
+
+def _level_title(common, suffix=""):
+    """The legend title of the regularization levels, with the factors every model shares."""
+    title = LEVEL_TITLE + (f"; all models: {common}" if common else "")
+    return f"{title} ({suffix})" if suffix else title
+
+
+def _n_models(table, label, lev):
+    n = len(set(_text(table["model"])[label == lev].tolist())) if "model" in table else 0
+    return f"{n} model{'s' if n != 1 else ''}"
+
+
 def _depth_axis(ax, table, depths):
     """Integer depth ticks; the layer name under each when the names are short and few."""
     ax.xaxis.set_major_locator(FixedLocator(depths))
@@ -171,32 +257,64 @@ def _pick_model(table, model, what, option):
 
 # ---------------------------------------------------------------------------- F1
 
+def dead_channels(channels):
+    """Bool per row of channels.csv: the channel is dead (an all-zero map on every sample).
+
+    The `dead` column, or zero_map_fraction == 1 in tables written before it existed.
+    """
+    if "dead" in channels:
+        return np.asarray(channels["dead"], dtype=np.float64) == 1
+    return np.asarray(_col(channels, "zero_map_fraction", 0.0), dtype=np.float64) >= 1.0
+
+
+def f1_data(channels, levels):
+    """What F1 draws: {(level, depth): dict(live=degrees of the live channels, dead=count of
+    dead channels, agg=aggregate degree per model)}, for the cells that hold a channel."""
+    label, depth, model = _text(channels["label"]), channels["depth"], _text(channels["model"])
+    dead = dead_channels(channels)
+    cells = {}
+    for lev in levels:
+        for d in _depths(channels):
+            rows = (label == lev) & (depth == d)
+            if not rows.any():
+                continue
+            # the aggregate degree: one value per model (repeated over its channels)
+            agg = [_finite(channels["degree_agg_mean"][rows & (model == m)]) for m in _first_seen(model[rows])]
+            cells[lev, d] = dict(live=_finite(channels["degree_mean"][rows & ~dead]), dead=int((rows & dead).sum()),
+                                 agg=np.array([a[0] for a in agg if a.size]))
+    return cells
+
+
 def f1_degree(channels, prefix, levels=None, k=None):
     """F1: per-channel NNK degree per layer (boxes, points when few) and the aggregate degree
     (diamond: mean over seeds, bar: min-max), one colour per regularization level (C1, C2).
+    Dead channels (all-zero maps) are left out of the boxes and drawn as a grey count at 0.
 
-    channels: channels.csv (model, label, layer, depth, channel, degree_mean, degree_agg_mean).
-    levels: optional label order fixing the colours (e.g. level_order(overlap)); k: candidate
-    count, drawn as the upper bound of the degree.
+    channels: channels.csv (model, label, layer, depth, channel, degree_mean, degree_agg_mean,
+    dead or zero_map_fraction). levels: optional label order fixing the colours (e.g.
+    level_order(overlap)); k: candidate count, drawn as the upper bound of the degree.
     """
     title = "F1 NNK degree per layer"
     if n_rows(channels) == 0:
         return _placeholder(prefix, title, "channels.csv has no rows")
     levels, styles = _levels_for(channels, levels)
-    label, depth = _text(channels["label"]), channels["depth"]
-    model = _text(channels["model"])
+    names, common = level_names(channels, levels)
+    label = _text(channels["label"])
     depths = _depths(channels)
+    cells = f1_data(channels, levels)
+    n_dead = sum(cell["dead"] for cell in cells.values())
     width = DOUBLE if len(depths) * len(levels) > 8 else SINGLE
     with matplotlib.rc_context(STYLE):
-        fig = _new_figure(width, 3.4 if width == SINGLE else 3.0)
+        fig = _new_figure(width, 3.6 if width == SINGLE else 3.2)
         ax = fig.add_subplot()
         slot = 0.8 / len(levels)
         for j, lev in enumerate(levels):
             colour, marker = styles[lev]
             for d in depths:
+                if (lev, d) not in cells:
+                    continue
                 pos = d - 0.4 + slot * (j + 0.5)
-                rows = (label == lev) & (depth == d)
-                values = _finite(channels["degree_mean"][rows])
+                values, dead, agg = cells[lev, d]["live"], cells[lev, d]["dead"], cells[lev, d]["agg"]
                 if values.size:
                     few = values.size <= 100
                     ax.boxplot(
@@ -210,10 +328,9 @@ def f1_degree(channels, prefix, levels=None, k=None):
                     if few:
                         jitter = np.random.default_rng(1000 * j + d).uniform(-0.3, 0.3, values.size) * slot
                         ax.scatter(pos + jitter, values, s=3, color=colour, alpha=0.7, linewidths=0, zorder=3)
-                # the aggregate degree: one value per model (repeated over its channels)
-                agg = [_finite(channels["degree_agg_mean"][rows & (model == m)])
-                       for m in _first_seen(model[rows])]
-                agg = np.array([a[0] for a in agg if a.size])
+                if dead:  # below the degree axis, in the band under 0
+                    ax.text(pos, -DEAD_BAND / 2, f"\u00d7{dead}", ha="center", va="center", fontsize=6,
+                            color=DEAD_COLOUR, zorder=4)
                 if agg.size:
                     ax.errorbar([pos], [agg.mean()], yerr=[[agg.mean() - agg.min()], [agg.max() - agg.mean()]],
                                 fmt="D", color=colour, markeredgecolor="black", markeredgewidth=0.6,
@@ -222,17 +339,29 @@ def f1_degree(channels, prefix, levels=None, k=None):
             ax.axhline(k, color="0.5", linestyle=":", linewidth=0.8, zorder=1)
         _depth_axis(ax, channels, depths)
         ax.set_ylabel("NNK degree (neighbours)")
-        ax.set_ylim(bottom=0)
+        if n_dead:
+            ax.set_ylim(bottom=-DEAD_BAND)
+            ax.axhspan(-DEAD_BAND, 0, color=DEAD_FILL, linewidth=0, zorder=0)
+            top = ax.get_ylim()[1]
+            ax.set_yticks([t for t in MaxNLocator(steps=[1, 2, 5, 10]).tick_values(0, top) if 0 <= t <= top])
+        else:
+            ax.set_ylim(bottom=0)
+        n_channels = n_rows(channels)
+        n_models = len(set(_text(channels["model"]).tolist()))
+        ax.set_title(f"{n_models} models, {n_channels} channels; {n_dead} dead (all-zero maps), not in the boxes",
+                     fontsize=7)
         handles = [Patch(facecolor=to_rgba(styles[lev][0], 0.35), edgecolor=styles[lev][0],
-                         label=lev) for lev in levels]
-        fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 3 if width == SINGLE else 5),
-                   title=LEVEL_TITLE)
-        glyphs = [Patch(facecolor="white", edgecolor="0.3", label="per-channel degree (box: quartiles)"),
+                         label=f"{names[lev]} ({_n_models(channels, label, lev)})") for lev in levels]
+        fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 2 if width == SINGLE else 3),
+                   title=_level_title(common))
+        glyphs = [Patch(facecolor="white", edgecolor="0.3", label="per-channel degree of live channels (box: quartiles)"),
                   Line2D([], [], marker="D", color="0.6", markeredgecolor="black", linestyle="none",
                          markersize=4.5, label="aggregate degree (mean, min-max over seeds)")]
+        if n_dead:
+            glyphs.append(Patch(facecolor=DEAD_FILL, label="\u00d7n: n dead channels, left out (degree 0)"))
         if k is not None:
             glyphs.append(Line2D([], [], color="0.5", linestyle=":", label=f"k = {k:g} candidates"))
-        fig.legend(handles=glyphs, loc="outside lower center", ncol=1 if width == SINGLE else len(glyphs))
+        fig.legend(handles=glyphs, loc="outside lower center", ncol=1 if width == SINGLE else 2)
         return _save(fig, prefix)
 
 
@@ -258,7 +387,8 @@ def _by_level_depth(table, column, lev, depths):
 
 def f2_redundancy_depth(overlap, prefix, levels=None):
     """F2: rho_hat and pairwise overlap (layer means over nodes) versus depth; per level the
-    mean over seeds (line), the min-max over seeds (band) and the chance level (dashed) (C2, C3).
+    mean over seeds (line) and the min-max over seeds (band); the chance level of every model
+    in grey (dotted mean, hatched min-max), apart from the levels' colours (C2, C3).
 
     overlap: overlap.csv (label, depth, rho_hat_mean, pairwise_overlap_mean and their
     *_chance_mean columns).
@@ -271,7 +401,7 @@ def f2_redundancy_depth(overlap, prefix, levels=None):
     depths = _depths(overlap)
     models = _text(overlap["model"])
     with matplotlib.rc_context(STYLE):
-        fig = _new_figure(DOUBLE, 2.9)
+        fig = _new_figure(DOUBLE, 3.2)
         axes = fig.subplots(1, 2)
         for ax, (column, chance, ylabel, panel) in zip(axes, F2_PANELS):
             for lev in levels:
@@ -285,24 +415,48 @@ def f2_redundancy_depth(overlap, prefix, levels=None):
                 elif ok.sum() == 1:
                     ax.errorbar(x, mean[ok], yerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]], color=colour,
                                 elinewidth=0.8, capsize=2, fmt="none", zorder=2)
-                cm = _by_level_depth(overlap, chance, lev, depths)[0]
-                okc = np.isfinite(cm)
-                ax.plot(np.asarray(depths)[okc], cm[okc], color=colour, linestyle="--", linewidth=0.8,
-                        marker=marker if okc.sum() == 1 else None, markersize=2.5, markerfacecolor="none", zorder=2)
+            _chance(ax, overlap, chance, depths)
             _depth_axis(ax, overlap, depths)
             ax.set_ylabel(ylabel)
             ax.set_ylim(bottom=0)
             ax.set_title(panel, loc="left")
-        handles = []
-        for lev in levels:
-            n = len(set(models[label == lev].tolist()))
-            handles.append(Line2D([], [], color=styles[lev][0], marker=styles[lev][1], markersize=3.5,
-                                  label=f"{lev} ({n} model{'s' if n != 1 else ''})"))
+        names, common = level_names(overlap, levels)
+        handles = [Line2D([], [], color=styles[lev][0], marker=styles[lev][1], markersize=3.5,
+                          label=f"{names[lev]} ({_n_models(overlap, label, lev)})") for lev in levels]
         if any(len(set(models[label == lev].tolist())) > 1 for lev in levels):
             handles.append(Patch(facecolor="0.6", alpha=0.35, label="min-max over seeds"))
-        handles.append(Line2D([], [], color="0.3", linestyle="--", linewidth=0.8, label="chance level"))
-        fig.legend(handles=handles, loc="outside upper center", ncol=min(4, len(handles)), title=LEVEL_TITLE)
+        handles.append(_chance_handle())
+        fig.legend(handles=handles, loc="outside upper center", ncol=min(3, len(handles)), title=_level_title(common))
         return _save(fig, prefix)
+
+
+CHANCE_COLOUR = "0.4"
+
+
+def _chance(ax, table, column, depths):
+    """The chance level of every model as one grey dotted line (mean over models) in a hatched
+    band (min-max over models), labelled at its right end: apart from the coloured levels."""
+    out = np.full((3, len(depths)), np.nan)
+    for i, d in enumerate(depths):
+        values = _finite(_col(table, column)[table["depth"] == d])
+        if values.size:
+            out[:, i] = values.mean(), values.min(), values.max()
+    ok = np.isfinite(out[0])
+    if not ok.any():
+        return
+    x = np.asarray(depths, dtype=np.float64)[ok]
+    mean, lo, hi = out[:, ok]
+    if x.size == 1:  # one layer: a short segment
+        x, mean, lo, hi = (np.array([x[0] - 0.25, x[0] + 0.25]), *(np.repeat(v, 2) for v in (mean, lo, hi)))
+    ax.fill_between(x, lo, hi, facecolor="none", edgecolor=CHANCE_COLOUR, hatch="/////", linewidth=0, zorder=1)
+    ax.plot(x, mean, color=CHANCE_COLOUR, linestyle=":", linewidth=1.0, zorder=1)
+    ax.annotate(f"chance ({lo.min():.2g}-{hi.max():.2g})", (x[-1], hi[-1]), xytext=(0, 3),
+                textcoords="offset points", ha="right", va="bottom", fontsize=6.5, color=CHANCE_COLOUR)
+
+
+def _chance_handle():
+    return Patch(facecolor="none", edgecolor=CHANCE_COLOUR, hatch="/////", linewidth=0,
+                 label="chance level, every model (dotted: mean; hatched: min-max)")
 
 
 # ---------------------------------------------------------------------------- F3
@@ -386,50 +540,86 @@ def f3_generalization(overlap, prefix, levels=None):
                 if c == 0:
                     ax.set_ylabel(ylabel)
                 ax.tick_params(labelbottom=True)
+        names, common = level_names(last, levels)
         handles = [Line2D([], [], color=styles[lev][0], marker=styles[lev][1], markeredgecolor="black",
-                          markeredgewidth=0.3, linestyle="none", markersize=4.5, label=lev) for lev in levels]
+                          markeredgewidth=0.3, linestyle="none", markersize=4.5,
+                          label=f"{names[lev]} ({_n_models(last, label, lev)})") for lev in levels]
         if fitted:
             handles.append(Line2D([], [], color="0.4", linestyle="--", linewidth=0.8, label="least-squares line"))
-        fig.legend(handles=handles, loc="outside upper center", ncol=min(5, len(handles)),
-                   title=f"{LEVEL_TITLE} (one point per model)")
+        fig.legend(handles=handles, loc="outside upper center", ncol=min(3, len(handles)),
+                   title=_level_title(common, "one point per model"))
         return _save(fig, prefix), result
 
 
 # ---------------------------------------------------------------------------- F4
 
-def f4_heatmaps(pairwise, prefix, model=None):
+def f4_data(pairwise, model, channels=None):
+    """What F4 draws for one model: per analysed layer, in depth order, dict(depth, layer,
+    matrix (C, C), dead (C,) bool, mean: mean J over the pairs a != b of live channels,
+    n_live_pairs). Dead channels come from channels.csv (none without it)."""
+    table = select(pairwise, _text(pairwise["model"]) == model)
+    if channels is not None and n_rows(channels):
+        channels = select(channels, _text(channels["model"]) == model)
+    panels = []
+    for d in _depths(table):
+        sel = table["depth"] == d
+        a = table["channel_a"][sel].astype(np.int64)
+        b = table["channel_b"][sel].astype(np.int64)
+        C = int(max(a.max(), b.max())) + 1
+        matrix = np.full((C, C), np.nan)
+        matrix[a, b] = table["overlap"][sel]
+        dead = np.zeros(C, dtype=bool)
+        if channels is not None and n_rows(channels):
+            rows = channels["depth"] == d
+            index = channels["channel"][rows].astype(np.int64)
+            dead[index[(index < C) & dead_channels(channels)[rows]]] = True
+        live_pairs = np.outer(~dead, ~dead) & ~np.eye(C, dtype=bool)
+        values = _finite(matrix[live_pairs])
+        layer = _first_seen(_text(table["layer"][sel])) if "layer" in table else ["?"]
+        panels.append(dict(depth=d, layer=layer[0], matrix=matrix, dead=dead,
+                           mean=values.mean() if values.size else np.nan, n_live_pairs=int(live_pairs.sum()) // 2))
+    return panels
+
+
+def f4_heatmaps(pairwise, prefix, model=None, channels=None):
     """F4: the C x C pairwise channel-overlap matrix of every analysed layer of one model
     (default: the first in the table), one panel per layer, one colour scale 0-1 (C2, C3).
+    Rows and columns of dead channels (from channels.csv) are grey and hatched, and left out
+    of the mean J in the title.
 
-    pairwise: pairwise.csv in long form (model, layer, depth, channel_a, channel_b, overlap).
+    pairwise: pairwise.csv in long form (model, layer, depth, channel_a, channel_b, overlap);
+    channels: channels.csv (optional: dead or zero_map_fraction per channel).
     """
     title = "F4 pairwise channel overlap"
     if n_rows(pairwise) == 0:
         return _placeholder(prefix, title, "pairwise.csv has no rows")
     model = _pick_model(pairwise, model, "pairwise.csv", "heatmap_model")
-    table = select(pairwise, _text(pairwise["model"]) == model)
-    depths = _depths(table)
-    n = len(depths)
+    panels = f4_data(pairwise, model, channels)
+    n = len(panels)
     ncols = min(n, 4)
     nrows = math.ceil(n / ncols)
     panel = (DOUBLE - 0.7) / ncols
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad=DEAD_FILL)
+    any_dead = any(p["dead"].any() for p in panels)
     with matplotlib.rc_context(STYLE):
-        fig = _new_figure(DOUBLE if ncols > 1 else SINGLE, nrows * (panel + 0.45) + 0.35)
+        fig = _new_figure(DOUBLE if ncols > 1 else SINGLE, nrows * (panel + 0.65) + 0.45)
         axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
         image = None
-        for i, (ax, d) in enumerate(zip(axes, depths)):
-            sel = table["depth"] == d
-            a = table["channel_a"][sel].astype(np.int64)
-            b = table["channel_b"][sel].astype(np.int64)
-            C = int(max(a.max(), b.max())) + 1
-            matrix = np.full((C, C), np.nan)
-            matrix[a, b] = table["overlap"][sel]
-            off = matrix[~np.eye(C, dtype=bool)]
-            mean = np.nanmean(off) if np.isfinite(off).any() else np.nan
-            image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", origin="upper",
+        for i, (ax, p) in enumerate(zip(axes, panels)):
+            matrix, dead = p["matrix"].copy(), p["dead"]
+            C = matrix.shape[0]
+            matrix[dead, :] = np.nan
+            matrix[:, dead] = np.nan
+            image = ax.imshow(matrix, vmin=0, vmax=1, cmap=cmap, origin="upper",
                               interpolation="nearest" if C <= 96 else "antialiased")
-            layer = _first_seen(_text(table["layer"][sel])) if "layer" in table else ["?"]
-            ax.set_title(f"depth {d}: {layer[0]}\nC = {C}, mean J = {mean:.2f}", fontsize=7)
+            if C <= 96:
+                for c in np.flatnonzero(dead):
+                    for xy, w, h in (((-0.5, c - 0.5), C, 1), ((c - 0.5, -0.5), 1, C)):
+                        ax.add_patch(Rectangle(xy, w, h, facecolor="none", edgecolor=DEAD_HATCH, hatch="////",
+                                               linewidth=0, zorder=2))
+            n_dead = int(dead.sum())
+            counts = f"C = {C}, {n_dead} dead" if any_dead else f"C = {C}"
+            ax.set_title(f"depth {p['depth']}: {p['layer']}\n{counts}\nmean J = {p['mean']:.2f}", fontsize=7)
             for axis in (ax.xaxis, ax.yaxis):
                 axis.set_major_locator(MaxNLocator(nbins=4, integer=True))
             if i % ncols == 0:
@@ -440,7 +630,12 @@ def f4_heatmaps(pairwise, prefix, model=None):
             ax.set_axis_off()
         fig.colorbar(image, ax=axes[:n].tolist(), label="pairwise overlap J (0-1)", shrink=0.9,
                      aspect=25 if nrows > 1 else 15)
-        fig.suptitle(f"model {model} (mean J: over channel pairs a \u2260 b)")
+        live = "live " if any_dead else ""
+        fig.suptitle(f"{describe_model(model, channels)}\nmean J: over pairs a \u2260 b of {live}channels")
+        if any_dead:
+            fig.legend(handles=[Patch(facecolor=DEAD_FILL, edgecolor=DEAD_HATCH, hatch="////", linewidth=0,
+                                      label="dead channel (all-zero maps on every sample): no neighbours; left out of mean J")],
+                       loc="outside lower center")
         return _save(fig, prefix)
 
 
@@ -485,16 +680,19 @@ def f5_manifolds(manifolds, prefix):
     colours = {e: EMBEDDING_STYLE.get(e, PALETTE[2 + i % 4]) for i, e in enumerate(embeddings)}
     solvers = [s for s in SOLVER_STYLE if s in set(solver)] + [s for s in _first_seen(solver) if s not in SOLVER_STYLE]
     style = {s: SOLVER_STYLE.get(s, (":", "^")) for s in solvers}
-    size = {s: 4.5 if i == 0 else 3 for i, s in enumerate(solvers)}  # first solver's markers stay visible
+    # The solvers differ by well under one neighbour: the first solver is drawn small and
+    # filled, the others large and open on top, so that each stays visible where they agree.
+    size = {s: 2.5 if i == 0 else 5.5 for i, s in enumerate(solvers)}
     with matplotlib.rc_context(STYLE):
-        fig = _new_figure(DOUBLE, 2.9)
+        fig = _new_figure(DOUBLE, 3.1)
         ax, dx, bx = fig.subplots(1, 3)
         for e in embeddings:
             for i, s in enumerate(solvers):
                 sel = (emb == e) & (solver == s)
                 x, y = _by_dim(dim[sel], manifolds["degree_mean"][sel])
                 ax.plot(x, y, color=colours[e], linestyle=style[s][0], marker=style[s][1], markersize=size[s],
-                        markerfacecolor=colours[e] if i == 0 else "white", zorder=3 + i)
+                        markerfacecolor=colours[e] if i == 0 else "none", linewidth=1.2 if i == 0 else 0.9,
+                        zorder=3 + i)
                 sd = _by_dim(dim[sel], _col(manifolds, "degree_std")[sel])[1]
                 if i == 0 and np.isfinite(sd).any() and len(x) > 1:
                     ax.fill_between(x, y - sd, y + sd, color=colours[e], alpha=0.12, linewidth=0, zorder=1)
@@ -525,27 +723,34 @@ def f5_manifolds(manifolds, prefix):
             bx.yaxis.set_minor_locator(NullLocator())
         bx.set_ylabel("TwoNN estimate (dimensions)")
         bx.set_title("(c) TwoNN intrinsic dimension", loc="left")
-        handles = [Line2D([], [], color=colours[e], linewidth=3, label=f"{e} manifold") for e in embeddings]
-        handles += [Line2D([], [], color="0.3", linestyle=style[s][0], marker=style[s][1], markersize=size[s],
-                           markerfacecolor="0.3" if i == 0 else "white", label=f"{s} solver")
-                    for i, s in enumerate(solvers)]
-        handles.append(Patch(facecolor="0.6", alpha=0.3, label="$\\pm$1 sd over nodes (exact)"))
+        # One legend per panel for what only that panel draws; the colours apply to all three.
+        glyphs = [Line2D([], [], color="0.3", linestyle=style[s][0], marker=style[s][1], markersize=size[s],
+                         markerfacecolor="0.3" if i == 0 else "none", label=f"{s} solver")
+                  for i, s in enumerate(solvers)]
+        glyphs.append(Patch(facecolor="0.6", alpha=0.3, label="$\\pm$1 sd over nodes"))
         if k is not None:
-            handles.append(Line2D([], [], color="0.5", linestyle=":", linewidth=0.8, label=f"k = {k:g} candidates"))
-        handles.append(Line2D([], [], color="0.4", linestyle="--", linewidth=0.8, label="TwoNN = d (ideal)"))
+            glyphs.append(Line2D([], [], color="0.5", linestyle=":", linewidth=0.8, label=f"k = {k:g}"))
+        ax.legend(handles=glyphs, loc="upper left", bbox_to_anchor=(0, 0.9), fontsize=6.5, handlelength=2.2)
+        if {"exact", "pynnk"} <= set(solvers):
+            dx.legend(handles=[Line2D([], [], color="0.5", linewidth=0.6, label="0: the solvers agree")],
+                      loc="upper right", fontsize=6.5)
+        bx.legend(handles=[Line2D([], [], color="0.4", linestyle="--", linewidth=0.8, label="TwoNN = d (ideal)")],
+                  loc="upper left", fontsize=6.5)
+        handles = [Line2D([], [], color=colours[e], linewidth=3, label=f"{e} manifold") for e in embeddings]
         params = [f"{name} = {v:g}" for name in ("n", "D") if (v := _unique_number(manifolds, name)) is not None]
-        fig.legend(handles=handles, loc="outside upper center", ncol=4,
-                   title=", ".join(["synthetic manifolds"] + params))
+        fig.legend(handles=handles, loc="outside upper center", ncol=len(handles),
+                   title=", ".join(["synthetic manifolds of known dimension d (colour, every panel)"] + params))
         return _save(fig, prefix)
 
 
 # ---------------------------------------------------------------------------- F6
 
-def f6_solvers(solvers, prefix, model=None):
+def f6_solvers(solvers, prefix, model=None, channels=None):
     """F6: exact minus pynnk mean NNK degree per layer of one model (default: the first in
     the table): channels as points, the aggregate (channel -1) as a diamond (C1).
 
-    solvers: solvers.csv (model, layer, depth, channel, degree_exact, degree_pynnk).
+    solvers: solvers.csv (model, layer, depth, channel, degree_exact, degree_pynnk); channels:
+    channels.csv (optional: decodes the model's settings in the title).
     """
     title = "F6 exact versus pynnk solver"
     if n_rows(solvers) == 0:
@@ -577,7 +782,8 @@ def f6_solvers(solvers, prefix, model=None):
             Line2D([], [], marker="D", color=OKABE_ITO["vermillion"], markeredgecolor="black", linestyle="none",
                    markersize=4.5, label="aggregate" + (f" (mean {ag.mean():.2f})" if ag.size else "")),
         ]
-        fig.legend(handles=handles, loc="outside upper center", ncol=2, title=f"model {model}; mean over nodes")
+        fig.legend(handles=handles, loc="outside upper center", ncol=2,
+                   title=f"{describe_model(model, channels, sep=chr(10))}\nmean over nodes, exact minus pynnk")
         return _save(fig, prefix)
 
 
@@ -647,10 +853,11 @@ def draw_all(tables, outputs, params=FigureParams()):
     k = _unique_number(overlap, "k") if n_rows(overlap) else None
     for prefix in prefixes.values():
         prefix.parent.mkdir(parents=True, exist_ok=True)
-    f1_degree(_read(tables, "channels"), prefixes["F1"], levels=levels, k=k)
+    channels = _read(tables, "channels")
+    f1_degree(channels, prefixes["F1"], levels=levels, k=k)
     f2_redundancy_depth(overlap, prefixes["F2"], levels=levels)
     f3_generalization(overlap, prefixes["F3"], levels=levels)
-    f4_heatmaps(pairwise, prefixes["F4"], model=heatmap_model)
+    f4_heatmaps(pairwise, prefixes["F4"], model=model, channels=channels)
     f5_manifolds(_read(tables, "manifolds"), prefixes["F5"])
-    f6_solvers(solvers, prefixes["F6"], model=solver_model)
+    f6_solvers(solvers, prefixes["F6"], model=solver_model, channels=channels)
     return [Path(path) for path in outputs]

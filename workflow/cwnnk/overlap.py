@@ -263,27 +263,76 @@ def _stats_columns(name, values):
     return {f"{name}_{stat}": s[stat] for stat in STATS}
 
 
+# Metrics of the channel set that need two live channels (NaN with fewer, see docs/overlap.md).
+_CHANNEL_SET_METRICS = ("rho", "rho_hat", "gamma", "pairwise_overlap", "rho_chance", "rho_hat_chance",
+                        "pairwise_overlap_chance")
+
+
+def dead_mask(dead, n_channels):
+    """(C,) bool: the dead channels (all-zero maps on every sample); None means none is dead."""
+    if dead is None:
+        return np.zeros(n_channels, dtype=bool)
+    dead = np.asarray(dead, dtype=bool)
+    if dead.shape != (n_channels,):
+        raise _shape_error("dead", dead, f"(C,) = ({n_channels},) like ch_indices")
+    return dead
+
+
+def _live_layer_metrics(ch_indices, ch_weights, agg_indices, agg_weights, dead, tol):
+    """node_metrics and chance_levels over the live channels, and the (C, C) pairwise matrix.
+
+    A dead channel has no neighbour, so it adds nothing to U or S, but it would count in C
+    (the normalisation of rho_hat and gamma) and as C - 1 pairs of J = 0. The metrics are
+    therefore computed on the live channels only; the C x C matrix keeps every channel
+    (J = 0 off the diagonal for a dead one, as its empty set gives). With fewer than two
+    live channels the channel-set metrics are NaN.
+    """
+    C = dead.size
+    live = ~dead
+    subset = live.sum() >= 2 and dead.any()
+    pick = (lambda a: np.asarray(a)[live]) if subset else (lambda a: a)
+    nm = node_metrics(pick(ch_indices), pick(ch_weights), agg_indices, agg_weights, tol=tol)
+    chance = chance_levels(nm.degree_channel, nm.degree_agg)
+    pairwise = nm.pairwise
+    if subset:
+        pairwise = np.eye(C)
+        pairwise[np.ix_(live, live)] = nm.pairwise
+    metrics = {name: getattr(nm, name) for name in ("degree_channel", "degree_agg", "union", "sum", "rho",
+                                                     "rho_hat", "kappa", "gamma", "pairwise_overlap")}
+    metrics.update(chance)
+    if live.sum() < 2:
+        metrics.update({name: np.full_like(metrics[name], np.nan, dtype=np.float64)
+                        for name in _CHANNEL_SET_METRICS})
+        metrics["degree_channel"] = nm.degree_channel[live]
+    return nm, metrics, pairwise
+
+
 def layer_summary(ch_indices, ch_weights, ch_distances, agg_indices, agg_weights,
-                  agg_distances, tol=TOL, ch_twonn=None, agg_twonn=None):
+                  agg_distances, tol=TOL, dead=None, ch_twonn=None, agg_twonn=None):
     """One flat row of layer-level columns and the (C, C) pairwise overlap matrix.
 
-    The columns are listed, with definition, range and NaN policy, in docs/overlap.md.
-    ch_twonn (C, N, 2), agg_twonn (N, 2): TwoNN's input under the duplicate policy (knn.npz
-    channel_twonn, agg_twonn); by default the kNN distances, the same where no rows are equal.
+    dead: optional (C,) bool, the dead channels (all-zero maps on every sample; the overlap
+    stage takes them from the graphs' zero_map_fraction). They are counted
+    (`n_dead_channels`) and left out of the per-channel summaries (docs/overlap.md, "Dead
+    channels"). ch_twonn (C, N, 2), agg_twonn (N, 2): TwoNN's input under the duplicate policy
+    (knn.npz channel_twonn, agg_twonn); by default the kNN distances, the same where no rows are
+    equal. The columns are listed, with definition, range and NaN policy, in docs/overlap.md.
     """
     C, N, k = _validate(ch_indices, ch_weights, agg_indices, agg_weights, ch_distances,
                         agg_distances)
-    nm = node_metrics(ch_indices, ch_weights, agg_indices, agg_weights, tol=tol)
-    chance = chance_levels(nm.degree_channel, nm.degree_agg)
-    row = {"n_nodes": N, "n_channels": C, "k": k}
-    for name in ("degree_channel", "degree_agg", "union", "sum", "rho", "rho_hat", "kappa",
-                 "gamma", "pairwise_overlap"):
-        row.update(_stats_columns(name, getattr(nm, name)))
-    for name, values in chance.items():
+    dead = dead_mask(dead, C)
+    nm, metrics, pairwise = _live_layer_metrics(ch_indices, ch_weights, agg_indices, agg_weights, dead, tol)
+    row = {"n_nodes": N, "n_channels": C, "k": k, "n_dead_channels": int(dead.sum())}
+    for name, values in metrics.items():
         row.update(_stats_columns(name, values))
     row["n_nodes_no_channel_neighbours"] = int(np.sum(nm.sum == 0))
     row["n_nodes_no_agg_neighbours"] = int(np.sum(nm.degree_agg == 0))
-    zero = zero_degree_fraction(nm.degree_channel)
+    degree = nm.degree_channel  # over every channel, dead ones included
+    if degree.shape[0] < C:
+        degree = np.empty((C, N), dtype=np.int64)
+        degree[~dead] = nm.degree_channel
+        degree[dead] = ((np.asarray(ch_weights)[dead] > tol) & (np.asarray(ch_indices)[dead] >= 0)).sum(-1)
+    zero = zero_degree_fraction(degree)
     row["zero_degree_channel_mean"] = float(zero.mean())
     row["zero_degree_channel_max"] = float(zero.max())
     id_layer, id_layer_n = twonn(agg_distances if agg_twonn is None else agg_twonn)
@@ -291,7 +340,7 @@ def layer_summary(ch_indices, ch_weights, ch_distances, agg_indices, agg_weights
     row["id_layer_n"] = int(id_layer_n)
     id_channel = summarize(twonn(ch_distances if ch_twonn is None else ch_twonn)[0])
     row.update({f"id_channel_{stat}": id_channel[stat] for stat in (*STATS, "n")})
-    return row, nm.pairwise
+    return row, pairwise
 
 
 def analyse_layer(graph_dir, out_json, params=OverlapParams(), log=None):
@@ -308,12 +357,13 @@ def analyse_layer(graph_dir, out_json, params=OverlapParams(), log=None):
     if log:
         C, N, k = arrays["channel_indices"].shape
         log(f"{graph_dir}: {C} channels x {N} nodes, k = {k}, read in {time.perf_counter() - start:.1f}s")
+    zero_maps = np.asarray(summary["zero_map_fraction"])
+    dead = zero_maps >= 1.0  # all-zero on every sample
     row, pairwise = layer_summary(
         arrays["channel_indices"], arrays["channel_weights"], arrays["channel_distances"],
-        arrays["agg_indices"], arrays["agg_weights"], arrays["agg_distances"], tol=params.tol,
+        arrays["agg_indices"], arrays["agg_weights"], arrays["agg_distances"], tol=params.tol, dead=dead,
         ch_twonn=arrays["channel_twonn"], agg_twonn=arrays["agg_twonn"],
     )
-    zero_maps = np.asarray(summary["zero_map_fraction"])
     row["zero_map_fraction_mean"] = float(zero_maps.mean())
     row["zero_map_fraction_max"] = float(zero_maps.max())
     row["kkt_failed"] = int(sum(summary["counts"]["kkt_failed"]) + summary["aggregate_counts"]["kkt_failed"])
@@ -322,7 +372,7 @@ def analyse_layer(graph_dir, out_json, params=OverlapParams(), log=None):
     channel_ids, _ = twonn(arrays["channel_twonn"])
     channels = [
         dict(channel=c, degree_mean=float(degree[c].mean()), degree_agg_mean=row["degree_agg_mean"],
-             zero_map_fraction=float(zero_maps[c]), id_twonn=float(channel_ids[c]))
+             zero_map_fraction=float(zero_maps[c]), dead=int(dead[c]), id_twonn=float(channel_ids[c]))
         for c in range(degree.shape[0])
     ]
     write_json(out_json, dict(layer=summary["layer"], row=row, channels=channels, pairwise=pairwise.tolist(),

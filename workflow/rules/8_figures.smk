@@ -12,6 +12,8 @@ rule figures:
         ],
     params:
         figures=EXP.figures.to_dict(),
+        # for the report's captions (workflow/report/F*.rst): how many models each figure rests on
+        n_models=len(MODELS),
     log:
         f"{R}/logs/figures.log",
     benchmark:
