@@ -23,3 +23,21 @@ rule tables:
         "../../envs/analysis.yaml"
     script:
         "../scripts/tables.py"
+
+
+rule generalization:
+    input:
+        f"{R}/tables/overlap.csv",
+    output:
+        report(f"{R}/tables/generalization.csv", caption="../report/generalization.rst", category="Tables"),
+    log:
+        f"{R}/logs/generalization.log",
+    benchmark:
+        f"{R}/benchmarks/generalization.tsv"
+    threads: 1
+    resources:
+        **job_resources("tables"),
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/generalization.py"
