@@ -110,11 +110,59 @@ def generalization_rows(overlap, measures=MEASURES, targets=TARGETS, n_boot=N_BO
     return rows
 
 
-def write_generalization(overlap_csv, out_csv):
-    """The `generalization` job: generalization.csv from overlap.csv."""
+def write_generalization(overlap_csv, out_csv, early_csv=None):
+    """The `generalization` job: generalization.csv (and early_stopping.csv) from overlap.csv."""
     from cwnnk.tables import read_table, write_table
 
-    rows = generalization_rows(read_table(overlap_csv))
-    columns = ("subset", "layer", "measure", "target", "n_models", *EMPTY)
-    write_table(out_csv, rows, columns)
+    overlap = read_table(overlap_csv)
+    rows = generalization_rows(overlap)
+    write_table(out_csv, rows, ("subset", "layer", "measure", "target", "n_models", *EMPTY))
+    if early_csv is not None:
+        write_table(early_csv, early_stopping_rows(overlap),
+                    ("run", "n_epochs", "patience", "loo_epoch", "loo_test_acc", "best_test_epoch", "best_test_acc",
+                     "final_epoch", "final_test_acc"))
+    return rows
+
+
+def stop_epoch(epochs, values, patience=1):
+    """The epoch a "stop when it stops improving" rule picks from a criterion to minimise.
+
+    epochs ascending, values the criterion at each (e.g. the last layer's LOO error at each
+    saved epoch). Training stops once `patience` consecutive evaluations fail to improve on
+    the best so far (strictly lower); the pick is the best epoch seen up to then (earliest on
+    ties). NaN values never improve. Returns None when no value is finite.
+    """
+    best, best_value, waited = None, np.inf, 0
+    for epoch, value in zip(epochs, values):
+        if np.isfinite(value) and value < best_value:
+            best, best_value, waited = epoch, value, 0
+        else:
+            waited += 1
+            if best is not None and waited >= patience:
+                break
+    return best
+
+
+def early_stopping_rows(overlap, patience=1):
+    """Per run with saved epochs: the epoch the last layer's CW-NNK LOO error picks
+    (stop_epoch over the saved epochs and the final one), the epoch with the best test
+    accuracy among them, and the test accuracy at each, from the overlap table."""
+    last = np.asarray(overlap.get("is_last", [])) == 1
+    if not last.any() or "loo_error_layer" not in overlap:
+        return []
+    run, epoch = np.asarray(overlap["run"]).astype(str)[last], np.asarray(overlap["epoch"], dtype=float)[last]
+    loo, test = np.asarray(overlap["loo_error_layer"])[last], np.asarray(overlap["test_acc"])[last]
+    rows = []
+    for name in dict.fromkeys(run.tolist()):
+        m = run == name
+        if m.sum() < 2:
+            continue
+        order = np.argsort(epoch[m], kind="stable")
+        e, l, t = epoch[m][order], loo[m][order], test[m][order]
+        pick = stop_epoch(e, l, patience)
+        at = dict(zip(e.tolist(), t.tolist()))
+        best = e[int(np.argmax(t))]
+        rows.append(dict(run=name, n_epochs=int(m.sum()), patience=patience, loo_epoch=pick,
+                         loo_test_acc=at.get(pick, np.nan), best_test_epoch=best, best_test_acc=at[best],
+                         final_epoch=e[-1], final_test_acc=t[-1]))
     return rows

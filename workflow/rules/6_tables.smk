@@ -29,7 +29,10 @@ rule generalization:
     input:
         f"{R}/tables/overlap.csv",
     output:
-        report(f"{R}/tables/generalization.csv", caption="../report/generalization.rst", category="Tables"),
+        generalization=report(f"{R}/tables/generalization.csv", caption="../report/generalization.rst",
+                              category="Tables"),
+        early_stopping=report(f"{R}/tables/early_stopping.csv", caption="../report/early_stopping.rst",
+                              category="Tables"),
     log:
         f"{R}/logs/generalization.log",
     benchmark:
