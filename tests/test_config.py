@@ -22,6 +22,13 @@ def test_defaults_are_filled_in():
         ({"graphs": {"solver": "fast"}}, ["graphs.solver", "'fast'", "exact", "pynnk"]),
         ({"external": [{"name": "x", "path": "p.pt", "model": {"arch": "vgg"}}]}, ["external.0.model.arch", "'vgg'"]),
         ({"external": [{"name": "x"}]}, ["external.0", "path"]),
+        ({"sweep": {"label_noise": [1.0]}}, ["sweep.label_noise.0", "1.0", "< 1"]),
+        ({"sweep": {"label_noise": [-0.1]}}, ["sweep.label_noise.0", ">= 0"]),
+        ({"sweep": {"n_train": [5]}}, ["sweep.n_train.0", ">= 10"]),
+        ({"sweep": {"width": [0]}}, ["sweep.width.0", "> 0"]),
+        ({"sweep": {"epochs": [0]}}, ["sweep.epochs.0", ">= 1"]),
+        ({"training": {"save_epochs": [0]}}, ["training.save_epochs.0", ">= 1"]),
+        ({"training": {"save_epochs": "5"}}, ["training.save_epochs", "array"]),
     ],
 )
 def test_bad_config_names_key_value_and_allowed(bad, fragments):
@@ -79,3 +86,46 @@ def test_cifar_subset_sets_class_count():
     cfg = validate({"dataset": {"name": "cifar10", "classes": [0, 8]}})
     spec = next(iter(expand_models(cfg).values()))["spec"]
     assert spec["num_classes"] == 2 and spec["input_shape"] == [3, 32, 32]
+
+
+def test_new_sweep_factors_are_named_only_when_used():
+    assert model_name("convnet", 0.2, 0, "none", 1, 0.0, None, 1.0, None) == "convnet-d0.2-wd0-s1"
+    assert (model_name("convnet", 0, 0, "shift", 2, 0.4, 300, 0.5, 30)
+            == "convnet-d0-wd0-shift-ln0.4-n300-w0.5-ep30-s2")
+    cfg = validate({"sweep": {"dropout": [0.0], "label_noise": [0.0, 0.2], "width": [0.5], "seeds": [1]},
+                    "training": {"epochs": 6, "save_epochs": [2, 4]}})
+    models = expand_models(cfg)
+    assert list(models) == ["convnet-d0-wd0-w0.5-s1", "convnet-d0-wd0-w0.5-s1-e2", "convnet-d0-wd0-w0.5-s1-e4",
+                            "convnet-d0-wd0-ln0.2-w0.5-s1", "convnet-d0-wd0-ln0.2-w0.5-s1-e2",
+                            "convnet-d0-wd0-ln0.2-w0.5-s1-e4"]
+    snap = models["convnet-d0-wd0-ln0.2-w0.5-s1-e2"]
+    assert snap["kind"] == "snapshot" and snap["run"] == "convnet-d0-wd0-ln0.2-w0.5-s1" and snap["epoch"] == 2
+    assert [layer["channels"] for layer in snap["spec"]["layers"]] == [8, 8, 8, 8]  # 16 x 0.5
+
+
+def test_experiment_hands_the_factors_to_train_and_extract():
+    from cwnnk.config import Experiment
+
+    cfg = validate({"sweep": {"dropout": [0.0], "label_noise": [0.1], "n_train": [200], "epochs": [5],
+                              "seeds": [1]}, "training": {"save_epochs": [3]}})
+    exp = Experiment.from_config(cfg)
+    run = "convnet-d0-wd0-ln0.1-n200-ep5-s1"
+    params = exp.train(run)
+    assert params.epochs == 5 and params.save_epochs == (3,)
+    assert params.dataset.label_noise == 0.1 and params.dataset.n_train == 200
+    assert exp.extract(f"{run}-e3").dataset == params.dataset
+    assert exp.snapshots(run) == [f"{run}-e3"]
+
+
+def test_save_epoch_beyond_a_run_and_width_on_resnet_are_refused():
+    with pytest.raises(ConfigError, match=r"training.save_epochs.*\[15\].*15 epochs"):
+        expand_models(validate({"training": {"save_epochs": [15]}}))
+    with pytest.raises(ConfigError, match="sweep.width"):
+        expand_models(validate({"model": {"arch": "resnet18"}, "dataset": {"name": "cifar10"},
+                                "sweep": {"width": [2]}}))
+    from cwnnk.params import DatasetParams, TrainParams
+
+    with pytest.raises(ValueError, match="sweep.label_noise"):
+        DatasetParams(label_noise=1.5)
+    with pytest.raises(ValueError, match="training.save_epochs"):
+        TrainParams(epochs=5, save_epochs=(5,))

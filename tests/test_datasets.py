@@ -120,3 +120,29 @@ def test_load_dataset_dispatches_and_rejects_unknown():
     assert ds.train.images.shape == (20, 1, 8, 8)
     with pytest.raises(ValueError, match="mnist"):
         load_dataset({"name": "mnist"})
+
+
+def test_label_noise_is_reproducible_and_touches_training_labels_only():
+    from cwnnk.datasets import load_dataset, noisy_labels
+
+    clean = load_dataset({"name": "digits"})
+    noisy = load_dataset({"name": "digits", "label_noise": 0.2})
+    again = load_dataset({"name": "digits", "label_noise": 0.2})
+    other = load_dataset({"name": "digits", "label_noise": 0.2, "seed": 1})
+    assert torch.equal(noisy.train.labels, again.train.labels)
+    assert torch.equal(noisy.test.labels, clean.test.labels) and torch.equal(noisy.test.images, clean.test.images)
+    flipped = noisy.train.labels != clean.train.labels
+    assert flipped.sum().item() == round(0.2 * len(clean.train))  # every chosen label changes class
+    assert torch.equal(noisy.clean_train_labels, clean.train.labels)
+    assert not torch.equal(other.train.labels[flipped], noisy.train.labels[flipped])  # another seed, another draw
+    assert noisy_labels([0, 1, 2], 0.0, 3, 0).tolist() == [0, 1, 2]
+
+
+def test_digits_training_set_size_is_a_stratified_subset():
+    from cwnnk.datasets import load_dataset
+
+    small = load_dataset({"name": "digits", "n_train": 200})
+    assert len(small.train) == 200 and len(small.test) == 360
+    assert np.bincount(small.train.labels.numpy()).min() >= 19
+    with pytest.raises(ValueError, match="n_train"):
+        load_dataset({"name": "digits", "n_train": 5000})

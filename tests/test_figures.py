@@ -22,7 +22,7 @@ def fake_tables(dropouts=(0.0, 0.3), seeds=(1, 2), layers=LAYERS, channels=6, k=
             test_acc = 0.6 + 0.2 * dropout + 0.05 * rng.random()
             train_acc = min(1.0, test_acc + 0.3 - 0.5 * dropout + 0.02 * rng.random())
             context = dict(model=model, kind="trained", label=label, arch="convnet", dropout=dropout,
-                           weight_decay=0.0, augment="none", seed=seed)
+                           weight_decay=0.0, augment="none", seed=seed, label_noise=0.2 * (seed - 1))
             for depth, layer in enumerate(layers):
                 degree = np.clip(rng.normal(2 + depth + 2 * dropout, 0.7, channels), 0, k)
                 rho_hat = 0.2 + 0.1 * depth - 0.2 * dropout + 0.03 * rng.standard_normal()
@@ -33,7 +33,7 @@ def fake_tables(dropouts=(0.0, 0.3), seeds=(1, 2), layers=LAYERS, channels=6, k=
                            degree_channel_mean=degree.mean(), degree_agg_mean=degree.mean() + 1.5,
                            rho_hat_mean=rho_hat, rho_hat_chance_mean=0.05 + 0.01 * depth,
                            pairwise_overlap_mean=rho_hat * 0.6, pairwise_overlap_chance_mean=0.03,
-                           id_layer=3.0 + depth)
+                           id_layer=3.0 + depth, loo_error_layer=1 - test_acc + 0.05 * rng.random())
                 overlap.append(row)
                 for c in range(channels):
                     chans.append(dict(model=model, label=label, dropout=dropout, seed=seed, layer=layer, depth=depth,
@@ -55,7 +55,8 @@ def fake_tables(dropouts=(0.0, 0.3), seeds=(1, 2), layers=LAYERS, channels=6, k=
                 mean = 2 * dim ** 0.8 - (0.5 if solver == "pynnk" else 0)
                 manifolds.append(dict(embedding=embedding, dim=dim, n=200, D=32, k=k, solver=solver,
                                       degree_mean=mean, degree_std=0.2 * mean, twonn_id=dim * 0.9))
-    return dict(overlap=overlap, channels=chans, pairwise=pairwise, solvers=solvers, manifolds=manifolds)
+    return dict(overlap=overlap, channels=chans, pairwise=pairwise, solvers=solvers, manifolds=manifolds,
+                generalization=[], early_stopping=[])  # not drawn: F3 reads overlap.csv
 
 
 def write_tables(tmp_path, **kwargs):

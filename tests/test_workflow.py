@@ -17,7 +17,8 @@ def _job_counts(dry_run_output):
 def test_default_config_dry_run(tmp_path):
     proc = snakemake("-n", "--cores", "2", "--config", f"results={tmp_path / 'results'}")
     counts = _job_counts(proc.stdout)
-    assert counts["train"] == 15  # 5 dropout rates x 3 seeds
+    assert counts["train"] == 16  # 2 dropout rates x 2 label-noise levels x 2 training-set sizes x 2 seeds
+    assert counts["extract"] == 32  # each run also at its saved epoch 5
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
@@ -258,7 +259,8 @@ def test_changing_k_reruns_graphs_and_downstream_only(tiny_run):
 
 
 @pytest.mark.parametrize("preset, jobs", [("cifar10-paper", {"train": 18, "graphs": 72}),
-                                          ("cifar10-resnet18", {"train": 4, "graphs": 68})])
+                                          ("cifar10-resnet18", {"train": 4, "graphs": 68}),
+                                          ("generalization", {"train": 36, "graphs": 288})])
 def test_presets_validate_and_dry_run(preset, jobs, tmp_path):
     import yaml
 

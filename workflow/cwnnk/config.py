@@ -5,6 +5,7 @@ descriptions; docs/configuration.md is checked against it by a test.
 """
 
 import copy
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,10 +92,41 @@ def _fmt(x):
     return format(x, "g")
 
 
-def model_name(arch, dropout, weight_decay, augment, seed):
-    """Readable, stable model name, e.g. convnet-d0.2-wd0-s1 (augmentation named when used)."""
-    aug = "" if augment == "none" else f"-{augment}"
-    return f"{arch}-d{_fmt(dropout)}-wd{_fmt(weight_decay)}{aug}-s{seed}"
+def model_name(arch, dropout, weight_decay, augment, seed, label_noise=0.0, n_train=None, width=1.0, epochs=None):
+    """Readable, stable model name, e.g. convnet-d0.2-wd0-s1.
+
+    Factors at their default are left out, so today's names stay: augmentation (-shift),
+    label noise (-ln0.2), training-set size (-n200), width multiplier (-w0.5) and a swept
+    training length (-ep30) appear only when used. A saved epoch E of a run is `<run>-eE`.
+    """
+    parts = [f"{arch}-d{_fmt(dropout)}-wd{_fmt(weight_decay)}"]
+    if augment != "none":
+        parts.append(augment)
+    if label_noise:
+        parts.append(f"ln{_fmt(label_noise)}")
+    if n_train is not None:
+        parts.append(f"n{n_train}")
+    if width != 1:
+        parts.append(f"w{_fmt(width)}")
+    if epochs is not None:
+        parts.append(f"ep{epochs}")
+    return "-".join(parts + [f"s{seed}"])
+
+
+def _label(dropout, wd, augment, label_noise, n_train, width):
+    """The regularization level a model is grouped by in figures (seeds and epochs pooled)."""
+    extra = [f"ln{_fmt(label_noise)}" if label_noise else "", f"n{n_train}" if n_train is not None else "",
+             f"w{_fmt(width)}" if width != 1 else ""]
+    return " ".join([f"d{_fmt(dropout)} wd{_fmt(wd)} {augment}", *filter(None, extra)])
+
+
+def _widen(spec, width):
+    """The spec with every convnet layer's channels scaled by width (at least 1 channel)."""
+    if width == 1:
+        return spec
+    if spec["arch"] != "convnet":
+        raise ConfigError(f"config key 'sweep.width': {width!r} needs arch convnet (resnet18 has a fixed width)")
+    return dict(spec, layers=[dict(layer, channels=max(1, round(layer["channels"] * width))) for layer in spec["layers"]])
 
 
 def model_spec(model_cfg, dataset_cfg, dropout=0.0):
@@ -112,23 +144,34 @@ def model_spec(model_cfg, dataset_cfg, dropout=0.0):
 def expand_models(config):
     """All models of the experiment, name -> entry, trained ones first (sweep order), then external.
 
-    entry: name, kind ('trained' or 'external'), spec, and the regularization settings
-    (dropout, weight_decay, augment, seed, label) that tables and figures group by.
+    entry: name, kind ('trained', 'snapshot' or 'external'), spec, and the settings that tables
+    and figures group by: dropout, weight_decay, augment, seed, label_noise, n_train, width,
+    epochs (the run's length), run (the training run: itself, or the run a snapshot was saved
+    from), epoch (the epoch analysed) and label. A snapshot is epoch E of a run
+    (training.save_epochs), analysed as a model of its own and written by the run's train job.
     """
     models = OrderedDict()
     sweep = config["sweep"]
     arch = config["model"]["arch"]
     dropouts = sweep["dropout"] if arch == "convnet" else [0.0]
-    for dropout in dropouts:
-        for wd in sweep["weight_decay"]:
-            for augment in sweep["augment"]:
-                for seed in sweep["seeds"]:
-                    name = model_name(arch, dropout, wd, augment, seed)
-                    models[name] = dict(
-                        name=name, kind="trained", spec=model_spec(config["model"], config["dataset"], dropout),
-                        dropout=dropout, weight_decay=wd, augment=augment, seed=seed,
-                        label=f"d{_fmt(dropout)} wd{_fmt(wd)} {augment}",
-                    )
+    save_epochs = config["training"]["save_epochs"]
+    factors = itertools.product(dropouts, sweep["weight_decay"], sweep["augment"], sweep["label_noise"],
+                                sweep["n_train"], sweep["width"], sweep["epochs"], sweep["seeds"])
+    for dropout, wd, augment, noise, n_train, width, epochs, seed in factors:
+        name = model_name(arch, dropout, wd, augment, seed, noise, n_train, width, epochs)
+        run_epochs = epochs or config["training"]["epochs"]
+        late = [e for e in save_epochs if e >= run_epochs]
+        if late:
+            raise ConfigError(f"config key 'training.save_epochs': {late} not below the {run_epochs} epochs of {name}")
+        entry = dict(
+            name=name, kind="trained", spec=_widen(model_spec(config["model"], config["dataset"], dropout), width),
+            dropout=dropout, weight_decay=wd, augment=augment, seed=seed, label_noise=noise, n_train=n_train,
+            width=width, epochs=run_epochs, run=name, epoch=run_epochs,
+            label=_label(dropout, wd, augment, noise, n_train, width),
+        )
+        models[name] = entry
+        for e in save_epochs:
+            models[f"{name}-e{e}"] = dict(entry, name=f"{name}-e{e}", kind="snapshot", epoch=e)
     for i, ext in enumerate(config["external"]):
         if ext["name"] in models:
             raise ConfigError(f"config key 'external.{i}.name': {ext['name']!r} is already a model name")
@@ -137,7 +180,8 @@ def expand_models(config):
         models[ext["name"]] = dict(
             name=ext["name"], kind="external", path=ext["path"],
             spec=model_spec(ext["model"], config["dataset"], dropout),
-            dropout=dropout, weight_decay=None, augment=None, seed=None, label=ext.get("label", "external"),
+            dropout=dropout, weight_decay=None, augment=None, seed=None, label_noise=None, n_train=None,
+            width=None, epochs=None, run=ext["name"], epoch=None, label=ext.get("label", "external"),
         )
     return models
 
@@ -181,11 +225,24 @@ class Experiment:
     def dataset(self):
         return DatasetParams(**self.config["dataset"])
 
+    def dataset_of(self, model):
+        """DatasetParams of a model: the `dataset` section with its training-set size and label noise."""
+        entry, dataset = self.models[model], self.dataset
+        if entry["kind"] == "external":
+            return dataset
+        size = {} if entry["n_train"] is None else {"n_train": entry["n_train"]}
+        return dataset.replace(label_noise=entry["label_noise"], **size)
+
+    def snapshots(self, model):
+        """Names of the saved-epoch models a run's train job writes, in epoch order."""
+        return [m for m, e in self.models.items() if e["kind"] == "snapshot" and e["run"] == model]
+
     def train(self, model):
         """TrainParams of a trained model: the shared `training` settings and its sweep point."""
         entry = self.models[model]
-        return TrainParams(dataset=self.dataset, seed=entry["seed"], weight_decay=entry["weight_decay"],
-                           augment=entry["augment"], device=self.config["device"], **self.config["training"])
+        training = dict(self.config["training"], epochs=entry["epochs"])
+        return TrainParams(dataset=self.dataset_of(model), seed=entry["seed"], weight_decay=entry["weight_decay"],
+                           augment=entry["augment"], device=self.config["device"], **training)
 
     def import_(self, model):
         """ImportParams of an external checkpoint."""
@@ -194,7 +251,7 @@ class Experiment:
     def extract(self, model):
         """ExtractParams of a model: its resolved layers and the `extract` settings."""
         settings = {key: value for key, value in self.config["extract"].items() if key != "layers"}
-        return ExtractParams(dataset=self.dataset, layers=self.layers[model], device=self.config["device"], **settings)
+        return ExtractParams(dataset=self.dataset_of(model), layers=self.layers[model], device=self.config["device"], **settings)
 
 
 def _rows(schema, defs, prefix=""):

@@ -37,6 +37,7 @@ class Dataset:
     train: Split
     test: Split
     classes: tuple
+    clean_train_labels: torch.Tensor | None = None  # the true training labels (under label noise)
 
     @property
     def num_classes(self):
@@ -184,15 +185,42 @@ def load_synthetic(n_train=512, n_test=256, num_classes=4, image_size=12, channe
     return Dataset("synthetic", train, test, tuple(f"class{c}" for c in range(num_classes)))
 
 
+def noisy_labels(labels, rate, num_classes, seed):
+    """Labels with round(rate * N) of them, drawn by seed, replaced by a uniformly drawn other class."""
+    labels = np.asarray(labels).copy()
+    if rate == 0:
+        return labels
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1abe1]))
+    flip = rng.choice(len(labels), size=int(round(rate * len(labels))), replace=False)
+    labels[flip] = (labels[flip] + rng.integers(1, num_classes, size=len(flip))) % num_classes
+    return labels
+
+
 def load_dataset(params):
-    """Build a Dataset from DatasetParams (or a `dataset` config mapping, checked the same way)."""
+    """Build a Dataset from DatasetParams (or a `dataset` config mapping, checked the same way).
+
+    A digits n_train keeps a stratified subset of the training split (seed); label_noise then
+    replaces that share of the training labels (never the test labels) by another class, the
+    same draw for every model with the same dataset seed. The true labels stay in
+    `Dataset.clean_train_labels`.
+    """
     from cwnnk.params import DatasetParams
 
     params = DatasetParams.from_dict(params)
     loaders = {"digits": load_digits, "cifar10": load_cifar10, "synthetic": load_synthetic}
     values = params.to_dict()
     kwargs = {k: v for k, v in values.items() if k in _PARAMS[params.name] and v is not None}
-    return loaders[params.name](**kwargs)
+    dataset = loaders[params.name](**kwargs)
+    if params.n_train is not None and params.name == "digits":
+        if params.n_train > len(dataset.train):
+            raise ValueError(f"n_train = {params.n_train} exceeds the {len(dataset.train)} training images of digits")
+        dataset.train = dataset.train.subset(stratified_subset(dataset.train.labels.numpy(), params.n_train,
+                                                               params.seed))
+    dataset.clean_train_labels = dataset.train.labels
+    if params.label_noise:
+        noisy = noisy_labels(dataset.train.labels.numpy(), params.label_noise, dataset.num_classes, params.seed)
+        dataset.train = Split(dataset.train.images, torch.as_tensor(noisy), dataset.train.indices)
+    return dataset
 
 
 # The config keys each loader takes (the schema holds the keys of every dataset).

@@ -15,7 +15,6 @@ one level or one layer.
 
 import math
 import re
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -25,10 +24,10 @@ from matplotlib.colors import to_rgba
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
-from scipy import stats
 
 from cwnnk.atomic import atomic_path
 from cwnnk.params import FigureParams
+from cwnnk.generalization import correlate
 from cwnnk.products import FIGURE_FORMATS, FIGURES, TABLES
 from cwnnk.tables import n_rows, read_table, select
 
@@ -462,28 +461,22 @@ def _chance_handle():
 # ---------------------------------------------------------------------------- F3
 
 F3_Y = (("rho_hat_mean", "last-layer redundancy $\\hat\\rho$"),
-        ("pairwise_overlap_mean", "last-layer pairwise overlap $J$"))
+        ("pairwise_overlap_mean", "last-layer pairwise overlap $J$"),
+        ("loo_error_layer", "last-layer CW-NNK LOO error"))
 F3_X = (("test_acc", "test accuracy (%)"), ("gap_acc", "generalization gap (train - test, % points)"))
+F3_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def correlation(x, y):
     """Pearson and Spearman (r, p) over the pairs where both are finite, and their count.
 
-    Each is None when fewer than 3 pairs remain or either variable is constant.
+    Each is None when fewer than 3 pairs remain or either variable is constant
+    (cwnnk.generalization.correlate, without the bootstrap).
     """
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    out = {"n": int(ok.sum()), "pearson": None, "spearman": None}
-    if out["n"] >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            p = stats.pearsonr(x, y)
-            s = stats.spearmanr(x, y)
-        out["pearson"] = (float(p.statistic), float(p.pvalue))
-        if np.isfinite(s.statistic):
-            out["spearman"] = (float(s.statistic), float(s.pvalue))
-    return out
+    c = correlate(x, y, n_boot=0)
+    pearson = None if np.isnan(c["pearson_r"]) else (c["pearson_r"], c["pearson_p"])
+    spearman = None if np.isnan(c["spearman_rho"]) else (c["spearman_rho"], c["spearman_p"])
+    return {"n": c["n_models"], "pearson": pearson, "spearman": spearman}
 
 
 def correlation_text(c):
@@ -494,10 +487,23 @@ def correlation_text(c):
     return f"{one('Pearson', 'r', c['pearson'])}\n{one('Spearman', 'ρ', c['spearman'])}, n = {c['n']}"
 
 
+def _factor_styles(last):
+    """Per model: colour by label noise (viridis over its levels) and marker by dropout."""
+    noise = np.nan_to_num(np.asarray(_col(last, "label_noise", 0.0), dtype=np.float64))
+    dropout = np.nan_to_num(np.asarray(_col(last, "dropout", 0.0), dtype=np.float64))
+    noises, dropouts = sorted(set(noise.tolist())), sorted(set(dropout.tolist()))
+    cmap = matplotlib.colormaps["viridis"]
+    colour = {v: cmap(0.85 * i / max(1, len(noises) - 1)) for i, v in enumerate(noises)}
+    marker = {v: F3_MARKERS[i % len(F3_MARKERS)] for i, v in enumerate(dropouts)}
+    return noise, dropout, colour, marker
+
+
 def f3_generalization(overlap, prefix, levels=None):
-    """F3: last analysed layer (is_last == 1) rho_hat and pairwise overlap versus test
-    accuracy and versus the accuracy gap, one point per model coloured by level, with
-    Pearson and Spearman r and p in each panel's title (C4).
+    """F3: last analysed layer (is_last == 1) rho_hat, pairwise overlap and CW-NNK LOO error
+    versus test accuracy and versus the accuracy gap, one point per model (saved epochs
+    included, drawn hollow), coloured by label noise and marked by dropout, with Pearson and
+    Spearman r, p and the number of models in each panel's title (C4; the full statistics
+    are in generalization.csv). levels: unused, kept for the draw_all signature.
 
     Returns {(y column, x column): correlation dict with a 'text' entry}; 'n/a' marks a
     correlation that is undefined (fewer than 3 models, or constant data).
@@ -508,22 +514,25 @@ def f3_generalization(overlap, prefix, levels=None):
     last = {name: values[overlap["is_last"] == 1] for name, values in overlap.items()}
     if n_rows(last) == 0:
         return _placeholder(prefix, title, "overlap.csv has no row with is_last == 1"), {}
-    levels, styles = _levels_for(last, levels)
-    label = _text(last["label"])
+    noise, dropout, colours, markers = _factor_styles(last)
+    snapshot = _text(_col(last, "kind", "")) == "snapshot"
+    rows = [(ycol, ylabel) for ycol, ylabel in F3_Y if ycol in last]
     result, fitted = {}, False
     with matplotlib.rc_context(STYLE):
-        fig = _new_figure(DOUBLE, 5.2)
-        axes = fig.subplots(2, 2, sharex="col", sharey="row")
-        for r, (ycol, ylabel) in enumerate(F3_Y):
+        fig = _new_figure(DOUBLE, 2.3 * len(rows) + 0.8)
+        axes = np.atleast_2d(fig.subplots(len(rows), 2, sharex="col", sharey="row", squeeze=False))
+        for r, (ycol, ylabel) in enumerate(rows):
             for c, (xcol, xlabel) in enumerate(F3_X):
                 ax = axes[r, c]
                 x = 100 * np.asarray(_col(last, xcol), dtype=np.float64)  # fractions -> %
                 y = np.asarray(_col(last, ycol), dtype=np.float64)
-                for lev in levels:
-                    colour, marker = styles[lev]
-                    m = label == lev
-                    ax.scatter(x[m], y[m], color=colour, marker=marker, s=16, edgecolors="black",
-                               linewidths=0.3, zorder=3)
+                for (nv, dv) in dict.fromkeys(zip(noise.tolist(), dropout.tolist())):
+                    for hollow in (False, True):
+                        m = (noise == nv) & (dropout == dv) & (snapshot == hollow)
+                        if m.any():
+                            ax.scatter(x[m], y[m], marker=markers[dv], s=16, linewidths=0.6, zorder=3,
+                                       facecolors="none" if hollow else colours[nv],
+                                       edgecolors=colours[nv] if hollow else "black")
                 cor = correlation(x, y)
                 cor["text"] = correlation_text(cor)
                 result[(ycol, xcol)] = cor
@@ -534,20 +543,23 @@ def f3_generalization(overlap, prefix, levels=None):
                     slope, icept = np.polyfit(x[ok], y[ok], 1)
                     xs = np.array([x[ok].min(), x[ok].max()])
                     ax.plot(xs, slope * xs + icept, color="0.4", linestyle="--", linewidth=0.8, zorder=2)
-                ax.set_title(f"({'abcd'[2 * r + c]}) {cor['text']}", loc="left", fontsize=7)
-                if r == 1:
+                ax.set_title(f"({'abcdef'[2 * r + c]}) {cor['text']}", loc="left", fontsize=7)
+                if r == len(rows) - 1:
                     ax.set_xlabel(xlabel)
                 if c == 0:
                     ax.set_ylabel(ylabel)
                 ax.tick_params(labelbottom=True)
-        names, common = level_names(last, levels)
-        handles = [Line2D([], [], color=styles[lev][0], marker=styles[lev][1], markeredgecolor="black",
-                          markeredgewidth=0.3, linestyle="none", markersize=4.5,
-                          label=f"{names[lev]} ({_n_models(last, label, lev)})") for lev in levels]
+        handles = [Line2D([], [], color=colours[v], marker="o", markeredgecolor="black", markeredgewidth=0.3,
+                          linestyle="none", markersize=4.5, label=f"label noise {v:g}") for v in colours]
+        handles += [Line2D([], [], color="0.5", marker=markers[v], markeredgecolor="black", markeredgewidth=0.3,
+                           linestyle="none", markersize=4.5, label=f"dropout {v:g}") for v in markers]
+        if snapshot.any():
+            handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="none",
+                                  markersize=4.5, label="saved epoch"))
         if fitted:
             handles.append(Line2D([], [], color="0.4", linestyle="--", linewidth=0.8, label="least-squares line"))
-        fig.legend(handles=handles, loc="outside upper center", ncol=min(3, len(handles)),
-                   title=_level_title(common, "one point per model"))
+        fig.legend(handles=handles, loc="outside upper center", ncol=min(5, len(handles)),
+                   title=f"{n_rows(last)} models, one point each (statistics: generalization.csv)")
         return _save(fig, prefix), result
 
 

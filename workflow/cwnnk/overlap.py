@@ -16,6 +16,7 @@ from scipy.stats import hypergeom
 
 from cwnnk.atomic import write_json
 from cwnnk.intrinsic_dim import twonn
+from cwnnk.loo import cw_loo, loo_columns
 from cwnnk.params import TOL, OverlapParams
 STATS = ("mean", "std", "q25", "median", "q75")
 # Bounds on one block of nodes: C * block * k neighbour-list entries, block * N (node,
@@ -368,11 +369,15 @@ def analyse_layer(graph_dir, out_json, params=OverlapParams(), log=None):
     row["zero_map_fraction_max"] = float(zero_maps.max())
     row["kkt_failed"] = int(sum(summary["counts"]["kkt_failed"]) + summary["aggregate_counts"]["kkt_failed"])
     row["not_pd"] = int(sum(summary["counts"]["not_pd"]) + summary["aggregate_counts"]["not_pd"])
+    loo = cw_loo(arrays["channel_indices"], arrays["channel_weights"], arrays["agg_indices"],
+                 arrays["agg_weights"], arrays["labels"], tol=params.tol)
+    row.update(loo_columns(loo))
     degree = (arrays["channel_weights"] > params.tol).sum(-1)
     channel_ids, _ = twonn(arrays["channel_twonn"])
     channels = [
         dict(channel=c, degree_mean=float(degree[c].mean()), degree_agg_mean=row["degree_agg_mean"],
-             zero_map_fraction=float(zero_maps[c]), dead=int(dead[c]), id_twonn=float(channel_ids[c]))
+             zero_map_fraction=float(zero_maps[c]), dead=int(dead[c]), id_twonn=float(channel_ids[c]),
+             loo_error=float(loo["channel"][c]))
         for c in range(degree.shape[0])
     ]
     write_json(out_json, dict(layer=summary["layer"], row=row, channels=channels, pairwise=pairwise.tolist(),

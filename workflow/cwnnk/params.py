@@ -94,6 +94,8 @@ class DatasetParams(_Params):
     channels: int = 1
     noise: float = 0.3
     seed: int = 0
+    # The model's sweep point (sweep.label_noise): share of training labels flipped, drawn by seed.
+    label_noise: float = 0.0
 
     def __post_init__(self):
         _choice("dataset.name", self.name, DATASETS)
@@ -105,6 +107,7 @@ class DatasetParams(_Params):
         _integer("dataset.num_classes", self.num_classes, 2)
         _integer("dataset.channels", self.channels, 1)
         _number("dataset.noise", self.noise, 0)
+        _number("sweep.label_noise[]", self.label_noise, 0, 1, open_high=True)
 
 
 @dataclass(frozen=True)
@@ -121,10 +124,12 @@ class TrainParams(_Params):
     lr_schedule: str = "cosine"
     epochs: int = 15
     batch_size: int = 64
+    save_epochs: tuple = ()
     device: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "dataset", DatasetParams.from_dict(self.dataset))
+        object.__setattr__(self, "save_epochs", tuple(self.save_epochs))
         _integer("sweep.seeds[]", self.seed, 0)
         _number("sweep.weight_decay[]", self.weight_decay, 0)
         _choice("sweep.augment[]", self.augment, AUGMENTS)
@@ -134,6 +139,10 @@ class TrainParams(_Params):
         _choice("training.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _integer("training.epochs", self.epochs, 1)
         _integer("training.batch_size", self.batch_size, 1)
+        for epoch in self.save_epochs:
+            _integer("training.save_epochs[]", epoch, 1)
+            if epoch >= self.epochs:
+                _refuse("training.save_epochs[]", epoch, f"an epoch below the run's {self.epochs} epochs")
         _device("device", self.device)
 
 

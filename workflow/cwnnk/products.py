@@ -3,8 +3,9 @@
 The Snakefile's targets, the tables and figures stages and the report take their names from here.
 """
 
-# {name}.csv, by the stage that writes it: tables (the first three), solvers and manifolds.
-TABLES = ("overlap", "channels", "pairwise", "solvers", "manifolds")
+# {name}.csv, by the stage that writes it: tables (the first three), solvers, manifolds and
+# generalization (the last two: C4 across models and early stopping, from overlap.csv).
+TABLES = ("overlap", "channels", "pairwise", "solvers", "manifolds", "generalization", "early_stopping")
 
 # {name}.pdf and {name}.png: what each figure shows (docs/method.md section 5).
 FIGURES = {

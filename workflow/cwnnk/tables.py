@@ -25,8 +25,9 @@ import numpy as np
 
 from cwnnk.atomic import atomic_path
 # Model settings copied onto every row, in this order (tables are tidy: one row, all context).
-MODEL_COLUMNS = ("model", "kind", "label", "arch", "dropout", "weight_decay", "augment", "seed")
-METRIC_COLUMNS = ("train_acc", "test_acc", "train_loss", "test_loss", "gap_acc", "gap_loss")
+MODEL_COLUMNS = ("model", "kind", "label", "arch", "dropout", "weight_decay", "augment", "seed", "label_noise",
+                 "n_train", "width", "epochs", "run", "epoch")
+METRIC_COLUMNS = ("train_acc", "test_acc", "train_loss", "test_loss", "gap_acc", "gap_loss", "train_acc_clean")
 
 
 def _cell(value):

@@ -1,10 +1,12 @@
 """Training and evaluation of one model: seeded, deterministic on CPU, CUDA when present."""
 
+import copy
 import time
 
 import torch
 import torch.nn.functional as F
 
+from cwnnk.datasets import Split
 from cwnnk.device import resolve_device
 from cwnnk.models import build_model
 
@@ -43,10 +45,12 @@ def _optimizer(model, params):
     return torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
 
 
-def train_model(spec, dataset, params, log=print):
+def train_model(spec, dataset, params, log=print, on_epoch=None):
     """Train a fresh model of `spec` on `dataset` with TrainParams `params`; return (model, history).
 
-    history: one dict per epoch with train/test loss and accuracy and the epoch's seconds.
+    history: one dict per epoch with train/test loss and accuracy and the epoch's seconds; under
+    label noise also train_acc_clean, the accuracy on the true training labels (train_acc is
+    on the labels trained on). on_epoch(epoch, model, history), if given, runs after each epoch.
     """
     device = resolve_device(params.device)
     torch.manual_seed(params.seed)
@@ -58,6 +62,8 @@ def train_model(spec, dataset, params, log=print):
     epochs = params.epochs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs) if params.lr_schedule == "cosine" else None
     train = dataset.train
+    clean = dataset.clean_train_labels
+    clean = None if clean is None or torch.equal(clean, train.labels) else Split(train.images, clean, train.indices)
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -78,11 +84,15 @@ def train_model(spec, dataset, params, log=print):
         test_loss, test_acc = evaluate(model, dataset.test, device)
         row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
                    seconds=time.perf_counter() - start)
+        if clean is not None:
+            row["train_acc_clean"] = evaluate(model, clean, device)[1]
         history.append(row)
         left = (epochs - epoch) * sum(r["seconds"] for r in history) / epoch
         log(f"epoch {epoch}/{epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
             f"test loss {test_loss:.4f} acc {test_acc:.4f}  ({row['seconds']:.1f}s, "
             f"{len(train) / row['seconds']:.0f} images/s, about {left:.0f}s left)")
+        if on_epoch is not None:
+            on_epoch(epoch, model, history)
     return model.eval(), history
 
 
@@ -93,7 +103,7 @@ def summarize_history(history):
         train_loss=last["train_loss"], train_acc=last["train_acc"],
         test_loss=last["test_loss"], test_acc=last["test_acc"],
         gap_acc=last["train_acc"] - last["test_acc"], gap_loss=last["test_loss"] - last["train_loss"],
-        epochs=len(history),
+        epochs=len(history), train_acc_clean=last.get("train_acc_clean", last["train_acc"]),
     )
 
 
@@ -109,9 +119,11 @@ def _metrics(entry, spec, dataset, history, wall, device, **extra):
     )
 
 
-def run_train(entry, params, checkpoint_path, metrics_path, log=print):
+def run_train(entry, params, checkpoint_path, metrics_path, log=print, snapshots=()):
     """The `train` stage: train one sweep entry with TrainParams `params`; write its checkpoint
-    and metrics.json."""
+    and metrics.json. snapshots: (entry, checkpoint_path, metrics_path) of each saved epoch
+    (entry["epoch"] in params.save_epochs), written when training passes that epoch, with the
+    history up to it."""
     from cwnnk.atomic import write_json
     from cwnnk.datasets import load_dataset
     from cwnnk.models import save_checkpoint
@@ -123,9 +135,21 @@ def run_train(entry, params, checkpoint_path, metrics_path, log=print):
     device = resolve_device(params.device)
     log(f"training {entry['name']} on {dataset.name} ({len(dataset.train)} train, {len(dataset.test)} test), "
         f"seed {params.seed}, device {device}")
-    model, history = train_model(spec, dataset, params, log)
-    save_checkpoint(checkpoint_path, model.cpu(), spec)
     training = {key: value for key, value in params.to_dict().items() if key not in ("dataset", "device", "seed")}
+    saved = {snap["epoch"]: (snap, ckpt, metrics) for snap, ckpt, metrics in snapshots}
+    if sorted(saved) != sorted(params.save_epochs):
+        raise ValueError(f"snapshots for epochs {sorted(saved)} but training.save_epochs is {list(params.save_epochs)}")
+
+    def on_epoch(epoch, model, history):
+        if epoch in saved:
+            snap, ckpt, metrics = saved[epoch]
+            save_checkpoint(ckpt, copy.deepcopy(model).cpu().eval(), spec)
+            write_json(metrics, _metrics(snap, spec, dataset, list(history), time.perf_counter() - start, device,
+                                         training=training))
+            log(f"saved epoch {epoch} as {snap['name']}")
+
+    model, history = train_model(spec, dataset, params, log, on_epoch)
+    save_checkpoint(checkpoint_path, model.cpu(), spec)
     write_json(metrics_path, _metrics(entry, spec, dataset, history, time.perf_counter() - start, device,
                                       training=training))
 

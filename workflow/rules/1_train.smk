@@ -1,14 +1,19 @@
 # Stage 1 (cwnnk.train): a checkpoint and metrics.json per model, trained here or imported.
+# A run's saved epochs (training.save_epochs) are models of their own, <run>-e<epoch>, written
+# by the run's train job: their files are extra outputs of it.
 
 
 rule train:
     output:
         checkpoint=f"{R}/models/{{model}}/checkpoint.pt",
         metrics=f"{R}/models/{{model}}/metrics.json",
+        snapshots=[f"{R}/models/{{model}}-e{e}/{name}" for e in config["training"]["save_epochs"]
+                   for name in ("checkpoint.pt", "metrics.json")],
     wildcard_constraints:
         model=_names_regex(TRAINED),
     params:
         entry=model_entry,
+        snapshots=lambda wildcards: [MODELS[m] for m in EXP.snapshots(wildcards.model)],
         train=lambda wildcards: EXP.train(wildcards.model).to_dict(),
     log:
         f"{R}/logs/train/{{model}}.log",

@@ -23,3 +23,24 @@ rule tables:
         "../../envs/analysis.yaml"
     script:
         "../scripts/tables.py"
+
+
+rule generalization:
+    input:
+        f"{R}/tables/overlap.csv",
+    output:
+        generalization=report(f"{R}/tables/generalization.csv", caption="../report/generalization.rst",
+                              category="Tables"),
+        early_stopping=report(f"{R}/tables/early_stopping.csv", caption="../report/early_stopping.rst",
+                              category="Tables"),
+    log:
+        f"{R}/logs/generalization.log",
+    benchmark:
+        f"{R}/benchmarks/generalization.tsv"
+    threads: 1
+    resources:
+        **job_resources("tables"),
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/generalization.py"
