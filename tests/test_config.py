@@ -21,7 +21,7 @@ def test_defaults_are_filled_in():
         ({"graphs": {"kernal": "gaussian"}}, ["unknown key", "kernal", "'graphs'", "kernel"]),
         ({"graphs": {"solver": "fast"}}, ["graphs.solver", "'fast'", "exact", "pynnk"]),
         ({"external": [{"name": "x", "path": "p.pt", "model": {"arch": "vgg"}}]}, ["external.0.model.arch", "'vgg'"]),
-        ({"external": [{"name": "x"}]}, ["external.0", "path"]),
+        ({"external": [{"name": "x"}]}, ["external.0", "model"]),
     ],
 )
 def test_bad_config_names_key_value_and_allowed(bad, fragments):

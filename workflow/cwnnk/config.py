@@ -76,10 +76,34 @@ def validate(config, schema=None):
     config = copy.deepcopy(dict(config))
     validator = _Validator(schema or load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
+    problems = [_describe(e) for e in errors]
+    name = config.get("dataset", {}).get("name")
+    if isinstance(name, str) and not any(e.absolute_path and list(e.absolute_path)[:2] == ["dataset", "name"]
+                                         for e in errors):
+        problems[:0] = _dataset_problems(config["dataset"])
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     _check_model(config["model"], "model")
     return config
+
+
+def _dataset_problems(dataset):
+    """Messages for a dataset name that is neither built in nor a torchvision class, or a missing folder."""
+    from cwnnk.params import DATASETS
+
+    name = dataset["name"]
+    if name in DATASETS:
+        if name == "folder" and not Path(dataset.get("root", "")).is_dir():
+            return [f"config key 'dataset.root': {dataset.get('root')!r} is not a folder (dataset.name: folder "
+                    "reads an ImageFolder tree: one sub-folder of images per class)"]
+        return []
+    from cwnnk.datasets import dataset_classes
+    from cwnnk.models import _nearest
+
+    if name not in dataset_classes():
+        return [f"config key 'dataset.name': {name!r} is not allowed; choose one of {list(DATASETS)} or a "
+                f"torchvision dataset class (nearest: {', '.join(_nearest(name, dataset_classes()))})"]
+    return []
 
 
 def _check_model(model, where):

@@ -53,12 +53,13 @@ def resolve_layers(spec, requested="all", model=None):
         requested = [requested]
     valid = list(layer_nodes(spec))
     whose = f"model {model!r} ({spec['arch']})" if model else f"architecture {spec['arch']}"
-    chosen, problems = set(), []
+    chosen, problems, unknown = set(), [], []
     for item in requested:
         matches = fnmatch.filter(valid, item) if any(ch in item for ch in "*?[") else [n for n in valid if n == item]
         if matches:
             chosen.update(matches)
             continue
+        unknown.append(item)
         if spec["arch"] in ("torchvision", "factory") and item in graph_nodes(spec):
             shape = graph_nodes(spec)[item]["shape"]
             problems.append(f"node {item!r} outputs {('(N, ' + ', '.join(map(str, shape)) + ')') if shape else 'no tensor'}, "
@@ -68,8 +69,9 @@ def resolve_layers(spec, requested="all", model=None):
             problems.append(f"{kind} {item!r} matches no layer; nearest valid: {', '.join(_nearest(item, valid))}")
     if problems:
         listing = ", ".join(valid) if len(valid) <= 40 else ", ".join(valid[:40]) + f", ... ({len(valid)} in all)"
-        raise UnknownLayerError(f"config key 'extract.layers' for {whose}: " + "; ".join(problems)
-                                + f". Valid layers: {listing} (or 'all'; `python -m cwnnk layers` lists them)")
+        raise UnknownLayerError(f"config key 'extract.layers': unknown layer(s) {unknown} for {whose}: "
+                                + "; ".join(problems)
+                                + f"; valid layers: {listing} (or 'all'; `python -m cwnnk layers` lists them)")
     return [name for name in valid if name in chosen]
 
 
