@@ -120,9 +120,13 @@ def classification_models():
 
 
 def _nearest(name, valid, n=5):
+    """Up to n of `valid` closest to name (case-insensitive), else the first n."""
     import difflib
 
-    return difflib.get_close_matches(str(name), list(valid), n=n, cutoff=0.4) or list(valid)[:n]
+    valid = list(valid)
+    lower = {v.lower(): v for v in valid}
+    close = difflib.get_close_matches(str(name).lower(), list(lower), n=n, cutoff=0.4)
+    return [lower[c] for c in close] or valid[:n]
 
 
 def torchvision_builder(name):
@@ -247,7 +251,7 @@ def _graph_nodes(spec_json):
     with torch.device("meta"):
         net = build_model(spec).net
     net.eval()
-    nodes = [n for n in get_graph_node_names(net)[1] if n != "x"]
+    nodes = get_graph_node_names(net)[1][1:]  # the first is the input placeholder
     x = torch.empty(1, *spec["input_shape"], device="meta")
     try:
         out = create_feature_extractor(net, return_nodes=nodes)(x)
