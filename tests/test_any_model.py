@@ -252,17 +252,24 @@ def test_snakemake_runs_a_pretrained_torchvision_model_on_an_image_folder(tmp_pa
     place_weights(tmp_path / "th")
     write_folder(tmp_path / "train", per_class=8)
     config = dict(TINY_CONFIG, results=str(tmp_path / "results"),
-                  dataset={"name": "folder", "root": str(tmp_path / "train"), "image_size": 32},
-                  model={"arch": "torchvision", "name": "resnet18", "weights": "IMAGENET1K_V1"},
-                  extract={"layers": ["layer4.*.relu"], "n_samples": 12, "batch_size": 8}, graphs={"k": 4})
+                  dataset={"name": "folder", "root": str(tmp_path / "train"), "image_size": 12},
+                  sweep={"dropout": [0.0], "seeds": [1]},
+                  external=[{"name": "r18", "model": {"arch": "torchvision", "name": "resnet18",
+                                                      "weights": "IMAGENET1K_V1"}, "layers": ["layer4.*.relu"]}],
+                  extract={"n_samples": 12, "batch_size": 8}, graphs={"k": 4})
     (tmp_path / "c.yaml").write_text(json.dumps(config))
     snakemake("--cores", "2", "--configfile", tmp_path / "c.yaml", timeout=1200)
     results = tmp_path / "results"
-    metrics = json.loads((results / "models" / "resnet18-IMAGENET1K_V1" / "metrics.json").read_text())
+    metrics = json.loads((results / "models" / "r18" / "metrics.json").read_text())
     assert metrics["final"]["test_acc"] is None and "no test split" in metrics["accuracy_skipped"]
-    store = json.loads((results / "activations" / "resnet18-IMAGENET1K_V1.zarr" / "zarr.json").read_text())
-    assert "weights.transforms()" in json.dumps(store)
-    table = (results / "tables" / "overlap.csv").read_text()
-    assert "layer4.0.relu" in table and "layer4.1.relu" in table
+    store = json.loads((results / "activations" / "r18.zarr" / "zarr.json").read_text())["attributes"]
+    assert store["transform"]["preprocess_source"] == "resnet18 IMAGENET1K_V1.transforms()"
+    assert store["transform"]["input_shape"] == [3, 224, 224]
+    from cwnnk.tables import read_table
+
+    table = read_table(results / "tables" / "overlap.csv")
+    rows = {(m, layer) for m, layer in zip(table["model"], table["layer"])}
+    assert {("r18", "layer4.0.relu"), ("r18", "layer4.1.relu"), ("convnet-d0-wd0-s1", "conv2")} <= rows
+    assert all("no test split" in reason for reason in table["accuracy_skipped"])
     assert all((results / "figures" / f"F{i}.png").is_file() for i in range(1, 7))
     assert sys.executable  # the run used this interpreter (conftest.snakemake)

@@ -231,7 +231,7 @@ def expand_models(config):
         models[name] = dict(
             name=name, kind="external", path=weights if is_weights_file(weights) else None,
             spec=model_spec(config["model"], config["dataset"]), dropout=0.0, weight_decay=None, augment=None,
-            seed=None, label="pretrained",
+            seed=None, label="pretrained", download=bool(config["model"].get("download")),
         )
         dropouts = []
     arch = _arch_label(config["model"])
@@ -259,7 +259,10 @@ def expand_models(config):
             name=ext["name"], kind="external", path=path if is_weights_file(path) or not tv else None,
             spec=model_spec(ext["model"], config["dataset"], dropout, weights=path if tv else None),
             dropout=dropout, weight_decay=None, augment=None, seed=None, label=ext.get("label", "external"),
+            download=bool(ext["model"].get("download")),
         )
+        if ext.get("layers") is not None:
+            models[ext["name"]]["layers"] = ext["layers"]
     return models
 
 
@@ -286,7 +289,8 @@ class Experiment:
 
         models = expand_models(config)
         try:
-            layers = {m: tuple(resolve_layers(e["spec"], config["extract"]["layers"], m)) for m, e in models.items()}
+            layers = {m: tuple(resolve_layers(e["spec"], e.get("layers", config["extract"]["layers"]), m))
+                      for m, e in models.items()}
         except UnknownLayerError as err:
             raise ConfigError(str(err)) from None
         graphs = GraphParams(**config["graphs"], seed=config["extract"]["seed"], device=config["device"])
@@ -320,7 +324,7 @@ class Experiment:
     def import_(self, model):
         """ImportParams of an external checkpoint or pretrained model."""
         return ImportParams(dataset=self.dataset_of(model), device=self.config["device"],
-                            download=bool(self.config["model"].get("download")))
+                            download=self.models[model].get("download", False))
 
     def extract(self, model):
         """ExtractParams of a model: its resolved layers and the `extract` settings."""

@@ -134,7 +134,7 @@ def run_train(entry, params, checkpoint_path, metrics_path, log=print):
     mean, std = dataset.channel_stats()
     spec = dict(entry["spec"], normalize={"mean": mean, "std": std})
     device = resolve_device(params.device)
-    log(f"training {entry['name']} on {dataset.name} ({len(dataset.train)} train, {len(dataset.test)} test), "
+    log(f"training {entry['name']} on {dataset.name} ({len(dataset.train)} train, {0 if dataset.test is None else len(dataset.test)} test), "
         f"seed {params.seed}, device {device}")
     model, history = train_model(spec, dataset, params, log)
     save_checkpoint(checkpoint_path, model.cpu(), spec)
