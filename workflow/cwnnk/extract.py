@@ -43,16 +43,28 @@ def resolve_layers(spec, requested="all", model=None):
     (N, C, H, W) output). Raises UnknownLayerError naming a name or pattern that matches nothing,
     or a node whose output is not (N, C, H, W), with the nearest valid names.
     """
-    import fnmatch
-
-    from cwnnk.models import _nearest, graph_nodes, layer_nodes
+    from cwnnk.models import graph_nodes
 
     if requested == "all":
         return layer_names(spec)
+    whose = f"model {model!r} ({spec['arch']})" if model else f"architecture {spec['arch']}"
+    nodes = graph_nodes(spec) if spec["arch"] in ("torchvision", "factory") else {}
+    return match_layers(list(layer_nodes(spec)), requested, nodes, whose)
+
+
+def match_layers(valid, requested, nodes=None, whose="the model"):
+    """The names of `valid` (depth order) that the names / glob patterns `requested` select.
+
+    nodes: optional {node name: {"shape": ...}} of every node, to say why a non-spatial node is refused.
+    Raises UnknownLayerError naming each name or pattern that selects nothing, with the nearest valid names.
+    """
+    import fnmatch
+
+    from cwnnk.models import _nearest
+
+    nodes = nodes or {}
     if isinstance(requested, str):
         requested = [requested]
-    valid = list(layer_nodes(spec))
-    whose = f"model {model!r} ({spec['arch']})" if model else f"architecture {spec['arch']}"
     chosen, problems, unknown = set(), [], []
     for item in requested:
         matches = fnmatch.filter(valid, item) if any(ch in item for ch in "*?[") else [n for n in valid if n == item]
@@ -60,8 +72,8 @@ def resolve_layers(spec, requested="all", model=None):
             chosen.update(matches)
             continue
         unknown.append(item)
-        if spec["arch"] in ("torchvision", "factory") and item in graph_nodes(spec):
-            shape = graph_nodes(spec)[item]["shape"]
+        if item in nodes:
+            shape = nodes[item]["shape"]
             problems.append(f"node {item!r} outputs {('(N, ' + ', '.join(map(str, shape)) + ')') if shape else 'no tensor'}, "
                             f"not (N, C, H, W); nearest valid: {', '.join(_nearest(item, valid))}")
         else:

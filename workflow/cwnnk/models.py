@@ -242,23 +242,26 @@ def _is_activation(model, node):
     return type(module).__name__ in _ACTIVATION_NAMES
 
 
-def _graph_nodes(spec_json):
-    import json
+def trace_nodes(net, input_shape):
+    """Every FX node of an nn.Module in eval order: name -> {shape (per sample, or None), spatial
+    (output is (N, C, H, W)), all (an activation node, what `all` keeps)}.
 
+    input_shape: (C, H, W) of one image. Runs one forward pass of a single image on net's device
+    (a meta-device net costs nothing).
+    """
     from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-    spec = json.loads(spec_json)
-    with torch.device("meta"):
-        net = build_model(spec).net
+    training = net.training
     net.eval()
-    nodes = get_graph_node_names(net)[1][1:]  # the first is the input placeholder
-    x = torch.empty(1, *spec["input_shape"], device="meta")
     try:
-        out = create_feature_extractor(net, return_nodes=nodes)(x)
-    except Exception:  # noqa: BLE001 - an op without a meta kernel: trace on CPU (weights=None)
-        net = build_model(spec).net.eval()
+        nodes = get_graph_node_names(net)[1][1:]  # the first is the input placeholder
+        param = next(iter(net.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+        x = (torch.empty if device.type == "meta" else torch.zeros)(1, *input_shape, device=device)
         with torch.no_grad():
-            out = create_feature_extractor(net, return_nodes=nodes)(torch.zeros(1, *spec["input_shape"]))
+            out = create_feature_extractor(net, return_nodes=nodes)(x)
+    finally:
+        net.train(training)
     info = OrderedDict()
     for name in nodes:
         value = out.get(name)
@@ -266,6 +269,18 @@ def _graph_nodes(spec_json):
         info[name] = dict(shape=shape, spatial=shape is not None and len(shape) == 3,
                           all=shape is not None and len(shape) == 3 and _is_activation(net, name))
     return info
+
+
+def _graph_nodes(spec_json):
+    import json
+
+    spec = json.loads(spec_json)
+    with torch.device("meta"):
+        net = build_model(spec).net
+    try:
+        return trace_nodes(net, spec["input_shape"])
+    except Exception:  # noqa: BLE001 - an op without a meta kernel: trace on CPU (weights=None)
+        return trace_nodes(build_model(spec).net, spec["input_shape"])
 
 
 _NODE_CACHE = {}
