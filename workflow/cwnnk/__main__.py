@@ -32,6 +32,10 @@ def _duration(seconds):
     return f"{seconds / 3600:.1f} h"
 
 
+def _size(mib):
+    return f"{mib:.0f} MiB" if mib < 1024 else f"{mib / 1024:.1f} GiB"
+
+
 def layer_table(spec, n, k):
     """Rows (name, (C, H, W), D, in `all`, seconds, MiB) of every analysable node of spec."""
     from cwnnk.models import graph_nodes, layer_names, layer_nodes
@@ -87,7 +91,7 @@ def layers_command(args):
         for name, (C, H, W), D, in_all, seconds, mib in layer_table(spec, n or 1000, k):
             extracted = " *" if name in exp.layers[model] else ""
             print(f"  {name:40s} {f'{C} x {H} x {W}':>16s} {D:>7d} {'yes' if in_all else '':>4s} "
-                  f"{_duration(seconds) if n else '?':>9s} {f'{mib / 1024:.1f} GiB' if n else '?':>10s}{extracted}")
+                  f"{_duration(seconds) if n else '?':>9s} {_size(mib) if n else '?':>10s}{extracted}")
         print("  (* = selected by extract.layers)")
 
 
