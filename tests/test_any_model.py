@@ -93,7 +93,7 @@ def test_layers_command_lists_shapes_and_costs(tmp_path, capsys):
     main(["layers", "--configfile", str(config)])
     out = capsys.readouterr().out
     line = next(row for row in out.splitlines() if row.strip().startswith("layer1.0.relu "))
-    assert "64 x 8 x 8" in line and " 64 " in line and "yes" in line and "MiB" in line
+    assert "64 x 8 x 8" in line and " 64 " in line and "yes" in line and "1.0 GiB" in line
     assert next(row for row in out.splitlines() if row.strip().startswith("layer4.1.relu_1")).endswith("*")
 
 
