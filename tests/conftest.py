@@ -19,7 +19,6 @@ TINY_CONFIG = {
         {"channels": 4, "kernel": 3, "padding": "same"},
         {"channels": 4, "kernel": 3, "padding": "same", "pool": True},
     ]},
-    # config.yaml's sweep factors and saved epochs are merged in unless pinned here.
     "training": {"epochs": 2, "batch_size": 32, "lr": 0.05, "save_epochs": []},
     "sweep": {"dropout": [0.0, 0.3], "seeds": [1], "label_noise": [0.0], "n_train": [None]},
     "extract": {"n_samples": 60, "batch_size": 16},

@@ -21,7 +21,7 @@ def test_defaults_are_filled_in():
         ({"graphs": {"kernal": "gaussian"}}, ["unknown key", "kernal", "'graphs'", "kernel"]),
         ({"graphs": {"solver": "fast"}}, ["graphs.solver", "'fast'", "exact", "pynnk"]),
         ({"external": [{"name": "x", "path": "p.pt", "model": {"arch": "vgg"}}]}, ["external.0.model.arch", "'vgg'"]),
-        ({"external": [{"name": "x"}]}, ["external.0", "path"]),
+        ({"external": [{"name": "x"}]}, ["external.0", "model"]),
         ({"sweep": {"label_noise": [1.0]}}, ["sweep.label_noise.0", "1.0", "< 1"]),
         ({"sweep": {"label_noise": [-0.1]}}, ["sweep.label_noise.0", ">= 0"]),
         ({"sweep": {"n_train": [5]}}, ["sweep.n_train.0", ">= 10"]),

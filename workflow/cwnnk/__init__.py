@@ -13,6 +13,11 @@ _LAZY = {
     "NNKResult": "cwnnk.engine",
     "to_sparse": "cwnnk.sparse",
     "open_activations": "cwnnk.activations",
+    "activations_of": "cwnnk.api",
+    "cw_nnk_graphs": "cwnnk.api",
+    "overlap_summary": "cwnnk.api",
+    "model_layers": "cwnnk.api",
+    "LayerGraphs": "cwnnk.api",
 }
 
 

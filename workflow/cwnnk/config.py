@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from cwnnk.datasets import dataset_signature
+from cwnnk.datasets import dataset_num_classes, dataset_signature
 from cwnnk.params import (DatasetParams, ExtractParams, FigureParams, GraphParams, ImportParams, ManifoldParams,
                           OverlapParams, TrainParams)
 
@@ -77,15 +77,48 @@ def validate(config, schema=None):
     config = copy.deepcopy(dict(config))
     validator = _Validator(schema or load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
+    problems = [_describe(e) for e in errors]
+    name = config.get("dataset", {}).get("name")
+    if isinstance(name, str) and not any(e.absolute_path and list(e.absolute_path)[:2] == ["dataset", "name"]
+                                         for e in errors):
+        problems[:0] = _dataset_problems(config["dataset"])
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     _check_model(config["model"], "model")
     return config
 
 
+def _dataset_problems(dataset):
+    """Messages for a dataset name that is neither built in nor a torchvision class, or a missing folder."""
+    from cwnnk.params import DATASETS
+
+    name = dataset["name"]
+    if name in DATASETS:
+        if name == "folder" and not Path(dataset.get("root", "")).is_dir():
+            return [f"config key 'dataset.root': {dataset.get('root')!r} is not a folder (dataset.name: folder "
+                    "reads an ImageFolder tree: one sub-folder of images per class)"]
+        return []
+    from cwnnk.datasets import dataset_classes
+    from cwnnk.models import _nearest
+
+    if name not in dataset_classes():
+        return [f"config key 'dataset.name': {name!r} is not allowed; choose one of {list(DATASETS)} or a "
+                f"torchvision dataset class (nearest: {', '.join(_nearest(name, dataset_classes()))})"]
+    return []
+
+
 def _check_model(model, where):
-    if model.get("arch", "convnet") == "convnet" and not model.get("layers"):
+    arch = model.get("arch", "convnet")
+    if arch == "convnet" and not model.get("layers"):
         raise ConfigError(f"config key '{where}.layers': a convnet needs at least one layer")
+    if arch == "torchvision" and not model.get("name"):
+        raise ConfigError(f"config key '{where}.name': arch torchvision needs the model's name in torchvision's "
+                          "registry (e.g. resnet50, vgg11, mobilenet_v3_small)")
+    if arch == "factory" and not model.get("factory"):
+        raise ConfigError(f"config key '{where}.factory': arch factory needs 'package.module:function'")
+    if arch in ("convnet", "resnet18") and model.get("weights"):
+        raise ConfigError(f"config key '{where}.weights': arch {arch} takes no weights; declare a checkpoint "
+                          "under 'external' instead")
 
 
 def _fmt(x):
@@ -129,16 +162,87 @@ def _widen(spec, width):
     return dict(spec, layers=[dict(layer, channels=max(1, round(layer["channels"] * width))) for layer in spec["layers"]])
 
 
-def model_spec(model_cfg, dataset_cfg, dropout=0.0):
+def has_test_split(dataset_cfg):
+    """Whether the dataset config has a test split (a folder needs test_root)."""
+    return dataset_cfg["name"] != "folder" or bool(dataset_cfg.get("test_root"))
+
+
+def _external_spec(model_cfg, dataset_cfg, weights):
+    """Spec of a torchvision or factory model: input size and classes follow the weights or the dataset."""
+    from cwnnk.models import import_factory, torchvision_builder, weights_enum
+
+    arch = model_cfg["arch"]
+    spec = {"arch": arch, **({"name": model_cfg["name"]} if arch == "torchvision" else
+                             {"factory": model_cfg["factory"]}),
+            "kwargs": dict(model_cfg.get("kwargs") or {}), "weights": weights}
+    try:
+        torchvision_builder(spec["name"]) if arch == "torchvision" else import_factory(spec["factory"])
+        enum = weights_enum(spec)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    channels = 3 if arch == "torchvision" else model_cfg.get("in_channels", 3)
+    preprocess = {}
+    if enum is not None:
+        t = enum.transforms()
+        preprocess = dict(image_size=int(t.crop_size[0]), resize=int(t.resize_size[0]),
+                          interpolation=t.interpolation.value, source=f"{spec['name']} {weights}.transforms()")
+        spec["normalize"] = {"mean": list(t.mean), "std": list(t.std)}
+    try:
+        size = preprocess.get("image_size") or dataset_signature(dataset_cfg)[0][1]
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    spec["input_shape"] = [channels, size, size]
+    spec["preprocess"] = preprocess
+    if model_cfg.get("normalize"):
+        spec["normalize"] = dict(model_cfg["normalize"])
+    dataset_classes = dataset_num_classes(dataset_cfg)
+    weight_classes = len(enum.meta["categories"]) if enum is not None and "categories" in enum.meta else None
+    num_classes = model_cfg.get("num_classes") or weight_classes or dataset_classes
+    if num_classes is None:
+        raise ConfigError("config key 'model.num_classes': the number of classes is unknown until the dataset is "
+                          "read; set model.num_classes")
+    if weight_classes and num_classes != weight_classes:
+        raise ConfigError(f"config key 'model.num_classes': {num_classes}, but weights {spec['name']} {weights} "
+                          f"predict {weight_classes} classes; cwnnk never replaces a pretrained head")
+    if dataset_classes and num_classes != dataset_classes and (not weights or has_test_split(dataset_cfg)):
+        raise ConfigError(
+            f"model {spec.get('name') or spec.get('factory')} predicts {num_classes} classes but dataset "
+            f"{dataset_cfg['name']!r} has {dataset_classes}: cwnnk never replaces a head silently. Use a "
+            "dataset with the model's classes" + (", or analyse the activations only: a pretrained model on a "
+                                                  "folder without dataset.test_root is not evaluated" if weights else
+                                                  ", or set model.num_classes to the dataset's"))
+    spec["num_classes"] = int(num_classes)
+    return spec
+
+
+def model_spec(model_cfg, dataset_cfg, dropout=0.0, weights=None):
     """The architecture spec (see cwnnk.models) of a model entry on a dataset, without normalisation."""
+    arch = model_cfg.get("arch", "convnet")
+    if arch in ("torchvision", "factory"):
+        return dict(_external_spec(model_cfg, dataset_cfg, weights or model_cfg.get("weights")), dropout=dropout)
     input_shape, num_classes = dataset_signature(dataset_cfg)
-    spec = {"arch": model_cfg.get("arch", "convnet"), "input_shape": input_shape, "num_classes": num_classes,
-            "dropout": dropout}
+    spec = {"arch": arch, "input_shape": input_shape, "num_classes": num_classes, "dropout": dropout}
     if spec["arch"] == "convnet":
         spec["layers"] = [dict(padding="valid", pool=False) | layer for layer in model_cfg["layers"]]
     else:
         spec["cifar_stem"] = model_cfg.get("cifar_stem", True)
     return spec
+
+
+def _arch_label(model_cfg):
+    """The architecture part of a model name: convnet, resnet18, a torchvision name or the factory's function."""
+    arch = model_cfg.get("arch", "convnet")
+    if arch == "torchvision":
+        return model_cfg["name"]
+    if arch == "factory":
+        return model_cfg["factory"].rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+    return arch
+
+
+def _weights_label(weights):
+    from cwnnk.models import is_weights_file
+
+    return Path(weights).stem if is_weights_file(weights) else weights
 
 
 def expand_models(config):
@@ -153,7 +257,20 @@ def expand_models(config):
     models = OrderedDict()
     sweep = config["sweep"]
     arch = config["model"]["arch"]
+    from cwnnk.models import is_weights_file
+
     dropouts = sweep["dropout"] if arch == "convnet" else [0.0]
+    weights = config["model"].get("weights")
+    if weights:  # a pretrained model: imported, evaluated and analysed, never trained
+        name = f"{_arch_label(config['model'])}-{_weights_label(weights)}"
+        models[name] = dict(
+            name=name, kind="external", path=weights if is_weights_file(weights) else None,
+            spec=model_spec(config["model"], config["dataset"]), dropout=0.0, weight_decay=None, augment=None,
+            seed=None, label_noise=None, n_train=None, width=None, epochs=None, run=name, epoch=None,
+            label="pretrained", download=bool(config["model"].get("download")),
+        )
+        dropouts = []
+    arch = _arch_label(config["model"])
     save_epochs = config["training"]["save_epochs"]
     factors = itertools.product(dropouts, sweep["weight_decay"], sweep["augment"], sweep["label_noise"],
                                 sweep["n_train"], sweep["width"], sweep["epochs"], sweep["seeds"])
@@ -177,12 +294,20 @@ def expand_models(config):
             raise ConfigError(f"config key 'external.{i}.name': {ext['name']!r} is already a model name")
         _check_model(ext["model"], f"external.{i}.model")
         dropout = ext["dropout"]
+        path = ext.get("path") or ext["model"].get("weights")
+        if not path:
+            raise ConfigError(f"config key 'external.{i}.path': {ext['name']!r} needs a checkpoint path "
+                              "(or model.weights of a torchvision model)")
+        tv = ext["model"].get("arch") in ("torchvision", "factory")
         models[ext["name"]] = dict(
-            name=ext["name"], kind="external", path=ext["path"],
-            spec=model_spec(ext["model"], config["dataset"], dropout),
+            name=ext["name"], kind="external", path=path if is_weights_file(path) or not tv else None,
+            spec=model_spec(ext["model"], config["dataset"], dropout, weights=path if tv else None),
             dropout=dropout, weight_decay=None, augment=None, seed=None, label_noise=None, n_train=None,
             width=None, epochs=None, run=ext["name"], epoch=None, label=ext.get("label", "external"),
+            download=bool(ext["model"].get("download")),
         )
+        if ext.get("layers") is not None:
+            models[ext["name"]]["layers"] = ext["layers"]
     return models
 
 
@@ -209,7 +334,8 @@ class Experiment:
 
         models = expand_models(config)
         try:
-            layers = {m: tuple(resolve_layers(e["spec"], config["extract"]["layers"], m)) for m, e in models.items()}
+            layers = {m: tuple(resolve_layers(e["spec"], e.get("layers", config["extract"]["layers"]), m))
+                      for m, e in models.items()}
         except UnknownLayerError as err:
             raise ConfigError(str(err)) from None
         graphs = GraphParams(**config["graphs"], seed=config["extract"]["seed"], device=config["device"])
@@ -226,8 +352,15 @@ class Experiment:
         return DatasetParams(**self.config["dataset"])
 
     def dataset_of(self, model):
-        """DatasetParams of a model: the `dataset` section with its training-set size and label noise."""
+        """DatasetParams of a model: the `dataset` section as the model sees it (torchvision and
+        factory models get their input channels and size, pretrained torchvision weights their own
+        resize, crop and interpolation), with a trained run's training-set size and label noise."""
         entry, dataset = self.models[model], self.dataset
+        spec = entry["spec"]
+        if spec["arch"] in ("torchvision", "factory"):
+            pre = {key: value for key, value in spec.get("preprocess", {}).items() if key != "source"}
+            dataset = dataset.replace(**{"channels": spec["input_shape"][0], "image_size": spec["input_shape"][1],
+                                         **pre})
         if entry["kind"] == "external":
             return dataset
         size = {} if entry["n_train"] is None else {"n_train": entry["n_train"]}
@@ -245,13 +378,15 @@ class Experiment:
                            augment=entry["augment"], device=self.config["device"], **training)
 
     def import_(self, model):
-        """ImportParams of an external checkpoint."""
-        return ImportParams(dataset=self.dataset, device=self.config["device"])
+        """ImportParams of an external checkpoint or pretrained model."""
+        return ImportParams(dataset=self.dataset_of(model), device=self.config["device"],
+                            download=self.models[model].get("download", False))
 
     def extract(self, model):
         """ExtractParams of a model: its resolved layers and the `extract` settings."""
         settings = {key: value for key, value in self.config["extract"].items() if key != "layers"}
-        return ExtractParams(dataset=self.dataset_of(model), layers=self.layers[model], device=self.config["device"], **settings)
+        return ExtractParams(dataset=self.dataset_of(model), layers=self.layers[model], device=self.config["device"],
+                             **settings)
 
 
 def _rows(schema, defs, prefix=""):

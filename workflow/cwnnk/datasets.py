@@ -4,6 +4,11 @@ Every loader returns a `Dataset` with train and test splits of float32 images in
 [0, 1], shape (N, C, H, W), int64 labels and the original sample indices. Input
 normalisation is part of the model (see models.py), so the same tensors feed
 training and extraction.
+
+Besides the built-in digits, cifar10 and synthetic, `dataset.name` may be any torchvision
+image-classification dataset class with a local root (CIFAR100, MNIST, FashionMNIST, SVHN,
+STL10, ...) or `folder` (a torchvision ImageFolder tree). Their images are decoded on demand
+(`LazyImages`), batch by batch, so a large folder is never held in memory whole.
 """
 
 from dataclasses import dataclass
@@ -28,14 +33,20 @@ class Split:
 
     def subset(self, positions):
         positions = np.asarray(positions)
-        return Split(self.images[positions], self.labels[positions], self.indices[positions])
+        images = self.images
+        if isinstance(images, LazyImages):
+            images = LazyImages(images.source, images.positions[positions], images.transform, images.shape[1:],
+                                images.paths)
+        else:
+            images = images[positions]
+        return Split(images, self.labels[positions], self.indices[positions])
 
 
 @dataclass
 class Dataset:
     name: str
     train: Split
-    test: Split
+    test: Split | None  # None: the dataset has no test split (accuracy and claim C4 are skipped)
     classes: tuple
     clean_train_labels: torch.Tensor | None = None  # the true training labels (under label noise)
 
@@ -50,12 +61,61 @@ class Dataset:
     def split(self, name):
         if name not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {name!r}")
+        if getattr(self, name) is None:
+            raise ValueError(f"dataset {self.name!r} has no {name} split (dataset.test_root is null)")
         return getattr(self, name)
 
     def channel_stats(self):
         """Per-channel mean and std of the training images (the model's input normalisation)."""
         x = self.train.images
+        if isinstance(x, LazyImages):
+            return x.channel_stats()
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+
+
+class LazyImages:
+    """(N, C, H, W) float32 images in [0, 1] decoded on demand from a torchvision dataset.
+
+    Indexing (an int, a slice, or an array/tensor of positions) decodes those images only; a file
+    that cannot be decoded raises ValueError naming it.
+    """
+
+    def __init__(self, source, positions, transform, shape, paths=None):
+        self.source, self.positions, self.transform = source, np.asarray(positions), transform
+        self.shape = (len(self.positions), *shape)
+        self.paths = paths
+
+    def __len__(self):
+        return self.shape[0]
+
+    def _one(self, position):
+        try:
+            image = self.source[int(position)][0]
+            return self.transform(image)
+        except Exception as err:  # noqa: BLE001 - a corrupt or unreadable file
+            where = self.paths[int(position)] if self.paths is not None else f"sample {int(position)}"
+            raise ValueError(f"cannot read image {where}: {type(err).__name__}: {err}") from None
+
+    def __getitem__(self, index):
+        if isinstance(index, torch.Tensor):
+            index = index.numpy()
+        chosen = self.positions[index]
+        if np.ndim(chosen) == 0:
+            return self._one(chosen)
+        if len(chosen) == 0:
+            return torch.empty((0, *self.shape[1:]))
+        return torch.stack([self._one(p) for p in chosen])
+
+    def channel_stats(self, batch=256):
+        total, squares, count = 0.0, 0.0, 0
+        for start in range(0, len(self), batch):
+            x = self[start : start + batch].double()
+            total = total + x.sum(dim=(0, 2, 3))
+            squares = squares + (x**2).sum(dim=(0, 2, 3))
+            count += x.shape[0] * x.shape[2] * x.shape[3]
+        mean = total / count
+        std = (squares / count - mean**2).clamp_min(0).sqrt().clamp_min(1e-6)
+        return mean.float().tolist(), std.float().tolist()
 
 
 def stratified_subset(labels, n, seed):
@@ -196,6 +256,128 @@ def noisy_labels(labels, rate, num_classes, seed):
     return labels
 
 
+def image_transform(image_size=None, resize=None, channels=3, interpolation="bilinear"):
+    """PIL image -> (channels, S, S) float32 in [0, 1]: resize the shorter side to `resize` (default
+    image_size), centre-crop to image_size (the preprocessing of torchvision's ImageClassification
+    weights), and convert to the model's channels (grayscale <-> RGB)."""
+    from torchvision import transforms as T
+
+    steps = [T.Lambda(lambda im: im.convert("L" if channels == 1 else "RGB"))]
+    mode = T.InterpolationMode(interpolation)
+    if resize or image_size:
+        steps.append(T.Resize(resize or image_size, interpolation=mode, antialias=True))
+    if image_size:
+        steps.append(T.CenterCrop(image_size))
+    steps.append(T.ToTensor())
+    if channels not in (1, 3):
+        steps.append(T.Lambda(lambda x: x[:1].expand(channels, *x.shape[1:]).contiguous()))
+    return T.Compose(steps)
+
+
+def dataset_classes():
+    """Names of torchvision's dataset classes (candidates for dataset.name)."""
+    import torchvision.datasets
+
+    return sorted(n for n in torchvision.datasets.__all__ if n[0].isupper())
+
+
+def _labels_of(ds):
+    for attr in ("targets", "labels", "_labels", "y"):
+        values = getattr(ds, attr, None)
+        if values is not None and len(values) == len(ds):
+            return np.asarray(values, dtype=np.int64)
+    return np.asarray([int(ds[i][1]) for i in range(len(ds))], dtype=np.int64)
+
+
+def _open(params, train):
+    """The torchvision dataset of one split, or None (a folder without test_root)."""
+    import inspect
+
+    import torchvision.datasets as tvd
+
+    if params.name == "folder":
+        root = params.root if train else params.test_root
+        if root is None:
+            return None
+        try:
+            ds = tvd.ImageFolder(root)
+        except (FileNotFoundError, RuntimeError) as err:
+            key = "dataset.root" if train else "dataset.test_root"
+            raise FileNotFoundError(f"config key '{key}': {Path(root).resolve()} is not an image folder tree "
+                                    f"(one sub-folder of images per class): {err}") from None
+        if len(ds.classes) < 2:
+            raise ValueError(f"image folder {Path(root).resolve()} has {len(ds.classes)} class folder(s) "
+                             f"({ds.classes}); cwnnk needs at least 2 classes (one sub-folder each)")
+        return ds
+    if params.name not in dataset_classes():
+        raise ValueError(f"dataset.name {params.name!r} is not a torchvision dataset class")
+    cls = getattr(tvd, params.name)
+    accepted = inspect.signature(cls).parameters
+    kwargs = {"download": params.download} if "download" in accepted else {}
+    if "train" in accepted:
+        kwargs["train"] = train
+    elif "split" in accepted:
+        kwargs["split"] = "train" if train else "test"
+    elif not train:
+        return None
+    try:
+        return cls(root=params.root, **kwargs)
+    except RuntimeError as err:
+        raise FileNotFoundError(f"torchvision {params.name} not found under {Path(params.root).resolve()} "
+                                f"(dataset.root): {err} Set dataset.download: true to fetch it (online), or put "
+                                "its files there in torchvision's layout.") from None
+
+
+def load_torchvision(params, channels=3):
+    """A torchvision dataset class or an ImageFolder tree (`params.name == 'folder'`) as a Dataset.
+
+    n_train / n_test pick stratified subsets (seeded); images are decoded lazily. A class without
+    a test split, or a folder without test_root, gives `test=None`.
+    """
+    transform = image_transform(params.image_size, params.resize, channels, params.interpolation)
+    splits, classes = {}, None
+    for train in (True, False):
+        ds = _open(params, train)
+        if ds is None:
+            splits[train] = None
+            continue
+        labels = _labels_of(ds)
+        if len(labels) == 0:
+            raise ValueError(f"dataset {params.name} under {params.root}: no images")
+        keep = stratified_subset(labels, params.n_train if train else params.n_test, params.seed + (0 if train else 1))
+        paths = [p for p, _ in ds.samples] if hasattr(ds, "samples") else None
+        probe = LazyImages(ds, keep[:1], transform, ())._one(keep[0])
+        images = LazyImages(ds, keep, transform, tuple(probe.shape), paths)
+        splits[train] = Split(images, torch.as_tensor(labels[keep]), keep)
+        names = tuple(str(c) for c in getattr(ds, "classes", None) or sorted(set(labels.tolist())))
+        if classes is None:
+            classes = names
+        elif names != classes:
+            raise ValueError(f"the test split's classes {list(names)} differ from the training split's {list(classes)}")
+    name = "folder" if params.name == "folder" else params.name
+    return Dataset(name, splits[True], splits[False], classes)
+
+
+def convert_channels(dataset, channels):
+    """The dataset with its (in-memory) images converted to `channels` (1 <-> 3), if they differ."""
+    if channels is None or dataset.input_shape[0] == channels:
+        return dataset
+
+    def convert(split):
+        if split is None:
+            return None
+        x = split.images
+        if x.shape[1] == 1:
+            x = x.expand(-1, channels, -1, -1).contiguous()
+        elif channels == 1:
+            x = x.mean(dim=1, keepdim=True)
+        else:
+            raise ValueError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
+        return Split(x, split.labels, split.indices)
+
+    return Dataset(dataset.name, convert(dataset.train), convert(dataset.test), dataset.classes)
+
+
 def load_dataset(params):
     """Build a Dataset from DatasetParams (or a `dataset` config mapping, checked the same way).
 
@@ -207,15 +389,20 @@ def load_dataset(params):
     from cwnnk.params import DatasetParams
 
     params = DatasetParams.from_dict(params)
-    loaders = {"digits": load_digits, "cifar10": load_cifar10, "synthetic": load_synthetic}
-    values = params.to_dict()
-    kwargs = {k: v for k, v in values.items() if k in _PARAMS[params.name] and v is not None}
-    dataset = loaders[params.name](**kwargs)
-    if params.n_train is not None and params.name == "digits":
-        if params.n_train > len(dataset.train):
-            raise ValueError(f"n_train = {params.n_train} exceeds the {len(dataset.train)} training images of digits")
-        dataset.train = dataset.train.subset(stratified_subset(dataset.train.labels.numpy(), params.n_train,
-                                                               params.seed))
+    if params.name not in _PARAMS:
+        dataset = load_torchvision(params, params.channels or NATIVE_CHANNELS.get(params.name, 3))
+    else:
+        loaders = {"digits": load_digits, "cifar10": load_cifar10, "synthetic": load_synthetic}
+        values = params.to_dict()
+        kwargs = {k: v for k, v in values.items() if k in _PARAMS[params.name] and v is not None}
+        dataset = loaders[params.name](**kwargs)
+        if params.name != "synthetic":
+            dataset = convert_channels(dataset, params.channels)
+        if params.n_train is not None and params.name == "digits":
+            if params.n_train > len(dataset.train):
+                raise ValueError(f"n_train = {params.n_train} exceeds the {len(dataset.train)} training images of digits")
+            dataset.train = dataset.train.subset(stratified_subset(dataset.train.labels.numpy(), params.n_train,
+                                                                   params.seed))
     dataset.clean_train_labels = dataset.train.labels
     if params.label_noise:
         noisy = noisy_labels(dataset.train.labels.numpy(), params.label_noise, dataset.num_classes, params.seed)
@@ -231,15 +418,36 @@ _PARAMS = {
 }
 
 
-NATIVE_SIZE = {"digits": 8, "cifar10": 32, "synthetic": 12}
+NATIVE_SIZE = {"digits": 8, "cifar10": 32, "synthetic": 12, "CIFAR10": 32, "CIFAR100": 32, "SVHN": 32, "MNIST": 28,
+               "FashionMNIST": 28, "KMNIST": 28, "QMNIST": 28, "EMNIST": 28, "STL10": 96}
+NATIVE_CHANNELS = {"digits": 1, "MNIST": 1, "FashionMNIST": 1, "KMNIST": 1, "QMNIST": 1, "EMNIST": 1}
+NATIVE_CLASSES = {"digits": 10, "CIFAR10": 10, "CIFAR100": 100, "SVHN": 10, "MNIST": 10, "FashionMNIST": 10,
+                  "KMNIST": 10, "QMNIST": 10, "STL10": 10}
+
+
+def dataset_num_classes(cfg):
+    """Number of classes of a dataset config without loading it (None where only the files tell)."""
+    name = cfg["name"]
+    if name == "cifar10":
+        return len(cfg.get("classes") or range(10))
+    if name == "synthetic":
+        return cfg.get("num_classes", 4)
+    if name == "folder":
+        root = Path(cfg.get("root", ""))
+        classes = [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else None
+        return len(classes) if classes else None
+    return NATIVE_CLASSES.get(name)
 
 
 def dataset_signature(cfg):
-    """(input_shape, num_classes) of a dataset config, known without loading any data."""
+    """(input_shape, num_classes) of a dataset config, known without loading any data.
+
+    num_classes is None where it is only known from the files (a folder, an unlisted class).
+    """
     name = cfg["name"]
-    size = cfg.get("image_size") or NATIVE_SIZE[name]
-    if name == "digits":
-        return [1, size, size], 10
-    if name == "cifar10":
-        return [3, size, size], len(cfg.get("classes") or range(10))
-    return [cfg.get("channels", 1), size, size], cfg.get("num_classes", 4)
+    size = cfg.get("image_size") or NATIVE_SIZE.get(name)
+    if size is None:
+        raise ValueError(f"config key 'dataset.image_size': dataset {name!r} has no fixed image size; "
+                         "set dataset.image_size (the side of the centre crop the model sees)")
+    channels = cfg.get("channels") or NATIVE_CHANNELS.get(name, 1 if name == "synthetic" else 3)
+    return [channels, size, size], dataset_num_classes(cfg)

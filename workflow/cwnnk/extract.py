@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cwnnk.logs import Progress
-from cwnnk.models import layer_names
+from cwnnk.models import layer_names, layer_nodes
 
 METHODS = ("auto", "fx", "hooks")
 # Test hook: after this many batches the job stops making progress (sleeps) so that a test
@@ -38,20 +38,54 @@ class NonFiniteActivation(FloatingPointError):
 def resolve_layers(spec, requested="all", model=None):
     """Stable names of the layers to extract, in depth order.
 
-    requested: 'all' (every analysable layer of spec's architecture) or a list of names.
-    Raises UnknownLayerError listing the valid names when a requested name is unknown.
+    requested: 'all' (every analysable layer of spec's architecture), or names and glob patterns
+    ("layer*.*.relu", "features.*"; fnmatch syntax) matched against the layers that may be
+    requested (cwnnk.models.layer_nodes: for torchvision and factory models every FX node with a
+    (N, C, H, W) output). Raises UnknownLayerError naming a name or pattern that matches nothing,
+    or a node whose output is not (N, C, H, W), with the nearest valid names.
     """
-    valid = layer_names(spec)
+    from cwnnk.models import graph_nodes
+
     if requested == "all":
-        return valid
+        return layer_names(spec)
+    whose = f"model {model!r} ({spec['arch']})" if model else f"architecture {spec['arch']}"
+    nodes = graph_nodes(spec) if spec["arch"] in ("torchvision", "factory") else {}
+    return match_layers(list(layer_nodes(spec)), requested, nodes, whose)
+
+
+def match_layers(valid, requested, nodes=None, whose="the model"):
+    """The names of `valid` (depth order) that the names / glob patterns `requested` select.
+
+    nodes: optional {node name: {"shape": ...}} of every node, to say why a non-spatial node is refused.
+    Raises UnknownLayerError naming each name or pattern that selects nothing, with the nearest valid names.
+    """
+    import fnmatch
+
+    from cwnnk.models import _nearest
+
+    nodes = nodes or {}
     if isinstance(requested, str):
         requested = [requested]
-    unknown = [name for name in requested if name not in valid]
-    if unknown:
-        whose = f"model {model!r} ({spec['arch']})" if model else f"architecture {spec['arch']}"
-        raise UnknownLayerError(f"config key 'extract.layers': unknown layer(s) {unknown} for {whose}; "
-                                f"valid layers: {', '.join(valid)} (or 'all')")
-    return [name for name in valid if name in set(requested)]
+    chosen, problems, unknown = set(), [], []
+    for item in requested:
+        matches = fnmatch.filter(valid, item) if any(ch in item for ch in "*?[") else [n for n in valid if n == item]
+        if matches:
+            chosen.update(matches)
+            continue
+        unknown.append(item)
+        if item in nodes:
+            shape = nodes[item]["shape"]
+            problems.append(f"node {item!r} outputs {('(N, ' + ', '.join(map(str, shape)) + ')') if shape else 'no tensor'}, "
+                            f"not (N, C, H, W); nearest valid: {', '.join(_nearest(item, valid))}")
+        else:
+            kind = "pattern" if any(ch in item for ch in "*?[") else "layer"
+            problems.append(f"{kind} {item!r} matches no layer; nearest valid: {', '.join(_nearest(item, valid))}")
+    if problems:
+        listing = ", ".join(valid) if len(valid) <= 40 else ", ".join(valid[:40]) + f", ... ({len(valid)} in all)"
+        raise UnknownLayerError(f"config key 'extract.layers': unknown layer(s) {unknown} for {whose}: "
+                                + "; ".join(problems)
+                                + f"; valid layers: {listing} (or 'all'; `python -m cwnnk layers` lists them)")
+    return [name for name in valid if name in chosen]
 
 
 class _Done(Exception):
@@ -276,7 +310,7 @@ def run_extract(entry, checkpoint, store, params, log=print):
     device = resolve_device(params.device)
     model, spec = load_checkpoint(checkpoint, map_location="cpu")
     names = resolve_layers(spec, params.layers if params.layers == "all" else list(params.layers), entry.get("name"))
-    nodes = OrderedDict((name, model.layers[name]) for name in names)
+    nodes = OrderedDict((name, layer_nodes(spec)[name]) for name in names)
     model.to(device).eval()
     dataset = load_dataset(params.dataset)
     settings = params.to_dict()
@@ -285,7 +319,12 @@ def run_extract(entry, checkpoint, store, params, log=print):
         checkpoint={"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
         spec=spec,
         dataset={"name": dataset.name, "config": settings.pop("dataset"), "classes": list(dataset.classes)},
-        transform={"images": "cwnnk.datasets.load_dataset: float32 in [0, 1], bilinear resize to image_size",
+        transform={"images": ("cwnnk.datasets.load_dataset: float32 in [0, 1], bilinear resize to image_size"
+                              if params.dataset.name in ("digits", "cifar10", "synthetic") else
+                              f"cwnnk.datasets.image_transform: {params.dataset.interpolation} resize of the shorter "
+                              f"side to {params.dataset.resize or params.dataset.image_size}, centre crop to "
+                              f"{params.dataset.image_size}, {params.dataset.channels} channels, float32 in [0, 1]"),
+                   "preprocess_source": spec.get("preprocess", {}).get("source", "config"),
                    "image_size": params.dataset.image_size, "input_shape": list(dataset.input_shape),
                    "normalize": spec.get("normalize"), "normalize_applied_by": "the model (cwnnk.models.Normalize)",
                    "augment": "none"},

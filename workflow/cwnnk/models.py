@@ -1,22 +1,31 @@
 """Model architectures, their analysable layers, and checkpoints that rebuild them.
 
 A model is fully described by a JSON-able `spec`:
-    {"arch": "convnet" | "resnet18", "input_shape": [C, H, W], "num_classes": K,
-     "normalize": {"mean": [...], "std": [...]}, ...architecture keys}
+    {"arch": "convnet" | "resnet18" | "torchvision" | "factory", "input_shape": [C, H, W],
+     "num_classes": K, "normalize": {"mean": [...], "std": [...]}, ...architecture keys}
 The checkpoint stores the spec beside the state dict, so the file alone rebuilds the model.
 
-Analysable layers are post-ReLU conv outputs in depth order, each with a stable name
-(used in result paths) mapped to a torchvision FX node name (used for extraction).
+"torchvision": any classification model of torchvision's registry by `name` (e.g. resnet50,
+vgg11, mobilenet_v3_small), built with weights=None; its `weights` (a torchvision weights name
+such as IMAGENET1K_V1, a file, or null) are loaded by `initial_state_dict`. "factory": a user
+architecture, `factory: "package.module:function"` returning an nn.Module (called with `kwargs`).
+
+Analysable layers of the built-in archs are post-ReLU conv outputs in depth order, each with a
+stable name (used in result paths) mapped to a torchvision FX node name (used for extraction).
+For torchvision and factory models the stable name is the FX node name of the bare network
+(`torchvision.models.feature_extraction.get_graph_node_names`), e.g. "layer1.0.relu"; every
+node with a (N, C, H, W) output is analysable and `all` means its activation nodes.
 """
 
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from cwnnk.atomic import atomic_path
 
-ARCHS = ("convnet", "resnet18")
+ARCHS = ("convnet", "resnet18", "torchvision", "factory")
 CHECKPOINT_FORMAT = 1
 
 
@@ -103,6 +112,106 @@ class ResNet18(nn.Module):
         return self.net(self.normalize(x))
 
 
+def classification_models():
+    """Names of torchvision's classification models (`list_models(module=torchvision.models)`)."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _nearest(name, valid, n=5):
+    """Up to n of `valid` closest to name (case-insensitive), else the first n."""
+    import difflib
+
+    valid = list(valid)
+    lower = {v.lower(): v for v in valid}
+    close = difflib.get_close_matches(str(name).lower(), list(lower), n=n, cutoff=0.4)
+    return [lower[c] for c in close] or valid[:n]
+
+
+def torchvision_builder(name):
+    """The builder of torchvision classification model `name`; ValueError naming the nearest names."""
+    import torchvision
+
+    valid = classification_models()
+    if name not in valid:
+        raise ValueError(f"config key 'model.name': {name!r} is not a torchvision classification model; nearest: "
+                         f"{', '.join(_nearest(name, valid))} (all: torchvision.models.list_models("
+                         "module=torchvision.models))")
+    return torchvision.models.get_model_builder(name)
+
+
+def import_factory(path):
+    """The callable named by 'package.module:function'; ValueError saying what is wrong."""
+    from importlib import import_module
+
+    if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
+        raise ValueError(f"config key 'model.factory': {path!r} must be 'package.module:function'")
+    module, attr = path.split(":")
+    try:
+        obj = import_module(module)
+    except ImportError as err:
+        raise ValueError(f"config key 'model.factory': cannot import module {module!r} of {path!r} ({err}); "
+                         "is it on PYTHONPATH?") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"config key 'model.factory': module {module!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"config key 'model.factory': {path!r} is not callable")
+    return obj
+
+
+def weights_enum(spec):
+    """The torchvision weights object of spec's `weights` name, or None (no weights, or a file)."""
+    weights = spec.get("weights")
+    if spec.get("arch") != "torchvision" or not weights or is_weights_file(weights):
+        return None
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(spec["name"])
+    names = list(enum.__members__)
+    if weights not in names:
+        raise ValueError(f"config key 'model.weights': {weights!r} is neither a weights name of "
+                         f"{spec['name']} (choose one of {names}) nor a path to a .pt/.pth file")
+    return enum[weights]
+
+
+def is_weights_file(weights):
+    """True when `weights` names a file (a path or a .pt/.pth/.bin/.ckpt name), not a weights enum name."""
+    import os
+
+    return isinstance(weights, str) and ("/" in weights or os.sep in weights or
+                                         weights.endswith((".pt", ".pth", ".bin", ".ckpt", ".tar")))
+
+
+class Wrapped(nn.Module):
+    """A torchvision or user network behind the input normalisation: normalize -> net.
+
+    layers maps the stable names (the bare network's FX node names) to this module's node names.
+    """
+
+    def __init__(self, spec):
+        super().__init__()
+        self.normalize = _normalize(spec)
+        kwargs = dict(spec.get("kwargs") or {})
+        if spec["arch"] == "torchvision":
+            self.net = torchvision_builder(spec["name"])(weights=None, num_classes=spec["num_classes"], **kwargs)
+        else:
+            self.net = import_factory(spec["factory"])(**kwargs)
+            if not isinstance(self.net, nn.Module):
+                raise TypeError(f"config key 'model.factory': {spec['factory']} returned "
+                                f"{type(self.net).__name__}, not a torch.nn.Module")
+        self.spec = spec
+
+    @property
+    def layers(self):
+        return OrderedDict((name, f"net.{name}") for name, info in graph_nodes(self.spec).items() if info["all"])
+
+    def forward(self, x):
+        return self.net(self.normalize(x))
+
+
 def build_model(spec):
     """Instantiate the architecture described by spec (weights freshly initialised)."""
     arch = spec.get("arch")
@@ -110,13 +219,158 @@ def build_model(spec):
         return ConvNet(spec)
     if arch == "resnet18":
         return ResNet18(spec)
+    if arch in ("torchvision", "factory"):
+        return Wrapped(spec)
     raise ValueError(f"model arch must be one of {ARCHS}, got {arch!r}")
+
+
+# Modules whose output counts as an activation (what `extract.layers: all` keeps).
+_ACTIVATION_NAMES = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",
+                     "Hardswish", "Hardtanh", "Softplus")
+_FUNCTION_NODE = __import__("re").compile(r"(^|\.)(relu|relu6|gelu|silu|hardswish|leaky_relu|elu|mish)_?\d*$")
+
+
+def _is_activation(model, node):
+    from cwnnk.extract import _module_call
+
+    try:
+        module = model.get_submodule(_module_call(model, node)[0])
+    except ValueError:  # a function call node (F.relu, torch.relu, ...)
+        return bool(_FUNCTION_NODE.search(node))
+    if isinstance(module, nn.Sequential) and len(module):  # e.g. torchvision's Conv2dNormActivation
+        module = module[-1]
+    return type(module).__name__ in _ACTIVATION_NAMES
+
+
+def trace_nodes(net, input_shape):
+    """Every FX node of an nn.Module in eval order: name -> {shape (per sample, or None), spatial
+    (output is (N, C, H, W)), all (an activation node, what `all` keeps)}.
+
+    input_shape: (C, H, W) of one image. Runs one forward pass of a single image on net's device
+    (a meta-device net costs nothing).
+    """
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    training = net.training
+    net.eval()
+    try:
+        nodes = get_graph_node_names(net)[1][1:]  # the first is the input placeholder
+        param = next(iter(net.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+        x = (torch.empty if device.type == "meta" else torch.zeros)(1, *input_shape, device=device)
+        with torch.no_grad():
+            out = create_feature_extractor(net, return_nodes=nodes)(x)
+    finally:
+        net.train(training)
+    info = OrderedDict()
+    for name in nodes:
+        value = out.get(name)
+        shape = tuple(value.shape[1:]) if isinstance(value, torch.Tensor) else None
+        info[name] = dict(shape=shape, spatial=shape is not None and len(shape) == 3,
+                          all=shape is not None and len(shape) == 3 and _is_activation(net, name))
+    return info
+
+
+def _graph_nodes(spec_json):
+    import json
+
+    spec = json.loads(spec_json)
+    with torch.device("meta"):
+        net = build_model(spec).net
+    try:
+        return trace_nodes(net, spec["input_shape"])
+    except Exception:  # noqa: BLE001 - an op without a meta kernel: trace on CPU (weights=None)
+        return trace_nodes(build_model(spec).net, spec["input_shape"])
+
+
+_NODE_CACHE = {}
+
+
+def graph_nodes(spec):
+    """Every FX node of a torchvision/factory spec's network: name -> {shape (per sample, or None),
+    spatial (output is (N, C, H, W)), all (an activation node that `all` keeps)}; depth order.
+
+    Traced once per spec on the meta device (no weights, no data).
+    """
+    import json
+
+    key = json.dumps({k: v for k, v in spec.items() if k not in ("normalize", "weights")}, sort_keys=True)
+    if key not in _NODE_CACHE:
+        _NODE_CACHE[key] = _graph_nodes(key)
+    return _NODE_CACHE[key]
 
 
 def layer_names(spec):
     """Stable names of the analysable layers of spec's architecture, in depth order."""
+    if spec.get("arch") in ("torchvision", "factory"):
+        return [name for name, info in graph_nodes(spec).items() if info["all"]]
     with torch.device("meta"):
         return list(build_model(spec).layers)
+
+
+def layer_nodes(spec):
+    """{stable name: FX node name of the built model} for every layer that may be requested by name.
+
+    Built-in archs: their analysable layers. torchvision/factory: every node with (N, C, H, W) output.
+    """
+    if spec.get("arch") in ("torchvision", "factory"):
+        return OrderedDict((name, f"net.{name}") for name, info in graph_nodes(spec).items() if info["spatial"])
+    with torch.device("meta"):
+        return OrderedDict(build_model(spec).layers)
+
+
+def hub_file(weights):
+    """The torch hub cache path where a torchvision weights object's file is (or must be) placed."""
+    import os
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def initial_state_dict(spec, download=False):
+    """The state dict (keys of the bare network) of spec's `weights`, or None when it has none.
+
+    A torchvision weights name is read from the torch hub cache (TORCH_HOME/hub/checkpoints), offline
+    unless download is true; when absent the error names the exact file to place and where. A file is
+    either a plain state dict or a checkpoint dict ({'state_dict': ...}, {'model': ...}; a cwnnk
+    checkpoint's 'net.' prefix is removed).
+    """
+    weights = spec.get("weights")
+    if not weights:
+        return None
+    enum = weights_enum(spec)
+    if enum is not None:
+        path = hub_file(enum)
+        if not path.is_file():
+            if not download:
+                raise FileNotFoundError(
+                    f"weights {spec['name']} {weights} are not in the torch hub cache: place {path.name} "
+                    f"(from {enum.url}) at {path} (the folder follows TORCH_HOME, now {torch.hub.get_dir()}), "
+                    "or set model.download: true on a machine with internet")
+            torch.hub.load_state_dict_from_url(enum.url, model_dir=str(path.parent), progress=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"config key 'model.weights': no file {path.resolve()}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
+    if any(k.startswith("net.") for k in obj):
+        obj = {k[len("net."):]: v for k, v in obj.items() if k.startswith("net.")}
+    return obj
+
+
+def pretrained_model(spec, download=False):
+    """spec's model in eval mode with its `weights` loaded (mismatches listed by check_state_dict)."""
+    model = build_model(spec)
+    state = initial_state_dict(spec, download)
+    if state is not None:
+        check_state_dict(model.net, state, f"weights {spec['weights']!r}")
+        model.net.load_state_dict(state)
+    return model.eval()
 
 
 def save_checkpoint(path, model, spec):

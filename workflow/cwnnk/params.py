@@ -13,7 +13,8 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
 DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
-DATASETS = ("digits", "cifar10", "synthetic")
+DATASETS = ("digits", "cifar10", "synthetic", "folder")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 KERNELS = ("gaussian", "cosine")
 SIGMAS = ("local", "global")
 SOLVERS = ("exact", "pynnk")
@@ -81,7 +82,12 @@ class _Params:
 
 @dataclass(frozen=True)
 class DatasetParams(_Params):
-    """The image dataset (config section `dataset`); each loader reads the keys it knows."""
+    """The image dataset (config section `dataset`); each loader reads the keys it knows.
+
+    name: digits, cifar10, synthetic, folder (an ImageFolder tree at root, test split at test_root)
+    or any torchvision dataset class name (e.g. CIFAR100, MNIST, SVHN). channels: the model's input
+    channels the images are converted to (None: the dataset's own).
+    """
 
     name: str = "digits"
     image_size: int | None = None
@@ -91,21 +97,29 @@ class DatasetParams(_Params):
     n_train: int | None = None
     n_test: int | None = None
     num_classes: int = 4
-    channels: int = 1
+    channels: int | None = None
     noise: float = 0.3
     seed: int = 0
+    test_root: str | None = None
+    resize: int | None = None
+    interpolation: str = "bilinear"
     # The model's sweep point (sweep.label_noise): share of training labels flipped, drawn by seed.
     label_noise: float = 0.0
 
     def __post_init__(self):
-        _choice("dataset.name", self.name, DATASETS)
+        if self.name not in DATASETS:
+            from cwnnk.datasets import dataset_classes
+
+            _choice("dataset.name", self.name, (*DATASETS, *dataset_classes()))
+        _integer("dataset.resize", self.resize, 4, allow_none=True)
+        _choice("dataset.interpolation", self.interpolation, INTERPOLATIONS)
         _integer("dataset.image_size", self.image_size, 4, allow_none=True)
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
         _integer("dataset.n_train", self.n_train, 1, allow_none=True)
         _integer("dataset.n_test", self.n_test, 1, allow_none=True)
         _integer("dataset.num_classes", self.num_classes, 2)
-        _integer("dataset.channels", self.channels, 1)
+        _integer("dataset.channels", self.channels, 1, allow_none=True)
         _number("dataset.noise", self.noise, 0)
         _number("sweep.label_noise[]", self.label_noise, 0, 1, open_high=True)
 
@@ -152,6 +166,7 @@ class ImportParams(_Params):
 
     dataset: DatasetParams = field(default_factory=DatasetParams)
     device: str = "auto"
+    download: bool = False  # torchvision weights absent from the torch hub cache may be downloaded
 
     def __post_init__(self):
         object.__setattr__(self, "dataset", DatasetParams.from_dict(self.dataset))

@@ -125,8 +125,12 @@ def select(table, mask):
 
 def _model_context(entry, metrics):
     """The model columns (MODEL_COLUMNS, then METRIC_COLUMNS) of every row of one model."""
-    source = dict(entry, model=entry["name"], arch=entry["spec"]["arch"], **metrics["final"])
-    return {key: source.get(key) for key in (*MODEL_COLUMNS, *METRIC_COLUMNS)}
+    source = dict(entry, model=entry["name"], arch=entry["spec"].get("name") or entry["spec"]["arch"],
+                  **metrics["final"])
+    context = {key: source.get(key) for key in (*MODEL_COLUMNS, *METRIC_COLUMNS)}
+    if metrics.get("accuracy_skipped"):  # e.g. no test split: why the accuracy columns are empty
+        context["accuracy_skipped"] = metrics["accuracy_skipped"]
+    return context
 
 
 def collect_tables(models, metrics, layers, overlap, out):

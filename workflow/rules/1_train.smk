@@ -30,7 +30,8 @@ rule train:
 
 rule import_checkpoint:
     input:
-        lambda wildcards: MODELS[wildcards.model]["path"],
+        # A torchvision weights name has no declared input: the job reads the torch hub cache.
+        lambda wildcards: [MODELS[wildcards.model]["path"]] if MODELS[wildcards.model]["path"] else [],
     output:
         checkpoint=f"{R}/models/{{model}}/checkpoint.pt",
         metrics=f"{R}/models/{{model}}/metrics.json",

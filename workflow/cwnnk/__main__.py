@@ -1,0 +1,109 @@
+"""Command line: `python -m cwnnk layers --configfile my.yaml`.
+
+layers: for every model of a config, every analysable node (what `extract.layers` may name or
+match) with its output shape, per-channel dimension D = H*W, whether `all` keeps it, and the
+graph stage's estimated time and peak memory at the configured N.
+"""
+
+import argparse
+import sys
+
+# The graph stage's measured cost (docs/performance.md, `bench scale`): ResNet-18's stem, C = 64
+# channels of D = 1,024 at N = 10,000 and k = 25, took 712 s on the 2-core dev machine with a peak
+# of 3,950 MiB, 2,500 MiB of it the layer. Time scales with N^2 C D (the channels' and the
+# aggregate's exact kNN), memory with the layer (N C D float32) and the results (C N k).
+_REF_SECONDS, _REF_N, _REF_CD = 712.0, 10_000, 64 * 1024
+_BASE_MIB = 1024.0
+_RESULT_BYTES = 24
+
+
+def estimate(n, channels, dim, k):
+    """(seconds, MiB): the graph stage's rough time on 2 CPU cores and peak memory for one layer."""
+    seconds = _REF_SECONDS * (n / _REF_N) ** 2 * (channels * dim / _REF_CD)
+    mib = _BASE_MIB + (n * channels * dim * 4 + channels * n * k * _RESULT_BYTES) / 2**20
+    return seconds, mib
+
+
+def _duration(seconds):
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _size(mib):
+    return f"{mib:.0f} MiB" if mib < 1024 else f"{mib / 1024:.1f} GiB"
+
+
+def layer_table(spec, n, k):
+    """Rows (name, (C, H, W), D, in `all`, seconds, MiB) of every analysable node of spec."""
+    from cwnnk.models import graph_nodes, layer_names, layer_nodes
+
+    keep = set(layer_names(spec))
+    if spec["arch"] in ("torchvision", "factory"):
+        shapes = {name: info["shape"] for name, info in graph_nodes(spec).items()}
+    else:
+        import torch
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        from cwnnk.models import build_model
+
+        model = build_model(spec).eval()
+        nodes = layer_nodes(spec)
+        with torch.no_grad():
+            out = create_feature_extractor(model, {node: name for name, node in nodes.items()})(
+                torch.zeros(1, *spec["input_shape"]))
+        shapes = {name: tuple(value.shape[1:]) for name, value in out.items()}
+    rows = []
+    for name in layer_nodes(spec):
+        C, H, W = shapes[name]
+        rows.append((name, (C, H, W), H * W, name in keep, *estimate(n, C, H * W, k)))
+    return rows
+
+
+def layers_command(args):
+    import yaml
+
+    from cwnnk.config import ConfigError, Experiment, validate
+
+    config = {}
+    for path in args.configfile:
+        with open(path) as f:
+            config.update(yaml.safe_load(f) or {})
+    try:
+        exp = Experiment.from_config(validate(config))
+    except ConfigError as err:
+        sys.exit(f"cwnnk: {err}")
+    n = exp.graphs.n_samples or config["extract"]["n_samples"] or config["dataset"].get("n_train")
+    k = exp.graphs.k
+    seen = set()
+    for model, entry in exp.models.items():
+        spec = entry["spec"]
+        key = repr({key: value for key, value in spec.items() if key not in ("dropout", "normalize")})
+        if key in seen:
+            continue
+        seen.add(key)
+        arch = spec.get("name") or spec.get("factory") or spec["arch"]
+        print(f"model {model} ({arch}, input {tuple(spec['input_shape'])}); graph stage at N = {n or '?'}, k = {k}, "
+              "2 CPU cores (scaled from docs/performance.md; rough)")
+        print(f"  {'node':40s} {'C x H x W':>16s} {'D':>7s} {'all':>4s} {'time':>9s} {'memory':>10s}")
+        for name, (C, H, W), D, in_all, seconds, mib in layer_table(spec, n or 1000, k):
+            extracted = " *" if name in exp.layers[model] else ""
+            print(f"  {name:40s} {f'{C} x {H} x {W}':>16s} {D:>7d} {'yes' if in_all else '':>4s} "
+                  f"{_duration(seconds) if n else '?':>9s} {_size(mib) if n else '?':>10s}{extracted}")
+        print("  (* = selected by extract.layers)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m cwnnk", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    layers = sub.add_parser("layers", help="list each model's analysable layers with shapes and graph-stage cost")
+    layers.add_argument("--configfile", nargs="+", default=["config.yaml"], help="config file(s), later ones win")
+    args = parser.parse_args(argv)
+    if args.command == "layers":
+        layers_command(args)
+
+
+if __name__ == "__main__":
+    main()

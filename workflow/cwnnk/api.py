@@ -1,0 +1,206 @@
+"""The three-call library API: a model and images -> activations -> CW-NNK graphs -> overlap.
+
+    acts = cwnnk.activations_of(model, images, ["layer4.1.relu_1"])        # {layer: (N, C, H, W)}
+    graphs = cwnnk.cw_nnk_graphs(acts["layer4.1.relu_1"], k=25)           # every channel + aggregate
+    summary = cwnnk.overlap_summary(graphs)                                # rho_hat, Jaccard, coverage...
+
+The same code as the workflow's stages (cwnnk.extract, cwnnk.graphs, cwnnk.overlap), without
+Snakemake. Layer names are the model's own FX node names
+(torchvision.models.feature_extraction.get_graph_node_names), or glob patterns of them.
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from cwnnk.params import TOL
+
+
+def _as_split(images, labels=None):
+    """(Split, batch size or None, classes) of a tensor, a torch Dataset or a DataLoader."""
+    import torch
+
+    from cwnnk.datasets import LazyImages, Split, _labels_of
+
+    batch_size = None
+    if isinstance(images, torch.utils.data.DataLoader):
+        images, batch_size = images.dataset, images.batch_size
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(f"images must be a (N, C, H, W) tensor, got shape {tuple(images.shape)}")
+        x = images.float()
+        y = torch.zeros(len(x), dtype=torch.int64) if labels is None else torch.as_tensor(labels, dtype=torch.int64)
+        return Split(x, y, np.arange(len(x))), batch_size, None
+    if not hasattr(images, "__getitem__") or not hasattr(images, "__len__"):
+        raise TypeError(f"images must be a (N, C, H, W) tensor, a torch Dataset or a DataLoader, not "
+                        f"{type(images).__name__}")
+    first = images[0]
+    tuples = isinstance(first, (tuple, list))
+
+    class _Items:  # dataset[i] -> (image, label) as LazyImages reads it
+        def __getitem__(self, i):
+            item = images[i]
+            return item if tuples else (item, 0)
+
+    if labels is None:
+        labels = _labels_of(images) if tuples else np.zeros(len(images), dtype=np.int64)
+    image = first[0] if tuples else first
+    if not isinstance(image, torch.Tensor) or image.ndim != 3:
+        raise TypeError(f"the dataset's images must be (C, H, W) tensors (give it a transform such as "
+                        f"weights.transforms()), got {type(image).__name__}")
+    paths = [p for p, _ in images.samples] if hasattr(images, "samples") else None
+    positions = np.arange(len(images))
+    split = Split(LazyImages(_Items(), positions, lambda im: im.float(), tuple(image.shape), paths),
+                  torch.as_tensor(np.asarray(labels), dtype=torch.int64), positions)
+    return split, batch_size, getattr(images, "classes", None)
+
+
+def model_layers(model, input_shape):
+    """Every analysable node of an nn.Module: name -> {shape (C, H, W) or other, spatial, all}.
+
+    input_shape: (C, H, W) of one image. `spatial`: the node's output is (N, C, H, W) (it can be
+    analysed); `all`: it is an activation (what layers="all" keeps).
+    """
+    from cwnnk.models import trace_nodes
+
+    return trace_nodes(model, tuple(input_shape))
+
+
+def activations_of(model, images, layers="all", *, n_samples=None, seed=0, labels=None, batch_size=64,
+                   device="cpu", store=None, compressor="zstd", log=None):
+    """The activations of `layers` of `model` on `images`, in memory or streamed to a Zarr store.
+
+    model: a torch nn.Module (its input normalisation included; used in eval mode). images: a
+    (N, C, H, W) float tensor, a torch Dataset of (image (C, H, W), label) or of images, or a
+    DataLoader (its dataset and batch size). layers: FX node names of the model
+    (torchvision.models.feature_extraction.get_graph_node_names) or glob patterns of them
+    ("layer*.*.relu"); "all" keeps every activation node with a (N, C, H, W) output.
+    n_samples: a stratified (by labels, seeded) subset of that many images; None keeps all.
+    Returns {layer: (N, C, H, W) float32 numpy array} in depth order, or with store=path writes
+    the activation store there batch by batch (peak memory set by batch_size) and returns
+    cwnnk.open_activations(store).
+    """
+    import torch
+
+    from cwnnk.datasets import Dataset, stratified_subset
+    from cwnnk.extract import LayerExtractor, extract_to_store, full_float32, match_layers
+
+    log = log or (lambda *args, **kwargs: None)
+    split, loader_batch, classes = _as_split(images, labels)
+    batch_size = loader_batch or batch_size
+    model = model.to(device).eval()
+    nodes = model_layers(model, split.images[:1].shape[1:])
+    spatial = [name for name, info in nodes.items() if info["spatial"]]
+    chosen = ([name for name in spatial if nodes[name]["all"]] if layers == "all" else
+              match_layers(spatial, layers, nodes, f"{type(model).__name__}"))
+    if not chosen:
+        raise ValueError(f"{type(model).__name__} has no activation node with a (N, C, H, W) output; "
+                         f"name its layers (any of: {', '.join(spatial[:20])})")
+    positions = stratified_subset(split.labels.numpy(), n_samples, seed)
+    split = split.subset(positions) if len(positions) < len(split) else split
+    names = OrderedDict((name, name) for name in chosen)
+    if store is not None:
+        from cwnnk.activations import open_activations
+
+        classes = tuple(classes or sorted({str(v) for v in split.labels.tolist()}))
+        data = Dataset("library", split, None, classes)
+        extract_to_store(model, names, data, store, batch_size=batch_size, compressor=compressor, device=device,
+                         attrs={"model": type(model).__name__, "n_samples": n_samples, "seed": seed}, log=log)
+        return open_activations(store)
+    extractor = LayerExtractor(model, names, log=log)
+    parts = {name: [] for name in chosen}
+    with full_float32(), torch.inference_mode():
+        for start in range(0, len(split), batch_size):
+            out = extractor(split.images[start : start + batch_size].to(device))
+            for name, values in out.items():
+                parts[name].append(values.float().cpu().numpy())
+    return OrderedDict((name, np.concatenate(parts[name])) for name in chosen)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerGraphs:
+    """The CW-NNK graphs of one layer: one NNK graph per channel and one of the aggregate.
+
+    channels: NNKResult of the C channels, arrays (C, N, k); aggregate: NNKResult, arrays (N, k);
+    zero_map_fraction: (C,) fraction of all-zero maps per channel.
+    """
+
+    channels: object
+    aggregate: object
+    zero_map_fraction: np.ndarray
+
+    def channel_graph(self, c, symmetrize="none"):
+        """Channel c's graph as a scipy CSR N x N matrix (row i holds theta_i)."""
+        from cwnnk.sparse import to_sparse
+
+        return to_sparse(self.channels.channel(c), symmetrize)
+
+    def aggregate_graph(self, symmetrize="none"):
+        """The aggregate's graph as a scipy CSR N x N matrix."""
+        from cwnnk.sparse import to_sparse
+
+        return to_sparse(self.aggregate, symmetrize)
+
+
+LAYOUTS = ("NCHW", "NCD", "CND")
+
+
+def cw_nnk_graphs(acts, k=25, *, layout=None, log=None, **options):
+    """CW-NNK graphs of one layer from its activations: every channel's NNK graph plus the aggregate's.
+
+    acts: (N, C, H, W) array or tensor (one layer of N images). A 3-D array is ambiguous ((N, C, D)
+    or the engine's (C, N, D)) and is refused unless layout="NCD" or layout="CND" says which.
+    k and options: the settings of cwnnk.params.GraphParams (kernel, sigma, solver, duplicates,
+    device). Returns LayerGraphs.
+    """
+    from cwnnk.graphs import cw_nnk
+    from cwnnk.params import GraphParams
+
+    if hasattr(acts, "detach"):
+        acts = acts.detach().cpu().numpy()
+    acts = np.asarray(acts)
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if acts.ndim == 4 and layout in (None, "NCHW"):
+        acts = acts.reshape(acts.shape[0], acts.shape[1], -1)
+    elif acts.ndim == 3 and layout == "NCD":
+        pass
+    elif acts.ndim == 3 and layout == "CND":
+        acts = acts.transpose(1, 0, 2)
+    elif acts.ndim == 3:
+        raise ValueError(f"cw_nnk_graphs expects one layer's activations as (N, C, H, W); got a 3-D array "
+                         f"{acts.shape}, which could be (N, C, D) or the engine's (C, N, D): pass layout='NCD' or "
+                         "layout='CND' to say which")
+    else:
+        raise ValueError(f"cw_nnk_graphs expects (N, C, H, W) activations (layout {layout or 'NCHW'}), got shape "
+                         f"{acts.shape}")
+    N, C, _ = acts.shape
+    params = GraphParams(k=k, **options)
+    if N <= k:
+        raise ValueError(f"k = {k} needs more than k samples; the activations hold N = {N} (shape (N, C, ...) = "
+                         f"{acts.shape})")
+    if C < 2:
+        raise ValueError(f"CW-NNK compares channels: the activations hold C = {C} channel(s)")
+    channels, zero_maps, aggregate = cw_nnk(np.ascontiguousarray(acts, dtype=np.float32), params,
+                                            log or (lambda *a, **kw: None))
+    return LayerGraphs(channels, aggregate, zero_maps)
+
+
+def overlap_summary(graphs, tol=TOL):
+    """The overlap summary of one layer's CW-NNK graphs (LayerGraphs from cw_nnk_graphs).
+
+    Returns a dict of the layer-level columns of docs/overlap.md (rho_hat_mean and its other
+    statistics, pairwise_overlap_* (mean pairwise Jaccard), kappa_* (coverage of the aggregate),
+    the *_chance levels, degree_channel_*, degree_agg_*, id_layer and id_channel_* (TwoNN), ...)
+    plus "pairwise": the (C, C) mean Jaccard overlap matrix.
+    """
+    from cwnnk.overlap import layer_summary
+
+    ch, agg = graphs.channels, graphs.aggregate
+    row, pairwise = layer_summary(ch.indices, ch.weights, ch.distances, agg.indices, agg.weights, agg.distances,
+                                  tol=tol)
+    row["zero_map_fraction_mean"] = float(np.mean(graphs.zero_map_fraction))
+    return {**row, "pairwise": pairwise}
