@@ -1,0 +1,87 @@
+"""Checks made from the config and the declared inputs before any job runs (docs/reliability.md).
+
+Snakemake deletes a job's old outputs before it runs the job, so a check that only a job can
+make (k against the number of samples, a missing checkpoint) costs the valid results of the
+last run. Every such check that the config alone decides is made here, at parse time
+(workflow/rules/common.smk), and reported as one ConfigError listing every problem by key.
+"""
+
+import math
+from pathlib import Path
+
+from cwnnk.config import ConfigError
+
+# Training images of the fixed datasets (digits: sklearn's 1,797 with a stratified 20 % test split).
+DIGITS_TRAIN = 1797 - math.ceil(0.2 * 1797)
+CIFAR10_TRAIN_PER_CLASS = 5000
+
+
+def train_size(dataset):
+    """Training images of a `dataset` config section, known without loading it (None: unknown)."""
+    name = dataset.get("name")
+    if name == "digits":
+        return DIGITS_TRAIN
+    if name == "cifar10":
+        full = CIFAR10_TRAIN_PER_CLASS * len(dataset.get("classes") or range(10))
+        return min(full, dataset["n_train"]) if dataset.get("n_train") else full
+    if name == "synthetic":
+        return dataset.get("n_train") or 512
+    return None
+
+
+def graph_samples(config):
+    """N of every graphs job: stored samples (extract.n_samples capped by the training split),
+    then graphs.n_samples. None when the dataset's size is not known from the config."""
+    n = train_size(config["dataset"])
+    if n is None:
+        return None
+    for cap in (config["extract"].get("n_samples"), config["graphs"].get("n_samples")):
+        if cap is not None:
+            n = min(n, cap)
+    return n
+
+
+def problems(exp):
+    """Every problem of a validated Experiment that would make a job fail; [] when none."""
+    config, found = exp.config, []
+    k = config["graphs"]["k"]
+    n = graph_samples(config)
+    if n is not None and k >= n:
+        found.append(f"config key 'graphs.k': {k} needs more than k samples per graph, but the graphs have N = {n} "
+                     f"(dataset '{config['dataset']['name']}' training split, extract.n_samples = "
+                     f"{config['extract'].get('n_samples')}, graphs.n_samples = {config['graphs'].get('n_samples')}); "
+                     f"lower graphs.k below {n} or store more samples")
+    manifold_n = config["figures"]["manifold_n"]
+    if k >= manifold_n:
+        found.append(f"config key 'graphs.k': {k} needs more than k samples, but figures.manifold_n = {manifold_n}; "
+                     f"raise figures.manifold_n above {k} or lower graphs.k")
+    for i, ext in enumerate(config.get("external", [])):
+        path = Path(ext["path"])
+        if not path.is_file():
+            what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+            found.append(f"config key 'external.{i}.path': {str(path)!r} (model {ext['name']!r}) {what} "
+                         f"(relative to {Path.cwd()}); fix the path or remove the entry")
+    dataset = config["dataset"]
+    if dataset.get("name") == "cifar10" and not dataset.get("download"):
+        folder = Path(dataset["root"]) / "cifar-10-batches-py"
+        if not folder.is_dir():
+            found.append(f"config key 'dataset.root': no CIFAR-10 at {str(folder)!r} (relative to {Path.cwd()}); "
+                         "put the extracted 'cifar-10-batches-py' folder there or set dataset.download: true")
+    return found
+
+
+def check(exp):
+    """Raise ConfigError listing every problem of `problems(exp)`."""
+    found = problems(exp)
+    if found:
+        raise ConfigError("the configuration cannot run:\n  " + "\n  ".join(found))
+
+
+def canonical(obj):
+    """obj with every mapping's keys sorted (recursively) and tuples as lists: equal settings give an
+    equal repr, which is what Snakemake compares to decide whether a job's params changed."""
+    if isinstance(obj, dict):
+        return {key: canonical(obj[key]) for key in sorted(obj, key=str)}
+    if isinstance(obj, (list, tuple)):
+        return [canonical(value) for value in obj]
+    return obj
