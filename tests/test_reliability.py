@@ -53,9 +53,12 @@ def test_missing_external_checkpoint_stops_snakemake_at_parse_time(tmp_path):
     """Even with finished results: never 'Nothing to be done' with a model missing from the tables."""
     ext = {"name": "ext", "path": str(tmp_path / "gone.pt"), "model": TINY_CONFIG["model"]}
     cfg = write_config(tmp_path / "config.yaml", tmp_path / "results", external=[ext])
-    proc = snakemake("-n", "--configfile", cfg, check=False)
+    proc = snakemake("--cores", "1", "--configfile", cfg, check=False)
     assert proc.returncode != 0 and "Nothing to be done" not in proc.stdout + proc.stderr
-    assert "external.0.path" in proc.stderr and "gone.pt" in proc.stderr
+    assert "cannot run" in proc.stderr and "external.0.path" in proc.stderr and "gone.pt" in proc.stderr
+    assert not (tmp_path / "results").exists()  # stopped before any job
+    proc = snakemake("-n", "--configfile", cfg, check=False)  # a dry run warns (and plans what it can)
+    assert "a run would stop here: config key 'external.0.path'" in proc.stderr
 
 
 # --- 2. canonical params ------------------------------------------------------------------

@@ -42,39 +42,50 @@ def graph_samples(config):
 
 
 def problems(exp):
-    """Every problem of a validated Experiment that would make a job fail; [] when none."""
+    """Every problem of a validated Experiment that would make a job fail, as (kind, message):
+    kind 'config' (the settings alone decide it) or 'file' (a path the config names); [] if none."""
     config, found = exp.config, []
     k = config["graphs"]["k"]
     n = graph_samples(config)
     if n is not None and k >= n:
-        found.append(f"config key 'graphs.k': {k} needs more than k samples per graph, but the graphs have N = {n} "
-                     f"(dataset '{config['dataset']['name']}' training split, extract.n_samples = "
-                     f"{config['extract'].get('n_samples')}, graphs.n_samples = {config['graphs'].get('n_samples')}); "
-                     f"lower graphs.k below {n} or store more samples")
+        found.append(("config", f"config key 'graphs.k': {k} needs more than k samples per graph, but the graphs "
+                      f"have N = {n} (dataset '{config['dataset']['name']}' training split, extract.n_samples = "
+                      f"{config['extract'].get('n_samples')}, graphs.n_samples = {config['graphs'].get('n_samples')}); "
+                      f"lower graphs.k below {n} or store more samples"))
     manifold_n = config["figures"]["manifold_n"]
     if k >= manifold_n:
-        found.append(f"config key 'graphs.k': {k} needs more than k samples, but figures.manifold_n = {manifold_n}; "
-                     f"raise figures.manifold_n above {k} or lower graphs.k")
+        found.append(("config", f"config key 'graphs.k': {k} needs more than k samples, but figures.manifold_n = "
+                      f"{manifold_n}; raise figures.manifold_n above {k} or lower graphs.k"))
     for i, ext in enumerate(config.get("external", [])):
         path = Path(ext["path"])
         if not path.is_file():
             what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
-            found.append(f"config key 'external.{i}.path': {str(path)!r} (model {ext['name']!r}) {what} "
-                         f"(relative to {Path.cwd()}); fix the path or remove the entry")
+            found.append(("file", f"config key 'external.{i}.path': {str(path)!r} (model {ext['name']!r}) {what} "
+                          f"(relative to {Path.cwd()}); fix the path or remove the entry"))
     dataset = config["dataset"]
     if dataset.get("name") == "cifar10" and not dataset.get("download"):
         folder = Path(dataset["root"]) / "cifar-10-batches-py"
         if not folder.is_dir():
-            found.append(f"config key 'dataset.root': no CIFAR-10 at {str(folder)!r} (relative to {Path.cwd()}); "
-                         "put the extracted 'cifar-10-batches-py' folder there or set dataset.download: true")
+            found.append(("file", f"config key 'dataset.root': no CIFAR-10 at {str(folder)!r} (relative to "
+                          f"{Path.cwd()}); put the extracted 'cifar-10-batches-py' folder there or set "
+                          "dataset.download: true"))
     return found
 
 
-def check(exp):
-    """Raise ConfigError listing every problem of `problems(exp)`."""
+def check(exp, files=True, warn=None):
+    """Raise ConfigError listing every problem of `problems(exp)`.
+
+    files=False (a dry run, which shows the plan of a machine that may not hold the data yet):
+    missing files are passed to `warn` instead.
+    """
     found = problems(exp)
-    if found:
-        raise ConfigError("the configuration cannot run:\n  " + "\n  ".join(found))
+    if not files and warn:
+        for _, message in found:
+            if _ == "file":
+                warn(f"cwnnk: a run would stop here: {message}")
+    errors = [message for kind, message in found if files or kind == "config"]
+    if errors:
+        raise ConfigError("the configuration cannot run:\n  " + "\n  ".join(errors))
 
 
 def canonical(obj):

@@ -19,7 +19,10 @@ from cwnnk.products import FIGURE_FORMATS, FIGURES, TABLES
 try:
     config.update(cwnnk.config.validate(config))
     EXP = cwnnk.config.Experiment.from_config(config)
-    cwnnk.preflight.check(EXP)  # what would fail a job, checked before Snakemake deletes any output
+    # What would fail a job, checked before Snakemake deletes any output; a dry run (which Snakemake
+    # does not tell the Snakefile: `workflow.dryrun` is set later) only warns of missing files.
+    _DRYRUN = any(a in ("--dry-run", "--dryrun") or (a[:1] == "-" and a[1:2] != "-" and "n" in a) for a in sys.argv[1:])
+    cwnnk.preflight.check(EXP, files=not _DRYRUN, warn=lambda message: print(message, file=sys.stderr))
 except cwnnk.config.ConfigError as err:
     sys.exit(f"cwnnk: {err}")
 
