@@ -9,6 +9,21 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+# Snakemake's own message for a YAML syntax error names no line: cwnnk.preflight's does (for a
+# --configfile, which Snakemake reads before this file, run `python -m cwnnk.preflight FILE`).
+import os
+import sys
+
+sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
+from cwnnk.preflight import ConfigError, load_yaml
+
+try:
+    if os.path.exists("config.yaml"):
+        load_yaml("config.yaml")
+except ConfigError as err:
+    sys.exit(f"cwnnk: {err}")
+
+
 configfile: "config.yaml"
 
 

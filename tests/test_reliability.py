@@ -81,3 +81,107 @@ def test_key_order_does_not_change_any_params():
                    lambda e: e.overlap, lambda e: e.manifolds, lambda e: e.figures):
         assert repr(params(a).to_dict()) == repr(params(b).to_dict())
     assert a.layers == b.layers
+
+
+# --- 5. errors that name the file (and layer, channel, sample) and what to do -----------------
+
+def _store(path, values):
+    """A complete activation store with one layer 'conv1' holding values (N, C, H, W)."""
+    from cwnnk.activations import StoreWriter
+
+    n = len(values)
+    writer = StoreWriter(path, {"model": "m"}, "zstd")
+    writer.add_split("train", np.arange(n) % 3, np.arange(n) + 100, {"conv1": values.shape[1:]}, 8)
+    for start in range(0, n, 8):
+        writer.write("train", "conv1", start, values[start : start + 8])
+    writer.finish()
+    return path
+
+
+@pytest.fixture
+def values():
+    return np.random.default_rng(0).random((24, 3, 4, 4), dtype=np.float32)
+
+
+def test_unreadable_checkpoints_name_the_file(tmp_path):
+    import torch
+
+    from cwnnk.models import build_model, load_checkpoint, save_checkpoint
+
+    spec = _experiment().models["convnet-d0-wd0-s1"]["spec"]
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, build_model(spec), spec)
+    truncated, random_bytes = tmp_path / "truncated.pt", tmp_path / "random.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    random_bytes.write_bytes(np.random.default_rng(0).bytes(4096))
+    for path in (truncated, random_bytes):
+        with pytest.raises(ValueError, match=rf"{path}: not a readable PyTorch checkpoint .*truncated or not a .pt"):
+            load_checkpoint(path, spec)
+    torch.save({"x": torch.zeros(1)}, tmp_path / "plain.pt")
+    load_checkpoint(good)  # the good one still loads
+
+
+def test_damaged_chunk_names_store_and_layer(tmp_path, values):
+    from cwnnk.activations import StoreError
+    from cwnnk.graphs import build_layer_graphs
+    from cwnnk.params import GraphParams
+
+    store = _store(tmp_path / "m.zarr", values)
+    chunk = store / "train" / "conv1" / "c.1.2.0.0"
+    chunk.write_bytes(chunk.read_bytes()[:10])  # truncated
+    with pytest.raises(StoreError, match=r"m.zarr: layer 'conv1' cannot be read .*damaged.*rerun the extract stage"):
+        build_layer_graphs(store, "conv1", tmp_path / "g", GraphParams(k=4, device="cpu"), log=lambda m: None)
+    assert not (tmp_path / "g").exists()
+
+
+def test_nan_in_a_channel_names_store_layer_channel_and_sample(tmp_path, values):
+    from cwnnk.graphs import NonFiniteData, build_layer_graphs
+    from cwnnk.params import GraphParams
+
+    values[5, 2, 1, 3] = np.nan
+    store = _store(tmp_path / "m.zarr", values)
+    with pytest.raises(NonFiniteData, match=r"m.zarr: non-finite data \(nan\) in layer 'conv1', channel 2, stored "
+                                            r"sample 5 \(source index 105\), value 7 .*1 non-finite values in "
+                                            r"channel\(s\) \[2\].*rerun the extract stage"):
+        build_layer_graphs(store, "conv1", tmp_path / "g", GraphParams(k=4, device="cpu"), log=lambda m: None)
+
+
+def test_all_nan_channel_is_non_finite_data_not_missing_chunks(tmp_path, values):
+    import zarr
+
+    from cwnnk.activations import StoreError, open_activations
+
+    store = _store(tmp_path / "m.zarr", values)
+    zarr.open_array(str(store / "train" / "conv1"), mode="r+")[:, 1] = np.nan  # zarr drops these chunks
+    with pytest.raises(StoreError, match=r"non-finite data: channel\(s\) \[1\] of train/conv1") as err:
+        open_activations(store)
+    assert "lacks" not in str(err.value)
+
+
+def test_disk_full_names_the_output(tmp_path, values, monkeypatch):
+    import cwnnk.graphs
+    from cwnnk.graphs import build_layer_graphs
+    from cwnnk.params import GraphParams
+
+    def full(file, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cwnnk.graphs.np, "savez", full)
+    store = _store(tmp_path / "m.zarr", values)
+    out = tmp_path / "graphs" / "conv1"
+    with pytest.raises(OSError, match=rf"No space left on device while writing {out}; free disk space") as err:
+        build_layer_graphs(store, "conv1", out, GraphParams(k=4, device="cpu"), log=lambda m: None)
+    assert err.value.errno == errno.ENOSPC
+    assert list(out.parent.iterdir()) == []  # no output, no temporary
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    from cwnnk.preflight import load_yaml, main
+
+    bad = tmp_path / "config.yaml"
+    bad.write_text("device: cpu\ngraphs:\n  k: [8\nthreads: 1\n")
+    with pytest.raises(ConfigError, match=rf"{bad} line 4, column 8: YAML syntax error"):
+        load_yaml(bad)
+    assert main([str(bad)]) == 1
+    proc = snakemake("-n", cwd=tmp_path, check=False)  # the Snakefile's default config.yaml
+    assert proc.returncode != 0 and f"config.yaml line 4" in proc.stderr

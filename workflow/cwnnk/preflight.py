@@ -9,7 +9,7 @@ last run. Every such check that the config alone decides is made here, at parse 
 import math
 from pathlib import Path
 
-from cwnnk.config import ConfigError
+from cwnnk.config import ConfigError, Experiment
 
 # Training images of the fixed datasets (digits: sklearn's 1,797 with a stratified 20 % test split).
 DIGITS_TRAIN = 1797 - math.ceil(0.2 * 1797)
@@ -96,3 +96,43 @@ def canonical(obj):
     if isinstance(obj, (list, tuple)):
         return [canonical(value) for value in obj]
     return obj
+
+
+def load_yaml(path):
+    """A config file's contents; ConfigError naming the file, line and column of a YAML syntax error."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = " ".join(filter(None, [getattr(err, "context", None), getattr(err, "problem", None)])) or str(err)
+        raise ConfigError(f"{path}{where}: YAML syntax error: {problem}; fix that line (indent with spaces, close "
+                          "every bracket and quote)") from None
+
+
+def main(argv=None):
+    """`python -m cwnnk.preflight CONFIG...`: what Snakemake would refuse, one line per problem."""
+    import sys
+
+    from cwnnk.config import validate
+
+    paths = (sys.argv[1:] if argv is None else argv) or ["config.yaml"]
+    failed = False
+    for path in paths:
+        try:
+            check(Experiment.from_config(validate(load_yaml(path) or {})))
+            print(f"{path}: ok")
+        except ConfigError as err:
+            failed = True
+            print(f"{path}: {err}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
