@@ -3,17 +3,14 @@ params, no stale temporaries after a kill, errors in the rule logs, errors that 
 
 import copy
 import errno
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-import yaml
 
-from conftest import TINY_CONFIG, snakemake, write_config
+from conftest import REPO, TINY_CONFIG, snakemake, write_config
+
+REPO_SNAKEFILE = REPO / "Snakefile"
 from cwnnk.config import ConfigError, Experiment, validate
 from cwnnk.preflight import canonical, check, graph_samples
 
@@ -184,4 +181,83 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
         load_yaml(bad)
     assert main([str(bad)]) == 1
     proc = snakemake("-n", cwd=tmp_path, check=False)  # the Snakefile's default config.yaml
-    assert proc.returncode != 0 and f"config.yaml line 4" in proc.stderr
+    assert proc.returncode != 0 and "config.yaml line 4" in proc.stderr
+
+
+# --- 3 and 4: through Snakemake --------------------------------------------------------------
+
+ONE_MODEL = {"sweep": {"dropout": [0.0], "seeds": [1]}}
+M = "convnet-d0-wd0-s1"
+
+
+def _temporaries(results):
+    return sorted(str(p) for p in results.rglob(".*.tmp-*"))
+
+
+@pytest.mark.slow
+def test_every_stage_killed_and_rerun_gives_the_clean_tables(tmp_path):
+    """SIGKILL each stage at its pause point (its output complete under a temporary name); after
+    the documented recovery (--unlock, then --rerun-incomplete, naming the killed job's output:
+    Snakemake does not remake a missing intermediate file whose consumers are up to date) no
+    temporary is left and the tables equal the clean run's, byte for byte."""
+    from conftest import kill_when_logged
+    from cwnnk.atomic import PAUSE_ENV
+
+    results = tmp_path / "results"
+    cfg = write_config(tmp_path / "config.yaml", results, **ONE_MODEL)
+    targets = [results / "tables" / f"{table}.csv" for table in ("overlap", "channels", "pairwise")]
+    run = ("--cores", "1", "--configfile", cfg)
+    snakemake(*targets, *run, cwd=tmp_path)
+    clean = [t.read_bytes() for t in targets]
+    logs = results / "logs"
+    stages = [("train", f"models/{M}/checkpoint.pt", logs / "train" / f"{M}.log"),
+              ("extract", f"activations/{M}.zarr", logs / "extract" / f"{M}.log"),
+              ("graphs", f"graphs/{M}/conv1", logs / "graphs" / M / "conv1.log"),
+              ("overlap", f"overlap/{M}/conv2.json", logs / "overlap" / M / "conv2.log"),
+              ("tables", "tables/channels.csv", logs / "tables.log")]  # overlap.csv is already in place
+    cmd = [sys.executable, "-m", "snakemake", "-s", REPO_SNAKEFILE, "--directory", tmp_path, *targets, *run]
+    for rule, pattern, log in stages:
+        kill_when_logged([*cmd, "--forcerun", rule], log, "pausing before renaming", {PAUSE_ENV: pattern})
+        assert _temporaries(results), rule  # the kill left its temporary behind
+        output = results / pattern.replace(".zarr", ".zarr/zarr.json")
+        assert not output.exists(), rule  # Snakemake removed the old output before the job
+        snakemake("--unlock", "--configfile", cfg, cwd=tmp_path)
+        snakemake(output, *targets, *run, "--rerun-incomplete", cwd=tmp_path)
+        assert "left by a run that was killed" in log.read_text(), rule
+        assert _temporaries(results) == [] and output.exists(), rule
+        assert [t.read_bytes() for t in targets] == clean, rule
+
+
+@pytest.mark.slow
+def test_failing_import_extract_and_graphs_jobs_log_their_traceback(tmp_path):
+    import torch
+
+    from cwnnk.models import build_model, save_checkpoint
+
+    results = tmp_path / "results"
+    paths = {name: tmp_path / f"{name}.pt" for name in ("good", "nan", "bad")}
+    external = [{"name": name, "path": str(path), "model": TINY_CONFIG["model"]} for name, path in paths.items()]
+    spec = _experiment(external=[]).models[M]["spec"]
+    torch.manual_seed(0)
+    model = build_model(spec)
+    save_checkpoint(paths["good"], model, spec)
+    with torch.no_grad():
+        model.features.conv2.conv.bias[1] = float("nan")
+    save_checkpoint(paths["nan"], model, spec)
+    paths["bad"].write_bytes(paths["good"].read_bytes()[:1000])  # truncated
+    cfg = write_config(tmp_path / "config.yaml", results, external=external, **ONE_MODEL)
+    run = ("--cores", "1", "--configfile", cfg)
+    snakemake(results / "activations" / "good.zarr" / "zarr.json", *run, cwd=tmp_path)
+    chunk = results / "activations" / "good.zarr" / "train" / "conv1" / "c.0.0.0.0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    proc = snakemake(results / "models" / "bad" / "metrics.json", results / "activations" / "nan.zarr" / "zarr.json",
+                     results / "graphs" / "good" / "conv1", *run, "--keep-going", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    logs = results / "logs"
+    expected = {logs / "import_checkpoint" / "bad.log": f"{paths['bad']}: not a readable PyTorch checkpoint",
+                logs / "extract" / "nan.log": "NonFiniteActivation: non-finite activation (nan) in layer 'conv2', "
+                                              "channel 1",
+                logs / "graphs" / "good" / "conv1.log": "layer 'conv1' cannot be read"}
+    for log, message in expected.items():
+        text = log.read_text()
+        assert "failed" in text and "Traceback (most recent call last)" in text and message in text, (log, text)
