@@ -12,6 +12,19 @@ min_version("9.0")
 # A --configfile states a whole experiment: keys it leaves out take the schema's defaults, not
 # config.yaml's (whose sweep would otherwise be merged into every preset).
 if not workflow.overwrite_configfiles:
+    # Snakemake's own message for a YAML syntax error names no line: cwnnk.preflight's does (for a
+    # --configfile, which Snakemake reads before this file, run `python -m cwnnk.preflight FILE`).
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
+    from cwnnk.preflight import ConfigError, load_yaml
+
+    try:
+        if os.path.exists("config.yaml"):
+            load_yaml("config.yaml")
+    except ConfigError as err:
+        sys.exit(f"cwnnk: {err}")
 
     configfile: "config.yaml"
 

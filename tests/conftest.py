@@ -49,3 +49,22 @@ def snakemake(*args, cwd=REPO, check=True, timeout=900):
 @pytest.fixture
 def tiny_config(tmp_path):
     return write_config(tmp_path / "config.yaml", tmp_path / "results")
+
+
+def kill_when_logged(cmd, log, text, env=None, timeout=300):
+    """Run cmd (in a session of its own, with `env` added); SIGKILL it and its children once the
+    file `log` contains `text` (a stage's test hook saying it paused)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(list(map(str, cmd)), env=dict(os.environ, **(env or {})), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while text not in (Path(log).read_text() if Path(log).exists() else ""):
+            assert proc.poll() is None, f"{cmd} exited ({proc.returncode}) before {log} said {text!r}"
+            assert time.monotonic() < deadline, f"{log} never said {text!r}"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

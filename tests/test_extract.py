@@ -7,16 +7,15 @@ extraction, non-finite activations and a run through Snakemake.
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter, OrderedDict
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import kill_when_logged
 from cwnnk.activations import StoreError, open_activations
 from cwnnk.config import expand_models, validate
 from cwnnk.datasets import Split, load_dataset, load_synthetic
@@ -232,17 +231,7 @@ def test_stored_subsample_is_balanced(convnet, tmp_path):
 
 def _kill_when_paused(cmd, log, batches, timeout):
     """Run cmd with the pause hook set; SIGKILL it (and its children) once `log` says it paused."""
-    proc = subprocess.Popen(cmd, env=dict(os.environ, **{PAUSE_ENV: str(batches)}), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + timeout
-        while f"pausing after {batches} batches" not in (log.read_text() if log.exists() else ""):
-            assert proc.poll() is None, f"extraction exited early ({proc.returncode})"
-            assert time.monotonic() < deadline, f"extraction never reached batch {batches}"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when_logged(cmd, log, f"pausing after {batches} batches", {PAUSE_ENV: str(batches)}, timeout)
 
 
 def test_killed_extraction_is_refused_and_a_rerun_completes(convnet, tmp_path):
@@ -332,7 +321,8 @@ def test_snakemake_builds_the_stores(tmp_path):
     _kill_when_paused(command(str(store / "zarr.json"), "--forcerun", "extract"), log_path, batches=1, timeout=300)
     with pytest.raises(StoreError, match="no zarr.json.*rerun the extract stage"):
         open_activations(store)
-    proc = snakemake(str(store / "zarr.json"), "--rerun-incomplete", "--nolock")  # the kill left a lock behind
+    snakemake("--unlock")  # the kill left a lock behind (docs/reliability.md: unlock, then rerun)
+    proc = snakemake(str(store / "zarr.json"), "--rerun-incomplete")
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert open_activations(store).attrs["created"] != created and not list(store.parent.glob(".*tmp*"))
     assert sorted(p.name for p in store.iterdir()) == ["test", "train", "zarr.json"]

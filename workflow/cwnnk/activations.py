@@ -182,6 +182,20 @@ def _expected_chunks(array, prefix):
         yield f"{prefix}/{encode(coords)}"
 
 
+def _chunk_channel(key):
+    """The channel of a layer's chunk key ('train/conv1/c.3.7.0.0' -> 7)."""
+    return int(key.rsplit("/", 1)[1].split(".")[2])
+
+
+def _channels_without_chunks(array, missing):
+    """Channels of an (N, C, H, W) layer none of whose chunks is among the stored ones."""
+    per_channel = array.cdata_shape[0]
+    counts = {}
+    for key in missing:
+        counts[_chunk_channel(key)] = counts.get(_chunk_channel(key), 0) + 1
+    return sorted(c for c, n in counts.items() if n == per_channel)
+
+
 def store_root(path):
     """The store's folder, given the folder or its root `zarr.json` (the extract rule's output)."""
     path = Path(path)
@@ -240,6 +254,13 @@ def verify_store(path):
                 problems.append(f"array {split}/{name} has dimension names {arr.metadata.dimension_names}, "
                                 f"expected {dims}")
             missing = [key for key in _expected_chunks(arr, f"{split}/{name}") if key not in files]
+            empty = _channels_without_chunks(arr, missing) if name in attrs["layers"] else []
+            if empty:
+                # Zarr's default (write_empty_chunks false) drops a chunk equal to the fill value NaN.
+                problems.append(f"non-finite data: channel(s) {empty[:10]} of {split}/{name} have no chunk stored, "
+                                "so they read as NaN, the fill value (a channel overwritten with NaN, which zarr "
+                                "does not store, or its chunk files deleted)")
+                missing = [key for key in missing if _chunk_channel(key) not in empty]
             if missing:
                 problems.append(f"array {split}/{name} lacks {len(missing)} of {arr.nchunks} chunks "
                                 f"(e.g. {', '.join(missing[:3])})")

@@ -13,7 +13,6 @@ import os
 import re
 import time
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -199,15 +198,6 @@ def select_samples(split, n_samples, seed):
     return stratified_subset(split.labels.numpy(), n_samples, seed)
 
 
-def _remove_stale_temporaries(path, log):
-    import shutil
-
-    for stale in Path(path).parent.glob(f".{Path(path).name}.tmp-*"):
-        log(f"removing {stale}, left by an extraction that was killed")
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -330,8 +320,7 @@ def run_extract(entry, checkpoint, store, params, log=print):
                    "augment": "none"},
         extract_config=settings,
     )
-    _remove_stale_temporaries(store, log)
-    with atomic_path(store) as tmp:
+    with atomic_path(store, log) as tmp:  # first removes the temporaries of a killed extraction
         extract_to_store(model, nodes, dataset, tmp, splits=params.splits, n_samples=params.n_samples,
                          seed=params.seed, batch_size=params.batch_size, compressor=params.compressor, device=device,
                          attrs=attrs, log=log)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import scipy.sparse
 
-from cwnnk.activations import open_activations
+from cwnnk.activations import StoreError, open_activations
 from cwnnk.atomic import atomic_path, write_json
 from cwnnk.logs import Progress
 from cwnnk.intrinsic_dim import distinct_two_nn
@@ -35,6 +35,10 @@ RESULT_BYTES = 24
 AGGREGATE_LAST_BYTES = 1 << 28
 
 
+class NonFiniteData(StoreError):
+    """NaN or Inf in a stored layer; the message names the store, layer, channel and sample."""
+
+
 def channel_file(c):
     return f"channel_{c:04d}.npz"
 
@@ -47,6 +51,26 @@ def read_layer(store, layer, positions):
     """
     values = store.samples(layer, positions)
     return values.reshape(values.shape[0], values.shape[1], -1)
+
+
+def check_finite_layer(acts, store, layer, positions):
+    """Raise NonFiniteData naming the store, layer, channel and sample if acts (N, C, D) holds NaN/Inf."""
+    N, C, D = acts.shape
+    # Channel blocks bound the boolean mask's memory (a quarter of the block's).
+    bad = [block for block in channel_blocks(C, N, D) if not np.isfinite(acts[:, block.start : block.stop]).all()]
+    if not bad:
+        return
+    first = ~np.isfinite(acts[:, bad[0].start : bad[0].stop])
+    n, c, d = (int(v) for v in np.argwhere(first)[0])
+    c += bad[0].start
+    channels = [ch for block in bad for ch in block if not np.isfinite(acts[:, ch]).all()]
+    count = sum(int((~np.isfinite(acts[:, ch])).sum()) for ch in channels)
+    raise NonFiniteData(
+        f"{store.path}: non-finite data ({acts[n, c, d]}) in layer {layer!r}, channel {c}, stored sample "
+        f"{int(positions[n])} (source index {int(store.indices[positions[n]])}), value {d} of the channel's map; "
+        f"{count} non-finite values in channel(s) {channels[:10]}"
+        f"{' ...' if len(channels) > 10 else ''}. The extract stage refuses these, so the store was changed "
+        "after it was written: rerun the extract stage (snakemake --forcerun extract)")
 
 
 def channel_blocks(C, N, D, block_bytes=BLOCK_BYTES):
@@ -127,7 +151,15 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
     start = time.perf_counter()
     store = open_activations(store_path)
     positions = stratified_subset(store.labels, params.n_samples, params.seed)
-    acts = read_layer(store, layer, positions)
+    try:
+        acts = read_layer(store, layer, positions)
+    except (KeyError, IndexError):
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged chunk: zarr and the codecs raise anything
+        raise StoreError(f"{store.path}: layer {layer!r} cannot be read ({type(err).__name__}: {err}); a chunk of "
+                         "the store is damaged (truncated or overwritten): rerun the extract stage "
+                         "(snakemake --forcerun extract)") from err
+    check_finite_layer(acts, store, layer, positions)
     N, C, D = acts.shape
     if params.k >= N:
         raise ValueError(f"graphs.k = {params.k} needs more than k samples; {store_path} layer {layer!r} has N = {N}")

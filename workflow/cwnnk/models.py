@@ -402,7 +402,17 @@ def load_checkpoint(path, spec=None, map_location="cpu"):
     Accepts this project's format ({'spec', 'state_dict'}) or a plain state dict, in which
     case `spec` must be given. A given spec overrides the stored one (external checkpoints).
     """
-    obj = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - truncated, random bytes, a refused pickle: all name the file
+        # torch's own message for a refused pickle advises weights_only=False, which would run its code: not here.
+        detail = str(err).strip().splitlines()[-1] if "weights_only" not in str(err) else (
+            "refused by torch's safe loader (weights_only=True): not a file of tensors, or a pickle that runs code")
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {detail}); the file may "
+                         "be truncated or not a .pt file: copy it again (external) or rerun the stage that wrote "
+                         "it") from err
     if isinstance(obj, dict) and "state_dict" in obj:
         state_dict, spec = obj["state_dict"], spec or obj.get("spec")
     else:

@@ -10,6 +10,7 @@ sys.path.insert(0, _LIB)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [_LIB, os.environ.get("PYTHONPATH")])))
 
 import cwnnk.config
+import cwnnk.preflight
 from cwnnk.products import FIGURE_FORMATS, FIGURES, TABLES
 
 # The config is validated and every stage's parameters are built here, once (cwnnk.params). A
@@ -18,11 +19,14 @@ from cwnnk.products import FIGURE_FORMATS, FIGURES, TABLES
 try:
     config.update(cwnnk.config.validate(config))
     EXP = cwnnk.config.Experiment.from_config(config)
+    # What would fail a job, checked before Snakemake deletes any output (dry runs included).
+    cwnnk.preflight.check(EXP)
 except cwnnk.config.ConfigError as err:
     sys.exit(f"cwnnk: {err}")
 
 R = config["results"]
-MODELS = EXP.models
+# Each entry's keys sorted, so that the config's key order never changes a rule's params.
+MODELS = {name: cwnnk.preflight.canonical(entry) for name, entry in EXP.models.items()}
 TRAINED = [m for m, e in MODELS.items() if e["kind"] == "trained"]
 EXTERNAL = [m for m, e in MODELS.items() if e["kind"] == "external"]
 

@@ -1,10 +1,11 @@
 # Glue for rule figures: snakemake.* to cwnnk.figures.
-from cwnnk.figures import draw_all
 from cwnnk.logs import stage_logger
-from cwnnk.params import FigureParams
-from cwnnk.products import TABLES
 
-log = stage_logger("figures", snakemake.log[0])
-params = FigureParams.from_dict(snakemake.params.figures)
-written = draw_all({name: snakemake.input[name] for name in TABLES}, [*snakemake.output.pdf, *snakemake.output.png], params)
-log.info(f"wrote {len(written)} files")
+with stage_logger("figures", snakemake.log[0]) as log:  # an error goes to the log with its traceback
+    from cwnnk.figures import draw_all
+    from cwnnk.params import FigureParams
+    from cwnnk.products import TABLES
+
+    params = FigureParams.from_dict(snakemake.params.figures)
+    written = draw_all({name: snakemake.input[name] for name in TABLES}, [*snakemake.output.pdf, *snakemake.output.png], params)
+    log.info(f"wrote {len(written)} files")

@@ -1,0 +1,263 @@
+"""Faults and bad input (issue #24, docs/reliability.md): checks before any job runs, canonical
+params, no stale temporaries after a kill, errors in the rule logs, errors that name the file."""
+
+import copy
+import errno
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_CONFIG, snakemake, write_config
+
+REPO_SNAKEFILE = REPO / "Snakefile"
+from cwnnk.config import ConfigError, Experiment, validate
+from cwnnk.preflight import canonical, check, graph_samples
+
+
+def _experiment(**overrides):
+    return Experiment.from_config(validate(dict(copy.deepcopy(TINY_CONFIG), results="r", **overrides)))
+
+
+# --- 1. every check the config decides is made before any job runs ---------------------------
+
+def test_k_against_n_names_the_keys():
+    exp = _experiment(graphs={"k": 300})
+    assert graph_samples(exp.config) == 60  # extract.n_samples = 60 of 96 training images
+    with pytest.raises(ConfigError, match=r"'graphs.k': 300 needs more than k samples.*N = 60.*extract.n_samples = 60"):
+        check(exp)
+    check(_experiment(graphs={"k": 59}))
+    with pytest.raises(ConfigError, match=r"N = 20 .*graphs.n_samples = 20"):
+        check(_experiment(graphs={"k": 25, "n_samples": 20}))
+    with pytest.raises(ConfigError, match=r"N = 40 \(dataset 'synthetic'"):
+        check(_experiment(graphs={"k": 40}, dataset=dict(TINY_CONFIG["dataset"], n_train=40)))
+    with pytest.raises(ConfigError, match="figures.manifold_n = 120") as err:
+        check(_experiment(graphs={"k": 150}, figures={"manifold_n": 120}, extract={"n_samples": None},
+                          dataset=dict(TINY_CONFIG["dataset"], n_train=400)))
+    assert "N = " not in str(err.value)  # the 400 stored samples are enough
+
+
+def test_missing_external_checkpoint_and_dataset_folder(tmp_path):
+    ext = {"name": "ext", "path": str(tmp_path / "gone.pt"), "model": TINY_CONFIG["model"]}
+    with pytest.raises(ConfigError, match=r"'external.0.path': '.*gone.pt' \(model 'ext'\) does not exist"):
+        check(_experiment(external=[ext]))
+    cifar = {"name": "cifar10", "root": str(tmp_path / "nowhere"), "n_train": 100}
+    with pytest.raises(ConfigError, match=r"'dataset.root': no CIFAR-10 at '.*nowhere/cifar-10-batches-py'"):
+        check(_experiment(dataset=cifar))
+
+
+def test_missing_external_checkpoint_stops_snakemake_at_parse_time(tmp_path):
+    """Even with finished results: never 'Nothing to be done' with a model missing from the tables."""
+    ext = {"name": "ext", "path": str(tmp_path / "gone.pt"), "model": TINY_CONFIG["model"]}
+    cfg = write_config(tmp_path / "config.yaml", tmp_path / "results", external=[ext])
+    proc = snakemake("--cores", "1", "--configfile", cfg, check=False)
+    assert proc.returncode != 0 and "Nothing to be done" not in proc.stdout + proc.stderr
+    assert "cannot run" in proc.stderr and "external.0.path" in proc.stderr and "gone.pt" in proc.stderr
+    assert not (tmp_path / "results").exists()  # stopped before any job
+    proc = snakemake("-n", "--configfile", cfg, check=False)  # a dry run stops the same way
+    assert proc.returncode != 0 and "external.0.path" in proc.stderr
+
+
+# --- 2. canonical params ------------------------------------------------------------------
+
+def _reordered(obj):
+    if isinstance(obj, dict):
+        return {key: _reordered(obj[key]) for key in reversed(list(obj))}
+    if isinstance(obj, list):
+        return [_reordered(value) for value in obj]
+    return obj
+
+
+def test_key_order_does_not_change_any_params():
+    config = dict(copy.deepcopy(TINY_CONFIG), results="r")
+    a, b = (Experiment.from_config(validate(c)) for c in (config, _reordered(config)))
+    m = next(iter(a.models))
+    assert list(a.models[m]["spec"]["layers"][0]) != list(b.models[m]["spec"]["layers"][0])  # the order differs
+    assert repr(canonical(a.models[m])) == repr(canonical(b.models[m]))  # rule params `entry`
+    for params in (lambda e: e.train(m), lambda e: e.extract(m), lambda e: e.import_(m), lambda e: e.graphs,
+                   lambda e: e.overlap, lambda e: e.manifolds, lambda e: e.figures):
+        assert repr(params(a).to_dict()) == repr(params(b).to_dict())
+    assert a.layers == b.layers
+
+
+# --- 5. errors that name the file (and layer, channel, sample) and what to do -----------------
+
+def _store(path, values):
+    """A complete activation store with one layer 'conv1' holding values (N, C, H, W)."""
+    from cwnnk.activations import StoreWriter
+
+    n = len(values)
+    writer = StoreWriter(path, {"model": "m"}, "zstd")
+    writer.add_split("train", np.arange(n) % 3, np.arange(n) + 100, {"conv1": values.shape[1:]}, 8)
+    for start in range(0, n, 8):
+        writer.write("train", "conv1", start, values[start : start + 8])
+    writer.finish()
+    return path
+
+
+@pytest.fixture
+def values():
+    return np.random.default_rng(0).random((24, 3, 4, 4), dtype=np.float32)
+
+
+def test_unreadable_checkpoints_name_the_file(tmp_path):
+    import torch
+
+    from cwnnk.models import build_model, load_checkpoint, save_checkpoint
+
+    spec = _experiment().models["convnet-d0-wd0-s1"]["spec"]
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, build_model(spec), spec)
+    truncated, random_bytes = tmp_path / "truncated.pt", tmp_path / "random.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    random_bytes.write_bytes(np.random.default_rng(0).bytes(4096))
+    for path in (truncated, random_bytes):
+        with pytest.raises(ValueError, match=rf"{path}: not a readable PyTorch checkpoint .*truncated or not a .pt"):
+            load_checkpoint(path, spec)
+    torch.save({"x": torch.zeros(1)}, tmp_path / "plain.pt")
+    load_checkpoint(good)  # the good one still loads
+
+
+def test_damaged_chunk_names_store_and_layer(tmp_path, values):
+    from cwnnk.activations import StoreError
+    from cwnnk.graphs import build_layer_graphs
+    from cwnnk.params import GraphParams
+
+    store = _store(tmp_path / "m.zarr", values)
+    chunk = store / "train" / "conv1" / "c.1.2.0.0"
+    chunk.write_bytes(chunk.read_bytes()[:10])  # truncated
+    with pytest.raises(StoreError, match=r"m.zarr: layer 'conv1' cannot be read .*damaged.*rerun the extract stage"):
+        build_layer_graphs(store, "conv1", tmp_path / "g", GraphParams(k=4, device="cpu"), log=lambda m: None)
+    assert not (tmp_path / "g").exists()
+
+
+def test_nan_in_a_channel_names_store_layer_channel_and_sample(tmp_path, values):
+    from cwnnk.graphs import NonFiniteData, build_layer_graphs
+    from cwnnk.params import GraphParams
+
+    values[5, 2, 1, 3] = np.nan
+    store = _store(tmp_path / "m.zarr", values)
+    with pytest.raises(NonFiniteData, match=r"m.zarr: non-finite data \(nan\) in layer 'conv1', channel 2, stored "
+                                            r"sample 5 \(source index 105\), value 7 .*1 non-finite values in "
+                                            r"channel\(s\) \[2\].*rerun the extract stage"):
+        build_layer_graphs(store, "conv1", tmp_path / "g", GraphParams(k=4, device="cpu"), log=lambda m: None)
+
+
+def test_all_nan_channel_is_non_finite_data_not_missing_chunks(tmp_path, values):
+    import zarr
+
+    from cwnnk.activations import StoreError, open_activations
+
+    store = _store(tmp_path / "m.zarr", values)
+    zarr.open_array(str(store / "train" / "conv1"), mode="r+")[:, 1] = np.nan  # zarr drops these chunks
+    with pytest.raises(StoreError, match=r"non-finite data: channel\(s\) \[1\] of train/conv1") as err:
+        open_activations(store)
+    assert "lacks" not in str(err.value)
+
+
+def test_disk_full_names_the_output(tmp_path, values, monkeypatch):
+    import cwnnk.graphs
+    from cwnnk.graphs import build_layer_graphs
+    from cwnnk.params import GraphParams
+
+    def full(file, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cwnnk.graphs.np, "savez", full)
+    store = _store(tmp_path / "m.zarr", values)
+    out = tmp_path / "graphs" / "conv1"
+    with pytest.raises(OSError, match=rf"No space left on device while writing {out}; free disk space") as err:
+        build_layer_graphs(store, "conv1", out, GraphParams(k=4, device="cpu"), log=lambda m: None)
+    assert err.value.errno == errno.ENOSPC
+    assert list(out.parent.iterdir()) == []  # no output, no temporary
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    from cwnnk.preflight import load_yaml, main
+
+    bad = tmp_path / "config.yaml"
+    bad.write_text("device: cpu\ngraphs:\n  k: [8\nthreads: 1\n")
+    with pytest.raises(ConfigError, match=rf"{bad} line 4, column 8: YAML syntax error"):
+        load_yaml(bad)
+    assert main([str(bad)]) == 1
+    proc = snakemake("-n", cwd=tmp_path, check=False)  # the Snakefile's default config.yaml
+    assert proc.returncode != 0 and "config.yaml line 4" in proc.stderr
+
+
+# --- 3 and 4: through Snakemake --------------------------------------------------------------
+
+ONE_MODEL = {"sweep": {"dropout": [0.0], "seeds": [1]}}
+M = "convnet-d0-wd0-s1"
+
+
+def _temporaries(results):
+    return sorted(str(p) for p in results.rglob(".*.tmp-*"))
+
+
+@pytest.mark.slow
+def test_every_stage_killed_and_rerun_gives_the_clean_tables(tmp_path):
+    """SIGKILL each stage at its pause point (its output complete under a temporary name); after
+    the documented recovery (--unlock, then --rerun-incomplete, naming the killed job's output:
+    Snakemake does not remake a missing intermediate file whose consumers are up to date) no
+    temporary is left and the tables equal the clean run's, byte for byte."""
+    from conftest import kill_when_logged
+    from cwnnk.atomic import PAUSE_ENV
+
+    results = tmp_path / "results"
+    cfg = write_config(tmp_path / "config.yaml", results, **ONE_MODEL)
+    targets = [results / "tables" / f"{table}.csv" for table in ("overlap", "channels", "pairwise")]
+    run = ("--cores", "1", "--configfile", cfg)
+    snakemake(*targets, *run, cwd=tmp_path)
+    clean = [t.read_bytes() for t in targets]
+    logs = results / "logs"
+    stages = [("train", f"models/{M}/checkpoint.pt", logs / "train" / f"{M}.log"),
+              ("extract", f"activations/{M}.zarr", logs / "extract" / f"{M}.log"),
+              ("graphs", f"graphs/{M}/conv1", logs / "graphs" / M / "conv1.log"),
+              ("overlap", f"overlap/{M}/conv2.json", logs / "overlap" / M / "conv2.log"),
+              ("tables", "tables/channels.csv", logs / "tables.log")]  # overlap.csv is already in place
+    cmd = [sys.executable, "-m", "snakemake", "-s", REPO_SNAKEFILE, "--directory", tmp_path, *targets, *run]
+    for rule, pattern, log in stages:
+        kill_when_logged([*cmd, "--forcerun", rule], log, "pausing before renaming", {PAUSE_ENV: pattern})
+        assert _temporaries(results), rule  # the kill left its temporary behind
+        output = results / pattern.replace(".zarr", ".zarr/zarr.json")
+        assert not output.exists(), rule  # Snakemake removed the old output before the job
+        snakemake("--unlock", "--configfile", cfg, cwd=tmp_path)
+        snakemake(output, *targets, *run, "--rerun-incomplete", cwd=tmp_path)
+        assert "left by a run that was killed" in log.read_text(), rule
+        assert _temporaries(results) == [] and output.exists(), rule
+        assert [t.read_bytes() for t in targets] == clean, rule
+
+
+@pytest.mark.slow
+def test_failing_import_extract_and_graphs_jobs_log_their_traceback(tmp_path):
+    import torch
+
+    from cwnnk.models import build_model, save_checkpoint
+
+    results = tmp_path / "results"
+    paths = {name: tmp_path / f"{name}.pt" for name in ("good", "nan", "bad")}
+    external = [{"name": name, "path": str(path), "model": TINY_CONFIG["model"]} for name, path in paths.items()]
+    spec = _experiment(external=[]).models[M]["spec"]
+    torch.manual_seed(0)
+    model = build_model(spec)
+    save_checkpoint(paths["good"], model, spec)
+    with torch.no_grad():
+        model.features.conv2.conv.bias[1] = float("nan")
+    save_checkpoint(paths["nan"], model, spec)
+    paths["bad"].write_bytes(paths["good"].read_bytes()[:1000])  # truncated
+    cfg = write_config(tmp_path / "config.yaml", results, external=external, **ONE_MODEL)
+    run = ("--cores", "1", "--configfile", cfg)
+    snakemake(results / "activations" / "good.zarr" / "zarr.json", *run, cwd=tmp_path)
+    chunk = results / "activations" / "good.zarr" / "train" / "conv1" / "c.0.0.0.0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    proc = snakemake(results / "models" / "bad" / "metrics.json", results / "activations" / "nan.zarr" / "zarr.json",
+                     results / "graphs" / "good" / "conv1", *run, "--keep-going", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    logs = results / "logs"
+    expected = {logs / "import_checkpoint" / "bad.log": f"{paths['bad']}: not a readable PyTorch checkpoint",
+                logs / "extract" / "nan.log": "NonFiniteActivation: non-finite activation (nan) in layer 'conv2', "
+                                              "channel 1",
+                logs / "graphs" / "good" / "conv1.log": "layer 'conv1' cannot be read"}
+    for log, message in expected.items():
+        text = log.read_text()
+        assert "failed" in text and "Traceback (most recent call last)" in text and message in text, (log, text)

@@ -1,0 +1,129 @@
+"""Checks made from the config and the declared inputs before any job runs (docs/reliability.md).
+
+Snakemake deletes a job's old outputs before it runs the job, so a check that only a job can
+make (k against the number of samples, a missing checkpoint) costs the valid results of the
+last run. Every such check that the config alone decides is made here, at parse time
+(workflow/rules/common.smk), and reported as one ConfigError listing every problem by key.
+"""
+
+import math
+from pathlib import Path
+
+from cwnnk.config import ConfigError, Experiment
+
+# Training images of the fixed datasets (digits: sklearn's 1,797 with a stratified 20 % test split).
+DIGITS_TRAIN = 1797 - math.ceil(0.2 * 1797)
+CIFAR10_TRAIN_PER_CLASS = 5000
+
+
+def train_size(dataset):
+    """Training images of a `dataset` config section, known without loading it (None: unknown)."""
+    name = dataset.get("name")
+    if name == "digits":
+        return DIGITS_TRAIN
+    if name == "cifar10":
+        full = CIFAR10_TRAIN_PER_CLASS * len(dataset.get("classes") or range(10))
+        return min(full, dataset["n_train"]) if dataset.get("n_train") else full
+    if name == "synthetic":
+        return dataset.get("n_train") or 512
+    return None
+
+
+def graph_samples(config):
+    """N of every graphs job: stored samples (extract.n_samples capped by the training split),
+    then graphs.n_samples. None when the dataset's size is not known from the config."""
+    n = train_size(config["dataset"])
+    if n is None:
+        return None
+    for cap in (config["extract"].get("n_samples"), config["graphs"].get("n_samples")):
+        if cap is not None:
+            n = min(n, cap)
+    return n
+
+
+def problems(exp):
+    """Every problem of a validated Experiment that would make a job fail, as (kind, message):
+    kind 'config' (the settings alone decide it) or 'file' (a path the config names); [] if none."""
+    config, found = exp.config, []
+    k = config["graphs"]["k"]
+    n = graph_samples(config)
+    if n is not None and k >= n:
+        found.append(("config", f"config key 'graphs.k': {k} needs more than k samples per graph, but the graphs "
+                      f"have N = {n} (dataset '{config['dataset']['name']}' training split, extract.n_samples = "
+                      f"{config['extract'].get('n_samples')}, graphs.n_samples = {config['graphs'].get('n_samples')}); "
+                      f"lower graphs.k below {n} or store more samples"))
+    manifold_n = config["figures"]["manifold_n"]
+    if k >= manifold_n:
+        found.append(("config", f"config key 'graphs.k': {k} needs more than k samples, but figures.manifold_n = "
+                      f"{manifold_n}; raise figures.manifold_n above {k} or lower graphs.k"))
+    for i, ext in enumerate(config.get("external", [])):
+        path = Path(ext["path"])
+        if not path.is_file():
+            what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+            found.append(("file", f"config key 'external.{i}.path': {str(path)!r} (model {ext['name']!r}) {what} "
+                          f"(relative to {Path.cwd()}); fix the path or remove the entry"))
+    dataset = config["dataset"]
+    if dataset.get("name") == "cifar10" and not dataset.get("download"):
+        folder = Path(dataset["root"]) / "cifar-10-batches-py"
+        if not folder.is_dir():
+            found.append(("file", f"config key 'dataset.root': no CIFAR-10 at {str(folder)!r} (relative to "
+                          f"{Path.cwd()}); put the extracted 'cifar-10-batches-py' folder there or set "
+                          "dataset.download: true"))
+    return found
+
+
+def check(exp):
+    """Raise ConfigError listing every problem of `problems(exp)`, one line each."""
+    errors = [message for _, message in problems(exp)]
+    if errors:
+        raise ConfigError("the configuration cannot run:\n  " + "\n  ".join(errors))
+
+
+def canonical(obj):
+    """obj with every mapping's keys sorted (recursively) and tuples as lists: equal settings give an
+    equal repr, which is what Snakemake compares to decide whether a job's params changed."""
+    if isinstance(obj, dict):
+        return {key: canonical(obj[key]) for key in sorted(obj, key=str)}
+    if isinstance(obj, (list, tuple)):
+        return [canonical(value) for value in obj]
+    return obj
+
+
+def load_yaml(path):
+    """A config file's contents; ConfigError naming the file, line and column of a YAML syntax error."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = " ".join(filter(None, [getattr(err, "context", None), getattr(err, "problem", None)])) or str(err)
+        raise ConfigError(f"{path}{where}: YAML syntax error: {problem}; fix that line (indent with spaces, close "
+                          "every bracket and quote)") from None
+
+
+def main(argv=None):
+    """`python -m cwnnk.preflight CONFIG...`: what Snakemake would refuse, one line per problem."""
+    import sys
+
+    from cwnnk.config import validate
+
+    paths = (sys.argv[1:] if argv is None else argv) or ["config.yaml"]
+    failed = False
+    for path in paths:
+        try:
+            check(Experiment.from_config(validate(load_yaml(path) or {})))
+            print(f"{path}: ok")
+        except ConfigError as err:
+            failed = True
+            print(f"{path}: {err}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
