@@ -146,9 +146,15 @@ FACTORS = (
     ("dropout", lambda v: f"dropout {float(v):g}"),
     ("weight_decay", lambda v: f"weight decay {float(v):g}"),
     ("augment", lambda v: AUGMENT_NAMES.get(str(v), f"augmentation {v}")),
+    ("label_noise", lambda v: f"label noise {float(v):g}"),
+    ("n_train", lambda v: "all training images" if v == "all" else f"{float(v):g} training images"),
+    ("width", lambda v: f"width x{float(v):g}"),
 )
+# What a factor the label leaves out stands at (cwnnk.config names a factor only when it is used).
+FACTOR_DEFAULTS = {"label_noise": 0.0, "n_train": "all", "width": 1.0}
 # The label format of cwnnk.config.expand_models, for tables that lack the factor columns.
-_LABEL = re.compile(r"^d(?P<dropout>\S+) wd(?P<weight_decay>\S+) (?P<augment>\S+)$")
+_LABEL = re.compile(r"^d(?P<dropout>\S+) wd(?P<weight_decay>\S+) (?P<augment>\S+)"
+                    r"(?: ln(?P<label_noise>\S+))?(?: n(?P<n_train>\d+))?(?: w(?P<width>\S+))?$")
 
 
 def _factor_values(table, label):
@@ -177,6 +183,10 @@ def level_names(table, levels):
     """
     factors = {lev: _factor_values(table, lev) for lev in levels}
     trained = [f for f in factors.values() if f is not None]
+    for name, default in FACTOR_DEFAULTS.items():  # a factor some level names: the others at its default
+        if any(name in f for f in trained):
+            for f in trained:
+                f.setdefault(name, default)
     shared = {name for name, _ in FACTORS
               if trained and all(name in f for f in trained) and len({str(f[name]) for f in trained}) == 1}
     if len(trained) == 1:

@@ -27,7 +27,7 @@ def _stage(name, config, workdir, timings):
     ckpt, store = work / "checkpoint.pt", work / "store.zarr"
     start = time.perf_counter()
     if name == "train":
-        run_train(entry, exp.train(model), ckpt, work / "metrics.json", quiet)
+        run_train(entry, exp.train(model).replace(save_epochs=()), ckpt, work / "metrics.json", quiet)  # no snapshots: one run timed
     elif name == "extract":
         run_extract(entry, ckpt, store, exp.extract(model), quiet)
     elif name == "graphs":
