@@ -270,3 +270,14 @@ def test_level_names_decode_the_labels(tables):
     assert common == "dropout 0"
     single = figures.level_names({"label": np.array(["d0.2 wd0 none"])}, ["d0.2 wd0 none"])
     assert single == ({"d0.2 wd0 none": "dropout 0.2, weight decay 0, no augmentation"}, "")
+
+
+def test_legends_decode_the_sweep_factors_from_labels():
+    """Labels name label noise, training-set size and width only where used; the others read at their default."""
+    table = {"label": np.array(["d0 wd0 none", "d0 wd0 none ln0.4 n400", "d0.5 wd0 none w0.5"]),
+             "kind": np.array(["trained"] * 3)}
+    names, common = figures.level_names(table, list(table["label"]))
+    assert names["d0 wd0 none"] == "dropout 0, label noise 0, all training images, width x1"
+    assert names["d0 wd0 none ln0.4 n400"] == "dropout 0, label noise 0.4, 400 training images, width x1"
+    assert names["d0.5 wd0 none w0.5"] == "dropout 0.5, label noise 0, all training images, width x0.5"
+    assert common == "weight decay 0, no augmentation"

@@ -174,6 +174,13 @@ def _factor_values(table, label):
     return values
 
 
+def _same(a, b):
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
 def level_names(table, levels):
     """Readable names of the regularization levels: ({label: name}, what every level shares).
 
@@ -187,6 +194,9 @@ def level_names(table, levels):
         if any(name in f for f in trained):
             for f in trained:
                 f.setdefault(name, default)
+        if all(_same(f.get(name, default), default) for f in trained):  # unused by the sweep: not named
+            for f in trained:
+                f.pop(name, None)
     shared = {name for name, _ in FACTORS
               if trained and all(name in f for f in trained) and len({str(f[name]) for f in trained}) == 1}
     if len(trained) == 1:
@@ -217,6 +227,12 @@ def describe_model(model, table=None, sep=" "):
     if isinstance(seed, float) and math.isfinite(seed):
         name += f", seed {seed:g}"
     return f"model {model}{sep}({name})"
+
+
+def _legend_columns(handles, width, most=3):
+    """As many legend columns as the longest entry lets fit across a figure `width` inches wide."""
+    longest = max((len(h.get_label()) for h in handles), default=1)
+    return max(1, min(len(handles), most, int(width / (0.05 * longest + 0.4))))
 
 
 def _level_title(common, suffix=""):
@@ -361,7 +377,7 @@ def f1_degree(channels, prefix, levels=None, k=None):
                      fontsize=7)
         handles = [Patch(facecolor=to_rgba(styles[lev][0], 0.35), edgecolor=styles[lev][0],
                          label=f"{names[lev]} ({_n_models(channels, label, lev)})") for lev in levels]
-        fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 2 if width == SINGLE else 3),
+        fig.legend(handles=handles, loc="outside upper center", ncol=_legend_columns(handles, width),
                    title=_level_title(common))
         glyphs = [Patch(facecolor="white", edgecolor="0.3", label="per-channel degree of live channels (box: quartiles)"),
                   Line2D([], [], marker="D", color="0.6", markeredgecolor="black", linestyle="none",
@@ -435,7 +451,8 @@ def f2_redundancy_depth(overlap, prefix, levels=None):
         if any(len(set(models[label == lev].tolist())) > 1 for lev in levels):
             handles.append(Patch(facecolor="0.6", alpha=0.35, label="min-max over seeds"))
         handles.append(_chance_handle())
-        fig.legend(handles=handles, loc="outside upper center", ncol=min(3, len(handles)), title=_level_title(common))
+        fig.legend(handles=handles, loc="outside upper center", ncol=_legend_columns(handles, DOUBLE),
+                   title=_level_title(common))
         return _save(fig, prefix)
 
 
