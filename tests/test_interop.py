@@ -174,3 +174,23 @@ def test_dadapy_hand_checked_example():
     d = np.hstack([np.zeros((5, 1)), dist[:5]])
     assert dadapy_2nn(d) == pytest.approx(float(twonn(dist)[0]), abs=1e-12)
     assert dadapy_2nn(d) == pytest.approx(1.8329829970374845, abs=1e-8)
+
+
+def test_distinct_two_nn_from_the_knn_equals_the_exact_search():
+    """With duplicates, the answer read off the stored kNN (and measured where its k candidates are
+    all copies of one row) equals a search over the distinct rows."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 5))
+    Y = np.vstack([X, np.repeat(X[:1], 12, 0), np.repeat(X[7:8], 2, 0)])  # X[0] has 13 copies
+    D = cdist(Y, Y)
+    D[D == 0] = np.inf  # the engine's kNN under duplicates="drop": no zero-distance candidate
+    k = 4
+    order = np.lexsort((np.broadcast_to(np.arange(len(Y)), D.shape), D), axis=1)[:, :k]
+    knn = (np.take_along_axis(D, order, 1), order)
+    nearest_is_x0 = np.flatnonzero(np.isin(order[:, 0], [0, *range(40, 52)]))
+    assert any(np.isin(order[r], [0, *range(40, 52)]).all() for r in nearest_is_x0 if r < 40)  # the measured case
+    got, idx = distinct_two_nn(Y, knn)
+    want, want_idx = distinct_two_nn(Y)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_array_equal(idx, want_idx)
+    assert np.isinf(got[40:]).all() and (idx[40:] == -1).all()  # later copies

@@ -59,36 +59,67 @@ def distinct_two_nn(points, knn=None):
     """TwoNN's input under the duplicate policy: each distinct row's two nearest other distinct rows.
 
     points: (N, ...) one point set (trailing axes are flattened). knn: optional (distances,
-    indices), each (N, k), the exact kNN of the same points (self excluded, k >= 2, as the engine
-    returns them): when no two points are equal, their first two columns are the answer.
+    indices), each (N, k), the exact kNN of the same points (self excluded, candidates in
+    increasing distance, as the engine returns them).
     Returns (distances (N, 2) float64, indices (N, 2) int64): for the first copy of each distinct
     row (lowest index), the distances to its two nearest other distinct rows and those rows'
-    first copies (ties by lower index); +inf / -1 on the later copies and where fewer than two
-    other distinct rows exist. From the engine's exact kNN (cwnnk.engine.knn.exact_knn) on the distinct rows.
+    first copies; +inf / -1 on the later copies and where fewer than two other distinct rows exist.
+
+    The answer is read off the kNN where its k candidates reach two other distinct rows (a
+    candidate's distance is its distinct row's); rows whose candidates are all copies of one row
+    are measured against every distinct row directly (float64 differences). Without knn, the
+    engine's exact kNN (cwnnk.engine.knn.exact_knn) runs on the distinct rows.
     """
     P = np.asarray(points)
     P = P.reshape(len(P), -1) + P.dtype.type(0)  # -0.0 + 0 = 0.0: equal values, equal bits
     N = len(P)
-    _, first = np.unique(P, axis=0, return_index=True)
-    first = np.sort(first)
-    if knn is not None and len(first) == N:
-        d, i = (np.asarray(a) for a in knn)
-        if d.shape[-1] >= 2 and np.all(d[:, 0] > 0):
-            return d[:, :2].astype(np.float64), i[:, :2].astype(np.int64)
+    _, first, group = np.unique(P, axis=0, return_index=True, return_inverse=True)
+    group = group.reshape(-1)
+    order = np.argsort(first)  # groups by their first copy, so that ties go to the lower index
+    first, rank = first[order], np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    group = rank[group]  # group g's first copy is first[g]
     dist = np.full((N, 2), np.inf)
     idx = np.full((N, 2), -1, dtype=np.int64)
-    if len(first) >= 2:
-        import torch  # the engine's exact kNN; imported only here, readers of graphs need no torch
+    if len(first) < 2:
+        return dist, idx
+    if knn is None:
+        return _two_nn_exact(P, first, dist, idx)
+    d, i = (np.asarray(a) for a in knn)
+    if len(first) == N and d.shape[-1] >= 2 and np.all(d[:, 0] > 0):
+        return d[:, :2].astype(np.float64), i[:, :2].astype(np.int64)
+    cand = i[first]
+    cg = np.where(cand >= 0, group[np.maximum(cand, 0)], -1)  # each candidate's distinct row
+    k = cg.shape[1]
+    seen = ((cg[:, :, None] == cg[:, None, :]) & np.tri(k, k, -1, dtype=bool)).any(2)
+    new = (cg >= 0) & (cg != np.arange(len(first))[:, None]) & ~seen
+    pick = np.argsort(~new, axis=1, kind="stable")[:, :2]  # the first two new distinct rows
+    ok = np.take_along_axis(new, pick, 1).all(1)
+    dist[first[ok]] = np.take_along_axis(d[first], pick, 1)[ok]
+    idx[first[ok]] = first[np.take_along_axis(cg, pick, 1)[ok]]
+    for g in np.flatnonzero(~ok):  # all candidates copies of one row (k < its copies): measure
+        U = P[first].astype(np.float64)
+        r = np.sqrt(((U - U[g]) ** 2).sum(1))
+        r[g] = np.inf
+        nearest = np.lexsort((np.arange(len(r)), r))[:2]
+        dist[first[g]] = r[nearest]
+        idx[first[g]] = np.where(np.isfinite(r[nearest]), first[nearest], -1)
+    return dist, idx
 
-        from cwnnk.engine.knn import exact_knn
 
-        U = P[first]
-        if U.dtype not in (np.float32, np.float64):
-            U = U.astype(np.float64)
-        nn = exact_knn(torch.from_numpy(np.ascontiguousarray(U))[None], min(2, len(U) - 1), duplicates="drop")
-        j = nn.indices[0].numpy()
-        dist[first, : j.shape[1]] = nn.sqdist[0].sqrt().numpy()
-        idx[first, : j.shape[1]] = np.where(j >= 0, first[j], -1)
+def _two_nn_exact(P, first, dist, idx):
+    """distinct_two_nn without a kNN: the engine's exact kNN on the distinct rows."""
+    import torch  # the engine's exact kNN; imported only here, readers of graphs need no torch
+
+    from cwnnk.engine.knn import exact_knn
+
+    U = P[first]
+    if U.dtype not in (np.float32, np.float64):
+        U = U.astype(np.float64)
+    nn = exact_knn(torch.from_numpy(np.ascontiguousarray(U))[None], min(2, len(U) - 1), duplicates="drop")
+    j = nn.indices[0].numpy()
+    dist[first, : j.shape[1]] = nn.sqdist[0].sqrt().numpy()
+    idx[first, : j.shape[1]] = np.where(j >= 0, first[j], -1)
     return dist, idx
 
 
