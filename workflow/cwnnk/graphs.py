@@ -170,8 +170,11 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
     channels, zero_maps, aggregate = cw_nnk(acts, params, log, timings)
     seconds["nnk"] = time.perf_counter() - start
     start = time.perf_counter()
-    two_nn = [distinct_two_nn(acts[:, c], (channels.distances[c], channels.indices[c])) for c in range(C)]
-    agg_two_nn = distinct_two_nn(acts, (aggregate.distances, aggregate.indices))
+    # the engine counts equal rows: sets without any need no search for them
+    two_nn = [distinct_two_nn(acts[:, c], (channels.distances[c], channels.indices[c]),
+                              equal_rows=bool(channels.counts["duplicates"][c])) for c in range(C)]
+    agg_two_nn = distinct_two_nn(acts, (aggregate.distances, aggregate.indices),
+                                 equal_rows=bool(aggregate.counts["duplicates"]))
     seconds["twonn"] = time.perf_counter() - start
 
     with atomic_path(out_dir) as tmp:

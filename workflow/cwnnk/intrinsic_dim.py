@@ -55,7 +55,7 @@ def twonn(distances, fraction=0.9):
     return np.where(defined, dim, np.nan), np.where(defined, n_used, 0)
 
 
-def distinct_two_nn(points, knn=None):
+def distinct_two_nn(points, knn=None, equal_rows=None):
     """TwoNN's input under the duplicate policy: each distinct row's two nearest other distinct rows.
 
     points: (N, ...) one point set (trailing axes are flattened). knn: optional (distances,
@@ -65,11 +65,16 @@ def distinct_two_nn(points, knn=None):
     row (lowest index), the distances to its two nearest other distinct rows and those rows'
     first copies; +inf / -1 on the later copies and where fewer than two other distinct rows exist.
 
-    The answer is read off the kNN where its k candidates reach two other distinct rows (a
+    equal_rows=False says that no two points are equal (the engine counts them: NNKResult.counts
+    ["duplicates"] == 0), which spares the search for them; the kNN's first two columns are then
+    the answer. The answer is read off the kNN where its k candidates reach two other distinct rows (a
     candidate's distance is its distinct row's); rows whose candidates are all copies of one row
     are measured against every distinct row directly (float64 differences). Without knn, the
     engine's exact kNN (cwnnk.engine.knn.exact_knn) runs on the distinct rows.
     """
+    if equal_rows is False and knn is not None and np.asarray(knn[0]).shape[-1] >= 2:
+        d, i = (np.asarray(a) for a in knn)
+        return d[:, :2].astype(np.float64), i[:, :2].astype(np.int64)
     P = np.asarray(points)
     P = P.reshape(len(P), -1) + P.dtype.type(0)  # -0.0 + 0 = 0.0: equal values, equal bits
     N = len(P)
