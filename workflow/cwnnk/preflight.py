@@ -56,11 +56,19 @@ def problems(exp):
     if k >= manifold_n:
         found.append(("config", f"config key 'graphs.k': {k} needs more than k samples, but figures.manifold_n = "
                       f"{manifold_n}; raise figures.manifold_n above {k} or lower graphs.k"))
-    for i, ext in enumerate(config.get("external", [])):
-        path = Path(ext["path"])
+    from cwnnk.models import is_weights_file
+
+    weights = [(f"external.{i}.path", ext["name"], ext.get("path")) for i, ext in enumerate(config.get("external", []))]
+    weights += [(f"external.{i}.model.weights", ext["name"], ext["model"].get("weights"))
+                for i, ext in enumerate(config.get("external", [])) if not ext.get("path")]
+    weights.append(("model.weights", "the pretrained model", config["model"].get("weights")))
+    for key, name, path in weights:  # files only: a torchvision weights name is checked when it loads
+        if path is None or not is_weights_file(path):
+            continue
+        path = Path(path)
         if not path.is_file():
             what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
-            found.append(("file", f"config key 'external.{i}.path': {str(path)!r} (model {ext['name']!r}) {what} "
+            found.append(("file", f"config key '{key}': {str(path)!r} (model {name!r}) {what} "
                           f"(relative to {Path.cwd()}); fix the path or remove the entry"))
     dataset = config["dataset"]
     if dataset.get("name") == "cifar10" and not dataset.get("download"):
