@@ -1,4 +1,4 @@
-"""Figures F1-F6 (cwnnk.figures) on small synthetic tables written in the tables.csv format."""
+"""Figures F1-F7 (cwnnk.figures) on small synthetic tables written in the tables.csv format."""
 
 import numpy as np
 import pytest
@@ -149,6 +149,63 @@ def test_f5(tables, tmp_path):
 def test_f6(tables, tmp_path):
     figures.f6_solvers(tables["solvers"], tmp_path / "F6")
     assert 0.8 < check_outputs(tmp_path / "F6", figures.SINGLE) < 2.5
+
+
+def epoch_table():
+    """overlap.csv's last-layer rows of two runs, each saved at epoch 5 and final at epoch 15,
+    one run without saved epochs and an external model; and early_stopping.csv of the two."""
+    rows = []
+    for run, label, dropout, seed, values in (
+            ("r-d0-s1", "d0 wd0 none", 0.0, 1, {5: (0.70, 0.20, 0.50), 15: (0.90, 0.10, 0.60)}),
+            ("r-d0.5-s1", "d0.5 wd0 none", 0.5, 1, {5: (0.80, 0.05, 0.40), 15: (0.85, 0.15, 0.45)}),
+            ("r-d0-s2", "d0 wd0 none", 0.0, 2, {15: (0.88, 0.12, 0.55)})):
+        for epoch, (test_acc, loo, rho) in values.items():
+            model = run if epoch == 15 else f"{run}-e{epoch}"
+            for depth in (0, 1):  # only is_last == 1 is drawn
+                rows.append(dict(model=model, kind="trained" if epoch == 15 else "snapshot", label=label, run=run,
+                                 epoch=epoch, epochs=15, seed=seed, dropout=dropout, weight_decay=0.0,
+                                 augment="none", depth=depth, is_last=depth, test_acc=test_acc - 0.3 * (1 - depth),
+                                 loo_error_layer=loo + 0.5 * (1 - depth), rho_hat_mean=rho))
+    rows.append(dict(model="ext", kind="external", label="ext", run="ext", epoch=np.nan, epochs=np.nan, seed=np.nan,
+                     dropout=np.nan, weight_decay=np.nan, augment="", depth=0, is_last=1, test_acc=0.5,
+                     loo_error_layer=0.5, rho_hat_mean=0.5))
+    early = [dict(run="r-d0-s1", loo_epoch=15.0, best_test_epoch=15.0),
+             dict(run="r-d0.5-s1", loo_epoch=5.0, best_test_epoch=15.0)]
+    return rows, early
+
+
+def test_f7_series_per_run(tmp_path):
+    rows, early = epoch_table()
+    write_table(tmp_path / "overlap.csv", rows)
+    write_table(tmp_path / "early_stopping.csv", early)
+    overlap, early = read_table(tmp_path / "overlap.csv"), read_table(tmp_path / "early_stopping.csv")
+    paths, runs = figures.f7_epochs(overlap, tmp_path / "F7", early_stopping=early,
+                                    levels=figures.level_order(overlap))
+    assert 1.2 < check_outputs(tmp_path / "F7", figures.DOUBLE) < 3.5
+    assert list(runs) == ["r-d0-s1", "r-d0.5-s1"]  # not the run without saved epochs, not the external model
+    a, b = runs["r-d0-s1"], runs["r-d0.5-s1"]
+    assert a["epoch"].tolist() == [5, 15] and b["epoch"].tolist() == [5, 15]
+    np.testing.assert_allclose(a["test_error"], [0.30, 0.10])
+    np.testing.assert_allclose(b["loo_error"], [0.05, 0.15])
+    np.testing.assert_allclose(b["rho_hat"], [0.40, 0.45])
+    assert (a["label"], b["label"]) == ("d0 wd0 none", "d0.5 wd0 none")
+    assert (b["loo_epoch"], b["best_test_epoch"]) == (5.0, 15.0)
+    # Without early_stopping.csv the picks are worked out from the same rows (cwnnk.generalization).
+    assert {n: (r["loo_epoch"], r["best_test_epoch"]) for n, r in figures.f7_data(overlap).items()} == \
+        {"r-d0-s1": (15.0, 15.0), "r-d0.5-s1": (5.0, 15.0)}
+
+
+def test_f7_placeholder_without_saved_epochs(tmp_path):
+    rows, _ = epoch_table()
+    overlap = read_table_rows(tmp_path, [r for r in rows if r["kind"] != "snapshot"])  # final models only
+    paths, runs = figures.f7_epochs(overlap, tmp_path / "F7")
+    assert runs == {} and all(p.stat().st_size > 0 for p in paths)
+    assert figures.f7_epochs({}, tmp_path / "F7e")[1] == {}
+
+
+def read_table_rows(tmp_path, rows):
+    write_table(tmp_path / "rows.csv", rows)
+    return read_table(tmp_path / "rows.csv")
 
 
 def test_single_model_single_layer(tmp_path):

@@ -207,7 +207,7 @@ def test_tiny_run_draws_every_figure_and_builds_the_report(tiny_run):
     """README's `snakemake --report results/report.html`, with only what README's install
     brings in; every figure's caption says what it tests and how many models it rests on."""
     root, config = tiny_run
-    for figure in ("F1", "F2", "F3", "F4", "F5", "F6"):
+    for figure in ("F1", "F2", "F3", "F4", "F5", "F6", "F7"):
         for ext in ("pdf", "png"):
             assert (root / "results" / "figures" / f"{figure}.{ext}").stat().st_size > 1000
     proc = snakemake_as_installed("--cores", "1", "--configfile", config, "--report", root / "report.html")
@@ -215,7 +215,7 @@ def test_tiny_run_draws_every_figure_and_builds_the_report(tiny_run):
     html = (root / "report.html").read_text(errors="replace")
     assert "F3" in html and "overlap.csv" in html
     text = re.sub(r"(\\n|\s)+", " ", html)  # captions sit in JSON strings, line breaks as \n
-    assert text.count("Claim tested") == 6 and "{{" not in html
+    assert text.count("Claim tested") == 7 and "{{" not in html
     assert text.count("all 2 models of the run") == 3  # F1, F2, F3
     assert text.count(f"one model, {MODELS[0]}, of the 2 of the run") == 2  # F4, F6
 

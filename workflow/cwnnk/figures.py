@@ -1,8 +1,8 @@
-"""Figures F1-F6 of docs/method.md section 5, drawn only from the tables in results/tables/.
+"""Figures F1-F7 of docs/method.md section 5, drawn only from the tables in results/tables/.
 
 Each `f*` function takes tables as read by `cwnnk.tables.read_table` (dicts of numpy
 columns) and an output prefix, and writes `{prefix}.pdf` and `{prefix}.png` (atomically).
-`draw_all(tables, outputs)` draws all six from the tables' files into the given F1.pdf ... F6.png.
+`draw_all(tables, outputs)` draws all seven from the tables' files into the given F1.pdf ... F7.png.
 
 Conventions: the Okabe-Ito palette (colour-blind safe), with a marker per regularization
 level as well so that levels stay apart in grey print; widths of 3.5 in (one paper column)
@@ -826,6 +826,131 @@ def f6_solvers(solvers, prefix, model=None, channels=None):
         return _save(fig, prefix)
 
 
+# ---------------------------------------------------------------------------- F7
+
+F7_PANELS = (
+    ("test_error", "test error (%)", "(a) test error"),
+    ("loo_error", "last-layer CW-NNK LOO error (%)", "(b) last-layer LOO error"),
+    ("rho_hat", "last-layer redundancy $\\hat\\rho$", "(c) last-layer redundancy"),
+)
+SEED_LINES = ("-", "--", ":", "-.")
+LOO_PICK = dict(marker="o", markersize=8, markerfacecolor="none", markeredgewidth=1.0, linestyle="none")
+BEST_TEST = dict(marker="x", markersize=5, color="black", markeredgewidth=0.9, linestyle="none")
+
+
+def _epoch_at(table, run, column):
+    """The number in `column` of early_stopping.csv's row for `run`, or None."""
+    if not n_rows(table) or "run" not in table or column not in table:
+        return None
+    values = _finite(table[column][_text(table["run"]) == run])
+    return float(values[0]) if values.size else None
+
+
+def f7_data(overlap, early_stopping=None):
+    """What F7 draws: {run: dict(label, seed, epoch, test_error, loo_error, rho_hat,
+    loo_epoch, best_test_epoch)} for each training run with saved epochs (its snapshot rows
+    and its final model, at the last analysed layer, is_last == 1), epochs ascending.
+    test_error = 1 - test_acc and loo_error = loo_error_layer, both as fractions.
+
+    loo_epoch and best_test_epoch come from early_stopping.csv when it has the run, else from
+    cwnnk.generalization.early_stopping_rows on the same rows (None when not defined).
+    """
+    from cwnnk.generalization import early_stopping_rows
+
+    if not n_rows(overlap) or not {"is_last", "run", "epoch"} <= set(overlap):
+        return {}
+    kind = _text(_col(overlap, "kind", "trained"))
+    keep = (overlap["is_last"] == 1) & np.isin(kind, ("trained", "snapshot"))
+    last = select(overlap, keep)
+    run, kind = _text(last["run"]), kind[keep]
+    epoch = np.asarray(last["epoch"], dtype=np.float64)
+    computed = {row["run"]: row for row in early_stopping_rows(last)} if n_rows(last) else {}
+    out = {}
+    for name in _first_seen(run):
+        m = (run == name) & np.isfinite(epoch)
+        if not (m & (kind == "snapshot")).any() or len(np.unique(epoch[m])) < 2:
+            continue  # no saved epoch: nothing over epochs
+        order = np.flatnonzero(m)[np.argsort(epoch[m], kind="stable")]
+        series = dict(label=str(last["label"][order[0]]), seed=_col(last, "seed")[order[0]], epoch=epoch[order],
+                      test_error=1 - np.asarray(_col(last, "test_acc")[order], dtype=np.float64),
+                      loo_error=np.asarray(_col(last, "loo_error_layer")[order], dtype=np.float64),
+                      rho_hat=np.asarray(_col(last, "rho_hat_mean")[order], dtype=np.float64))
+        for key in ("loo_epoch", "best_test_epoch"):
+            value = _epoch_at(early_stopping if early_stopping is not None else {}, name, key)
+            if value is None and name in computed and computed[name][key] is not None:
+                value = float(computed[name][key])
+            series[key] = value if value is not None and math.isfinite(value) else None
+        out[name] = series
+    return out
+
+
+def f7_epochs(overlap, prefix, early_stopping=None, levels=None):
+    """F7: over the saved epochs of each training run, the test error, the last layer's
+    CW-NNK LOO error and its redundancy rho_hat, one line per run (colour and marker: the
+    regularization level; line style: the seed); a ring marks the epoch the LOO criterion
+    picks (early_stopping.csv loo_epoch), a cross the epoch of best test accuracy.
+
+    overlap: overlap.csv (run, kind, label, seed, epoch, is_last, test_acc, loo_error_layer,
+    rho_hat_mean); early_stopping: early_stopping.csv (optional). Returns (paths, f7_data).
+    """
+    title = "F7 test error, LOO error and redundancy over epochs"
+    runs = f7_data(overlap, early_stopping)
+    if not runs:
+        why = "overlap.csv has no rows" if not n_rows(overlap) else \
+            "no training run with saved epochs (training.save_epochs) in overlap.csv"
+        return _placeholder(prefix, title, why, width=DOUBLE), {}
+    table = select(overlap, np.isin(_text(overlap["run"]), list(runs)))
+    levels, styles = _levels_for(table, levels)
+    names, common = level_names(table, levels)
+    seeds = sorted({float(r["seed"]) for r in runs.values() if np.isfinite(float(r["seed"]))})
+    line = {s: SEED_LINES[i % len(SEED_LINES)] for i, s in enumerate(seeds)}
+    epochs = sorted(set(np.concatenate([r["epoch"] for r in runs.values()]).tolist()))
+    step = min(np.diff(epochs)) if len(epochs) > 1 else 1.0
+    # Runs are set a little apart in epoch (over 0.16 of the smallest epoch step in all) so that
+    # coinciding points stay visible; the axis ticks stay at the true epochs.
+    dodge = {name: (i - (len(runs) - 1) / 2) * 0.16 * step / max(1, len(runs) - 1) for i, name in enumerate(runs)}
+    marks = {"loo": False, "best": False}
+    with matplotlib.rc_context(STYLE):
+        fig = _new_figure(DOUBLE, 3.6)
+        axes = fig.subplots(1, len(F7_PANELS))
+        for ax, (key, ylabel, panel) in zip(axes, F7_PANELS):
+            scale = 1.0 if key == "rho_hat" else 100.0
+            for name, r in runs.items():
+                colour, marker = styles[r["label"]]
+                x, y = r["epoch"] + dodge[name], scale * r[key]
+                ax.plot(x, y, color=colour, marker=marker, markersize=3.5, linewidth=1.0,
+                        linestyle=line.get(float(r["seed"]), "-"), zorder=3)
+                for which, epoch, style in (("loo", r["loo_epoch"], dict(LOO_PICK, markeredgecolor=colour)),
+                                            ("best", r["best_test_epoch"], BEST_TEST)):
+                    at = np.flatnonzero(r["epoch"] == epoch) if epoch is not None else []
+                    if len(at) and np.isfinite(y[at[0]]):
+                        ax.plot(x[at[0]], y[at[0]], zorder=4, **style)
+                        marks[which] = True
+            ax.xaxis.set_major_locator(FixedLocator(epochs) if len(epochs) <= 10 else MaxNLocator(integer=True))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xlim(min(epochs) - 0.5 * step, max(epochs) + 0.5 * step)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(bottom=0)
+            ax.set_title(panel, loc="left")
+        label = _text(table["label"])
+        n_runs = {lev: len({n for n, r in runs.items() if r["label"] == lev}) for lev in levels}
+        handles = [Line2D([], [], color=styles[lev][0], marker=styles[lev][1], markersize=3.5,
+                          label=f"{names[lev]} ({n_runs[lev]} run{'s' if n_runs[lev] != 1 else ''})")
+                   for lev in levels if (label == lev).any()]
+        glyphs = [Line2D([], [], color="0.3", linestyle=line[s], linewidth=1.0, label=f"seed {s:g}")
+                  for s in seeds] if len(seeds) > 1 else []
+        if marks["loo"]:
+            glyphs.append(Line2D([], [], markeredgecolor="0.3", label="epoch the LOO criterion picks", **LOO_PICK))
+        if marks["best"]:
+            glyphs.append(Line2D([], [], label="epoch of best test accuracy", **BEST_TEST))
+        fig.legend(handles=handles, loc="outside upper center", ncol=_legend_columns(handles, DOUBLE),
+                   title=_level_title(common, f"{len(runs)} runs with saved epochs, last analysed layer"))
+        if glyphs:
+            fig.legend(handles=glyphs, loc="outside lower center", ncol=len(glyphs))
+        return _save(fig, prefix), runs
+
+
 # ---------------------------------------------------------------------------- all
 
 def _read(tables, name, where=None):
@@ -847,12 +972,12 @@ def _first_model(path):
 
 
 def figure_paths(figures_dir):
-    """Every file of F1-F6 in figures_dir: {figures_dir}/F1.pdf, F1.png, ..., F6.png."""
+    """Every figure file in figures_dir: {figures_dir}/F1.pdf, F1.png, ..., F7.png."""
     return [Path(figures_dir) / f"{name}.{ext}" for name in FIGURES for ext in FIGURE_FORMATS]
 
 
 def _prefixes(outputs):
-    """{figure: output prefix} of the files F1.pdf ... F6.png in outputs; all of them must be there."""
+    """{figure: output prefix} of the files F1.pdf ... F7.png in outputs; all of them must be there."""
     prefixes, wanted = {}, {f"{name}.{ext}" for name in FIGURES for ext in FIGURE_FORMATS}
     for path in map(Path, outputs):
         if path.name not in wanted:
@@ -865,7 +990,7 @@ def _prefixes(outputs):
 
 
 def draw_all(tables, outputs, params=FigureParams()):
-    """Draw F1-F6 from the tables into the files `outputs` (F1.pdf, F1.png, ..., F6.png).
+    """Draw F1-F7 from the tables into the files `outputs` (F1.pdf, F1.png, ..., F7.png).
 
     tables: {name: CSV path} for the names of cwnnk.products.TABLES; an absent or empty table
     gives a placeholder figure. params: FigureParams (the models F4 and F6 draw; None: the first).
@@ -899,4 +1024,5 @@ def draw_all(tables, outputs, params=FigureParams()):
     f4_heatmaps(pairwise, prefixes["F4"], model=model, channels=channels)
     f5_manifolds(_read(tables, "manifolds"), prefixes["F5"])
     f6_solvers(solvers, prefixes["F6"], model=solver_model, channels=channels)
+    f7_epochs(overlap, prefixes["F7"], early_stopping=_read(tables, "early_stopping"), levels=levels)
     return [Path(path) for path in outputs]

@@ -1,4 +1,4 @@
-"""The workflow's final products, named once: the tables of results/tables/ and figures F1-F6.
+"""The workflow's final products, named once: the tables of results/tables/ and figures F1-F7.
 
 The Snakefile's targets, the tables and figures stages and the report take their names from here.
 """
@@ -15,5 +15,6 @@ FIGURES = {
     "F4": "pairwise channel-overlap heatmaps",
     "F5": "NNK degree versus intrinsic dimension on synthetic manifolds",
     "F6": "exact versus pynnk solver degree",
+    "F7": "test error, LOO error and last-layer redundancy over epochs, per run",
 }
 FIGURE_FORMATS = ("pdf", "png")

@@ -1,4 +1,8 @@
-# Stage 8 (cwnnk.figures): figures F1 to F6 from the tables.
+# Stage 8 (cwnnk.figures): figures F1 to F7 from the tables.
+
+
+# F7's caption: the training runs with saved epochs (training.save_epochs).
+RUNS_WITH_EPOCHS = {e["run"] for e in MODELS.values() if e["kind"] == "snapshot"}
 
 
 rule figures:
@@ -14,6 +18,9 @@ rule figures:
         figures=EXP.figures.to_dict(),
         # for the report's captions (workflow/report/F*.rst): how many models each figure rests on
         n_models=len(MODELS),
+        # F7: the training runs with saved epochs, and their models (saved epochs and final ones)
+        n_runs_epochs=len(RUNS_WITH_EPOCHS),
+        n_epoch_models=sum(e["kind"] == "snapshot" or m in RUNS_WITH_EPOCHS for m, e in MODELS.items()),
     log:
         f"{R}/logs/figures.log",
     benchmark:
