@@ -102,8 +102,8 @@ def distinct_two_nn(points, knn=None, equal_rows=None):
     ok = np.take_along_axis(new, pick, 1).all(1)
     dist[first[ok]] = np.take_along_axis(d[first], pick, 1)[ok]
     idx[first[ok]] = first[np.take_along_axis(cg, pick, 1)[ok]]
+    U = P[first].astype(np.float64) if not ok.all() else None
     for g in np.flatnonzero(~ok):  # all candidates copies of one row (k < its copies): measure
-        U = P[first].astype(np.float64)
         r = np.sqrt(((U - U[g]) ** 2).sum(1))
         r[g] = np.inf
         nearest = np.lexsort((np.arange(len(r)), r))[:2]
