@@ -118,7 +118,8 @@ def test_unreadable_checkpoints_name_the_file(tmp_path):
     load_checkpoint(good)  # the good one still loads
 
 
-def test_damaged_chunk_names_store_and_layer(tmp_path, values):
+@pytest.mark.parametrize("stream", [False, True])
+def test_damaged_chunk_names_store_and_layer(tmp_path, values, stream):
     from cwnnk.activations import StoreError
     from cwnnk.graphs import build_layer_graphs
     from cwnnk.params import GraphParams
@@ -127,20 +128,28 @@ def test_damaged_chunk_names_store_and_layer(tmp_path, values):
     chunk = store / "train" / "conv1" / "c.1.2.0.0"
     chunk.write_bytes(chunk.read_bytes()[:10])  # truncated
     with pytest.raises(StoreError, match=r"m.zarr: layer 'conv1' cannot be read .*damaged.*rerun the extract stage"):
-        build_layer_graphs(store, "conv1", tmp_path / "g", GraphParams(k=4, device="cpu"), log=lambda m: None)
+        build_layer_graphs(store, "conv1", tmp_path / "g", GraphParams(k=4, device="cpu"), log=lambda m: None,
+                           stream=stream)
     assert not (tmp_path / "g").exists()
 
 
-def test_nan_in_a_channel_names_store_layer_channel_and_sample(tmp_path, values):
+@pytest.mark.parametrize("stream", [False, True])  # the layer read whole, or a block of channels at a time
+def test_nan_in_a_channel_names_store_layer_channel_and_sample(tmp_path, values, stream, monkeypatch):
+    import cwnnk.graphs
     from cwnnk.graphs import NonFiniteData, build_layer_graphs
     from cwnnk.params import GraphParams
+
+    # one channel per block: the streamed check sees channel 2 as the first of its block
+    monkeypatch.setattr(cwnnk.graphs, "BLOCK_BYTES", 1)
 
     values[5, 2, 1, 3] = np.nan
     store = _store(tmp_path / "m.zarr", values)
     with pytest.raises(NonFiniteData, match=r"m.zarr: non-finite data \(nan\) in layer 'conv1', channel 2, stored "
                                             r"sample 5 \(source index 105\), value 7 .*1 non-finite values in "
                                             r"channel\(s\) \[2\].*rerun the extract stage"):
-        build_layer_graphs(store, "conv1", tmp_path / "g", GraphParams(k=4, device="cpu"), log=lambda m: None)
+        build_layer_graphs(store, "conv1", tmp_path / "g", GraphParams(k=4, device="cpu"), log=lambda m: None,
+                           stream=stream)
+    assert not (tmp_path / "g").exists()
 
 
 def test_all_nan_channel_is_non_finite_data_not_missing_chunks(tmp_path, values):

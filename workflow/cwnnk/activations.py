@@ -314,16 +314,20 @@ class ActivationStore:
             raise IndexError(f"{self.path}: layer {layer!r} has {channels} channels, asked for channel {c}")
         return np.ascontiguousarray(self._group[layer][:, c], dtype=np.float32).reshape(n, h * w)
 
-    def samples(self, layer, positions=None):
-        """Layer values (N', C, H, W) float32 of the given sample positions (all when None),
-        reading only the chunks that hold them."""
+    def samples(self, layer, positions=None, channels=None):
+        """Layer values (N', C', H, W) float32 of the given sample positions (all when None) and
+        channels (a slice or range of channels; all when None), reading only the chunks that hold
+        them (a chunk is one channel of a run of samples)."""
         self._check_layer(layer)
         array = self._group[layer]
         if positions is not None:
             positions = np.asarray(positions, dtype=np.int64)
             if np.array_equal(positions, np.arange(array.shape[0])):
                 positions = None  # every sample in order: a plain slice, cheaper than an orthogonal selection
-        values = array[:] if positions is None else array.oindex[positions]
+        if isinstance(channels, range):
+            channels = slice(channels.start, channels.stop)
+        channels = slice(None) if channels is None else channels
+        values = array[:, channels] if positions is None else array.oindex[positions, channels]
         return np.ascontiguousarray(values, dtype=np.float32)
 
     def aggregate(self, layer):

@@ -184,8 +184,8 @@ def cw_nnk_graphs(acts, k=25, *, layout=None, log=None, **options):
                          f"{acts.shape})")
     if C < 2:
         raise ValueError(f"CW-NNK compares channels: the activations hold C = {C} channel(s)")
-    channels, zero_maps, aggregate = cw_nnk(np.ascontiguousarray(acts, dtype=np.float32), params,
-                                            log or (lambda *a, **kw: None))
+    channels, zero_maps, aggregate, _ = cw_nnk(np.ascontiguousarray(acts, dtype=np.float32), params,
+                                               log or (lambda *a, **kw: None))
     return LayerGraphs(channels, aggregate, zero_maps)
 
 

@@ -10,6 +10,10 @@ Output folder, per (model, layer):
     summary.json           parameters, per-channel degenerate counts, zero-map fractions,
                            provenance and timings
 The folder is written under a temporary name and renamed into place when complete.
+
+A layer too large to hold whole (streams()) is read from the store a block of channels at a time;
+its aggregate's kNN is then read from the sum of the channels' Gram matrices
+(cwnnk.engine.gramknn), so the N x (C*H*W) matrix is never made (docs/performance.md).
 """
 
 import time
@@ -20,7 +24,7 @@ import scipy.sparse
 from cwnnk.activations import StoreError, open_activations
 from cwnnk.atomic import atomic_path, write_json
 from cwnnk.logs import Progress
-from cwnnk.intrinsic_dim import distinct_two_nn
+from cwnnk.intrinsic_dim import distinct_two_nn, gram_two_nn
 from cwnnk.provenance import now, sha256_array, versions
 from cwnnk.sparse import to_sparse
 
@@ -33,6 +37,11 @@ BLOCK_BYTES = 64 << 20
 # index, distance and weight) take at most AGGREGATE_LAST_BYTES; see cw_nnk.
 RESULT_BYTES = 24
 AGGREGATE_LAST_BYTES = 1 << 28
+# A layer streams where holding it whole (N*C*D float32) would take more than STREAM_BYTES and
+# more than the streamed path's N x N float64 matrices (GRAM_COPIES of them: the channels' summed
+# Gram matrix, one channel's own, and the aggregate's tile of distances at its search).
+STREAM_BYTES = 1 << 30
+GRAM_COPIES = 3
 
 
 class NonFiniteData(StoreError):
@@ -43,18 +52,70 @@ def channel_file(c):
     return f"channel_{c:04d}.npz"
 
 
+def streams(N, C, D):
+    """Whether the graphs stage streams a layer of C channels of D values at N samples."""
+    layer = N * C * D * 4
+    return layer > STREAM_BYTES and layer > GRAM_COPIES * 8 * N * N
+
+
 def read_layer(store, layer, positions):
     """(N, C, D) float32 activations of the chosen samples, D = H*W.
 
     Row i flattened is the aggregate feature x_i = vec(A[i]); [:, c] is channel c. Both
     are views of this one array, so the layer is held in memory once.
     """
-    values = store.samples(layer, positions)
+    values = _read(store, layer, positions)
     return values.reshape(values.shape[0], values.shape[1], -1)
 
 
-def check_finite_layer(acts, store, layer, positions):
-    """Raise NonFiniteData naming the store, layer, channel and sample if acts (N, C, D) holds NaN/Inf."""
+class StoredLayer:
+    """A layer of a store read a block of channels at a time (the streamed graphs stage).
+
+    shape (N, C, D) as read_layer's; [:, a:b] reads channels a to b - 1, (N, b - a, D), checked finite."""
+
+    def __init__(self, store, layer, positions):
+        self.store, self.layer, self.positions = store, layer, positions
+        N, C, H, W = store.shapes[layer]
+        self.shape = (len(positions), C, H * W)
+
+    def __getitem__(self, key):
+        rows, block = key
+        if rows != slice(None) or not isinstance(block, slice) or block.step not in (None, 1):
+            raise TypeError("StoredLayer reads [:, a:b] (a run of channels) only")
+        values = _read(self.store, self.layer, self.positions, block)
+        values = values.reshape(values.shape[0], values.shape[1], -1)
+        check_finite_layer(values, self.store, self.layer, self.positions, first_channel=block.start or 0)
+        return values
+
+
+def open_layer(store, layer, positions, stream=None):
+    """A layer's activations for cw_nnk: read whole as (N, C, D) and checked finite, or, where it
+    streams (default: streams(N, C, D)), a StoredLayer that reads and checks a block at a time."""
+    store.num_channels(layer)  # an unknown layer: the store's KeyError, naming the stored ones
+    _, C, H, W = store.shapes[layer]
+    if streams(len(positions), C, H * W) if stream is None else stream:
+        return StoredLayer(store, layer, positions)
+    acts = read_layer(store, layer, positions)
+    check_finite_layer(acts, store, layer, positions)
+    return acts
+
+
+def _read(store, layer, positions, channels=None):
+    """store.samples, a damaged chunk's error turned into a StoreError that says what to do."""
+    try:
+        return store.samples(layer, positions, channels)
+    except (KeyError, IndexError):
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged chunk: zarr and the codecs raise anything
+        raise StoreError(f"{store.path}: layer {layer!r} cannot be read ({type(err).__name__}: {err}); a chunk of "
+                         "the store is damaged (truncated or overwritten): rerun the extract stage "
+                         "(snakemake --forcerun extract)") from err
+
+
+def check_finite_layer(acts, store, layer, positions, first_channel=0):
+    """Raise NonFiniteData naming the store, layer, channel and sample if acts (N, C, D) holds NaN/Inf.
+
+    acts may be a block of the layer's channels, the first of them channel `first_channel`."""
     N, C, D = acts.shape
     # Channel blocks bound the boolean mask's memory (a quarter of the block's).
     bad = [block for block in channel_blocks(C, N, D) if not np.isfinite(acts[:, block.start : block.stop]).all()]
@@ -66,56 +127,75 @@ def check_finite_layer(acts, store, layer, positions):
     channels = [ch for block in bad for ch in block if not np.isfinite(acts[:, ch]).all()]
     count = sum(int((~np.isfinite(acts[:, ch])).sum()) for ch in channels)
     raise NonFiniteData(
-        f"{store.path}: non-finite data ({acts[n, c, d]}) in layer {layer!r}, channel {c}, stored sample "
-        f"{int(positions[n])} (source index {int(store.indices[positions[n]])}), value {d} of the channel's map; "
-        f"{count} non-finite values in channel(s) {channels[:10]}"
+        f"{store.path}: non-finite data ({acts[n, c, d]}) in layer {layer!r}, channel {c + first_channel}, stored "
+        f"sample {int(positions[n])} (source index {int(store.indices[positions[n]])}), value {d} of the channel's "
+        f"map; {count} non-finite values in channel(s) {[ch + first_channel for ch in channels[:10]]}"
         f"{' ...' if len(channels) > 10 else ''}. The extract stage refuses these, so the store was changed "
         "after it was written: rerun the extract stage (snakemake --forcerun extract)")
 
 
-def channel_blocks(C, N, D, block_bytes=BLOCK_BYTES):
-    size = max(1, int(block_bytes // max(1, N * D * 4)))
+def channel_blocks(C, N, D, block_bytes=None):
+    """Runs of channels (ranges) whose (block, N, D) float32 copy takes at most block_bytes (BLOCK_BYTES)."""
+    size = max(1, int((block_bytes or BLOCK_BYTES) // max(1, N * D * 4)))
     return [range(start, min(C, start + size)) for start in range(0, C, size)]
 
 
-def cw_nnk(acts, params, log=print, timings=None):
+def cw_nnk(acts, params, log=print, timings=None, stream=None):
     """NNK graphs of every channel (in blocks of channels) and of the aggregate.
 
-    acts: (N, C, D) float32 (see read_layer). params: GraphParams (its engine settings are used).
-    timings: optional dict receiving the engine's seconds per part (see cwnnk.engine.nnk).
+    acts: (N, C, D) float32 (see read_layer), or a StoredLayer (read block by block). params:
+    GraphParams (its engine settings are used). timings: optional dict receiving the engine's
+    seconds per part (see cwnnk.engine.nnk). stream: take the channels a block at a time and read
+    the aggregate's kNN from the sum of their Gram matrices, never making the N x (C*D) matrix
+    (default: streams(N, C, D); a StoredLayer always streams).
     Returns (the channels' NNKResult, stacked over C; the fraction of all-zero maps per channel;
-    the aggregate NNKResult).
+    the aggregate NNKResult; where streamed, the aggregate's GramPoints, else None).
     """
     from cwnnk.engine import GramSum, nnk_stream  # torch: imported by the jobs that solve, not by readers (overlap)
 
     N, C, D = acts.shape
+    stored = isinstance(acts, StoredLayer)
+    stream = stored or (streams(N, C, D) if stream is None else stream)
     engine = dict(params.engine(), timings=timings)
     # One stream for the channel blocks and the aggregate: each one's solves overlap the next one's
-    # search. The aggregate's search is the largest working set: it goes first where the channels'
-    # results would be large to hold beside it (it bounds the peak of large layers, `bench scale`),
-    # else last, so that the channels' queued solves keep the other core busy during it.
-    aggregate_first = C * N * params.k * RESULT_BYTES > AGGREGATE_LAST_BYTES
+    # search. Held whole, the aggregate's search is the largest working set: it goes first where the
+    # channels' results would be large to hold beside it (it bounds the peak of large layers, `bench
+    # scale`), else last, so that the channels' queued solves keep the other core busy during it.
+    # Streamed, it goes last: its kNN is read from the channels' summed Gram matrices.
+    aggregate_first = not stream and C * N * params.k * RESULT_BYTES > AGGREGATE_LAST_BYTES
     order = [None, *channel_blocks(C, N, D)] if aggregate_first else [*channel_blocks(C, N, D), None]
     zero_maps = np.empty(C)
+    zero_rows = np.ones(N, dtype=bool)  # streamed: the aggregate's zero vectors,
+    sq_rows = np.zeros(N) if params.kernel == "cosine" else None  # and its squared norms, summed over blocks
+    held = {}
 
     def inputs():
         for block in order:
             if block is None:
-                yield acts.reshape(N, C * D)
+                if stream:
+                    held["points"] = gram.points(zero_rows, sq_rows)
+                    yield held["points"]
+                else:
+                    yield acts.reshape(N, C * D)
                 continue
             X = np.ascontiguousarray(acts[:, block.start : block.stop].transpose(1, 0, 2))
-            zero_maps[block.start : block.stop] = (X == 0).all(axis=2).mean(axis=1)
+            zero = (X == 0).all(axis=2)
+            zero_maps[block.start : block.stop] = zero.mean(axis=1)
+            if stream:
+                zero_rows[:] &= zero.all(axis=0)
+                if sq_rows is not None:
+                    sq_rows[:] += np.einsum("bnd,bnd->n", X, X, dtype=np.float64)
             yield X
             del X  # the block's copy goes before the next one is made
 
     channels = aggregate = None
     progress = Progress(C + 1, "point set", log)  # the C channels, then (or first) the aggregate
     # aggregate last: its Gram matrix is summed from the channels' (the aggregate concatenates them)
-    gram = None if aggregate_first else GramSum()
+    gram = GramSum(always=True) if stream else None if aggregate_first else GramSum()
     for block, part in zip(order, nnk_stream(inputs(), **engine, gram=gram)):
         if block is None:
             aggregate = part
-            progress.step(detail=f"the aggregate, {N} x {C * D}")
+            progress.step(detail=f"the aggregate, {N} x {C * D}" + (" (from the Gram matrix)" if stream else ""))
             continue
         if channels is None:  # filled block by block: the channels' results are held once
             channels = _stacked_like(part, C)
@@ -125,7 +205,7 @@ def cw_nnk(acts, params, log=print, timings=None):
         for name, values in part.counts.items():
             channels.counts[name][block.start : block.stop] = values
         progress.step(len(block), detail=f"channels {block.start}-{block.stop - 1} of {C}")
-    return channels, zero_maps, aggregate
+    return channels, zero_maps, aggregate, held.get("points")
 
 
 def _stacked_like(part, C):
@@ -141,41 +221,44 @@ def _stacked_like(part, C):
                      kernel=part.kernel, solver=part.solver)
 
 
-def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=None):
+def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=None, stream=None):
     """The `graphs` job of one (model, layer): read the store, build CW-NNK, write out_dir atomically.
 
-    params: GraphParams.
+    params: GraphParams. stream: read the layer a block of channels at a time (cw_nnk); default
+    streams(N, C, D).
     """
     from cwnnk.datasets import stratified_subset
 
     start = time.perf_counter()
     store = open_activations(store_path)
     positions = stratified_subset(store.labels, params.n_samples, params.seed)
-    try:
-        acts = read_layer(store, layer, positions)
-    except (KeyError, IndexError):
-        raise
-    except Exception as err:  # noqa: BLE001 - a damaged chunk: zarr and the codecs raise anything
-        raise StoreError(f"{store.path}: layer {layer!r} cannot be read ({type(err).__name__}: {err}); a chunk of "
-                         "the store is damaged (truncated or overwritten): rerun the extract stage "
-                         "(snakemake --forcerun extract)") from err
-    check_finite_layer(acts, store, layer, positions)
+    acts = open_layer(store, layer, positions, stream)
+    stream = isinstance(acts, StoredLayer)
     N, C, D = acts.shape
     if params.k >= N:
         raise ValueError(f"graphs.k = {params.k} needs more than k samples; {store_path} layer {layer!r} has N = {N}")
     log(f"{store_path} layer {layer}: C={C} channels, N={N} samples, D={D} per channel; k={params.k}, "
-        f"{params.kernel}/{params.sigma}, solver {params.solver}")
+        f"{params.kernel}/{params.sigma}, solver {params.solver}"
+        + ("; streamed a block of channels at a time" if stream else ""))
     seconds = {"read": time.perf_counter() - start}
     start = time.perf_counter()
-    channels, zero_maps, aggregate = cw_nnk(acts, params, log, timings)
+    channels, zero_maps, aggregate, points = cw_nnk(acts, params, log, timings, stream=stream)
     seconds["nnk"] = time.perf_counter() - start
     start = time.perf_counter()
-    # the engine counts equal rows: sets without any need no search for them
-    two_nn = [distinct_two_nn(acts[:, c], (channels.distances[c], channels.indices[c]),
-                              equal_rows=bool(channels.counts["duplicates"][c])) for c in range(C)]
-    agg_two_nn = distinct_two_nn(acts, (aggregate.distances, aggregate.indices),
-                                 equal_rows=bool(aggregate.counts["duplicates"]))
+    # the engine counts equal rows: sets without any need no search for them, nor their points
+    equal = channels.counts["duplicates"] > 0
+    two_nn = []
+    for block in channel_blocks(C, N, D):
+        values = acts[:, block.start : block.stop] if equal[block.start : block.stop].any() or params.k < 2 else None
+        two_nn += [distinct_two_nn(None if values is None else values[:, c - block.start],
+                                   (channels.distances[c], channels.indices[c]), equal_rows=bool(equal[c]))
+                   for c in block]
+    knn = (aggregate.distances, aggregate.indices)
+    equal_rows = bool(aggregate.counts["duplicates"])
+    agg_two_nn = gram_two_nn(points, knn, equal_rows) if stream else distinct_two_nn(acts, knn, equal_rows)
     seconds["twonn"] = time.perf_counter() - start
+    uncertain = None if points is None else points.uncertain
+    points = None  # the aggregate's N x N Gram matrix goes before the files are written
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -198,6 +281,7 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
             counts={name: values.tolist() for name, values in channels.counts.items()},
             aggregate_counts={name: int(value) for name, value in aggregate.counts.items()},
             zero_map_fraction=zero_maps.tolist(), seconds=seconds,
+            streamed=stream, aggregate_uncertain_rows=uncertain,
             store=str(store_path), checkpoint_sha256=store.attrs.get("checkpoint", {}).get("sha256"),
             sample_positions_sha256=sha256_array(positions), versions=versions(), created=now(),
         ))

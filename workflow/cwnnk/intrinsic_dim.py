@@ -93,6 +93,50 @@ def distinct_two_nn(points, knn=None, equal_rows=None):
     d, i = (np.asarray(a) for a in knn)
     if len(first) == N and d.shape[-1] >= 2 and np.all(d[:, 0] > 0):
         return d[:, :2].astype(np.float64), i[:, :2].astype(np.int64)
+    U = None
+
+    def distances_from(g):  # distinct row g to every distinct row, float64 differences
+        nonlocal U
+        U = P[first].astype(np.float64) if U is None else U  # made once, where a row needs it
+        return np.sqrt(((U - U[g]) ** 2).sum(1))
+
+    return _two_nn_from_knn(first, group, d, i, dist, idx, distances_from)
+
+
+def gram_two_nn(points, knn, equal_rows=None):
+    """distinct_two_nn for a point set given by its Gram matrix (cwnnk.engine.gramknn.GramPoints,
+    a streamed layer's aggregate), with its exact kNN `knn` (distances, indices) (N, k): equal
+    points are those of one GramPoints.group, and a row whose candidates are all copies of one
+    row is measured against every distinct row from H."""
+    d, i = (np.asarray(a) for a in knn)
+    N = len(d)
+    if equal_rows is False and d.shape[-1] >= 2:
+        return d[:, :2].astype(np.float64), i[:, :2].astype(np.int64)
+    _, ids = np.unique(points.group.cpu().numpy(), return_inverse=True)
+    first = np.full(ids.max() + 1, N, dtype=np.int64)
+    np.minimum.at(first, ids, np.arange(N))
+    order = np.argsort(first)  # groups numbered by their first copy, as distinct_two_nn does
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    first, group = first[order], rank[ids]
+    dist, idx = np.full((N, 2), np.inf), np.full((N, 2), -1, dtype=np.int64)
+    if len(first) < 2:
+        return dist, idx
+    H = points.H
+
+    def distances_from(g):
+        f = int(first[g])
+        row = H[f, first].cpu().numpy()
+        diag = H.diagonal()[first].cpu().numpy()
+        return np.sqrt(np.maximum(diag + float(H[f, f]) - 2 * row, 0))
+
+    return _two_nn_from_knn(first, group, d, i, dist, idx, distances_from)
+
+
+def _two_nn_from_knn(first, group, d, i, dist, idx, distances_from):
+    """The two nearest other distinct rows of each distinct row (first: each distinct row's first
+    copy, ascending; group: each point's distinct row), read off the kNN (d, i) where its
+    candidates reach two, else measured by distances_from(g) (distinct row g to all distinct rows)."""
     cand = i[first]
     cg = np.where(cand >= 0, group[np.maximum(cand, 0)], -1)  # each candidate's distinct row
     k = cg.shape[1]
@@ -102,9 +146,8 @@ def distinct_two_nn(points, knn=None, equal_rows=None):
     ok = np.take_along_axis(new, pick, 1).all(1)
     dist[first[ok]] = np.take_along_axis(d[first], pick, 1)[ok]
     idx[first[ok]] = first[np.take_along_axis(cg, pick, 1)[ok]]
-    U = P[first].astype(np.float64) if not ok.all() else None
     for g in np.flatnonzero(~ok):  # all candidates copies of one row (k < its copies): measure
-        r = np.sqrt(((U - U[g]) ** 2).sum(1))
+        r = distances_from(g)
         r[g] = np.inf
         nearest = np.lexsort((np.arange(len(r)), r))[:2]
         dist[first[g]] = r[nearest]

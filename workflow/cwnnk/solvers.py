@@ -6,7 +6,7 @@ of each layer; `write_solver_table` writes them as results/tables/solvers.csv.
 """
 
 from cwnnk.activations import open_activations
-from cwnnk.graphs import cw_nnk, load_layer_graphs, read_layer
+from cwnnk.graphs import cw_nnk, load_layer_graphs, open_layer
 from cwnnk.tables import write_table
 
 
@@ -21,9 +21,10 @@ def compare_solvers(store_path, graph_dirs, params, log=print):
     other = "pynnk" if params.solver == "exact" else "exact"
     rows = []
     for depth, (layer, folder) in enumerate(graph_dirs.items()):
-        arrays, _ = load_layer_graphs(folder)
-        acts = read_layer(store, layer, arrays["positions"])
-        channels, _, aggregate = cw_nnk(acts, params.replace(solver=other), log)
+        arrays, summary = load_layer_graphs(folder)
+        # the graphs stage's path (whole or streamed), so that both solvers see the same problems
+        acts = open_layer(store, layer, arrays["positions"], summary.get("streamed", False))
+        channels, _, aggregate, _ = cw_nnk(acts, params.replace(solver=other), log)
         done = {"channel": arrays["channel_weights"], "aggregate": arrays["agg_weights"]}
         fresh = {"channel": channels.weights, "aggregate": aggregate.weights}
         degree = {key: {params.solver: (done[key] > 0).sum(-1).mean(-1), other: (fresh[key] > 0).sum(-1).mean(-1)}

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import torch
 
+from cwnnk.engine.blocks import CONVERT_BYTES, row_blocks
+
 # Point sets (a batch of them) whose float64 Gram matrix H = V V^T of centred rows takes at most this
 # many bytes get it, by device: then every bound, distance and candidate Gram is read from H (one
 # symmetric product per set) instead of a float32 product plus a float64 re-rank of gathered
@@ -92,31 +94,46 @@ class GramSum:
     Made empty by the caller, filled by exact_knn(add_gram_to=...) and read by
     exact_knn(gram_from=...); nnk_stream(gram=...) does both. Only sets that get H contribute; if
     one does not (too many distinct rows), the sum is void and the concatenation computes its own.
+
+    always=True makes every set added get its H, whatever GRAM_BYTES says: for a concatenation
+    that is never held as coordinates (a streamed layer's aggregate), which then reads its kNN
+    from the sum alone (points(), cwnnk.engine.gramknn). The sum also tracks which points are
+    equal in every set added (group), exactly: equal in the concatenation.
     """
 
-    def __init__(self):
+    def __init__(self, always=False):
+        self.always = always
         self.clear()
 
     def clear(self):
         """Empty the sum (and free it), for the sets of another concatenation."""
         self.N, self.dim, self.void = None, 0, False
-        self.A, self.means = None, []
+        self.A, self.means, self.group = None, [], None
 
     def add(self, sets):
         """Add the H of each of the point sets `sets` (a cwnnk.engine.pointsets.PointSets: B sets of N points)."""
         if self.N is None:
             self.N = sets.n_points
-            self.void = not gram_fits(1, self.N, sets.U.device)
+            self.void = not (self.always or gram_fits(1, self.N, sets.U.device))
         self.dim += len(sets.size) * sets.U.shape[1]
+        N = self.N
+        for b in range(len(sets.size)):
+            at = sets.local[sets.group[b * N:(b + 1) * N]]  # each point's distinct row in its set
+            # equal in the concatenation = equal in every set: the pairs (group so far, row here)
+            self.group = at if self.group is None else torch.unique(
+                torch.stack([self.group, at]), dim=1, return_inverse=True)[1]
         if self.void or sets.H is None:
             self.void, self.A = True, None
             return
-        N = self.N
         self.A = torch.zeros((N, N), dtype=torch.float64, device=sets.U.device) if self.A is None else self.A
         for b, n in enumerate(sets.size.tolist()):
-            at = sets.local[sets.group[b * N:(b + 1) * N]]  # each point's distinct row in its set
+            at = sets.local[sets.group[b * N:(b + 1) * N]]
             H = sets.H[b, :n, :n]
-            self.A.add_(H if _in_order(at) else H[at][:, at])
+            if _in_order(at):
+                self.A.add_(H)
+            else:  # a block of rows at a time: no N x N temporary beside the sum
+                for rows in row_blocks(N, 8 * N, CONVERT_BYTES):
+                    self.A[rows].add_(H[at[rows]][:, at])
             self.means.append(sets.mean[b].to(torch.float64))
 
     def check_concatenation(self, shape):
@@ -134,6 +151,20 @@ class GramSum:
     @property
     def mean(self):
         return torch.cat(self.means)
+
+    def points(self, zero, sq=None):
+        """The concatenation as a GramPoints (its kNN read from the sum alone, cwnnk.engine.gramknn).
+
+        zero: (N,) bool, the points that are the zero vector (uncentred); sq: (N,) float64 their
+        uncentred squared norms (the cosine kernel's), or None."""
+        from cwnnk.engine.gramknn import GramPoints
+
+        if self.void or self.A is None:
+            raise ValueError("GramSum.points(): the sum is void (a set added had no Gram matrix); "
+                             "make the sum with GramSum(always=True)")
+        return GramPoints(H=self.A, group=self.group, zero=torch.as_tensor(zero, device=self.A.device),
+                          sq=None if sq is None else torch.as_tensor(sq, dtype=torch.float64, device=self.A.device),
+                          dim=self.dim)
 
     def gram(self, points):
         """H (1, R, R) of the distinct rows given by one member point each."""

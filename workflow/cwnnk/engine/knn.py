@@ -123,7 +123,7 @@ def _search_batch(X, k, G_out, keep, margin, tile_bytes, rerank_bytes, buffers, 
     B, N, D = X.shape
     rows_by_pass = {"float32": 0, "float64": 0, "brute": 0}
     brute_elements = BRUTE_ELEMENTS.get(X.device.type, BRUTE_ELEMENTS["cuda"])
-    sets = PointSets(X, k, buffers, gram_from)
+    sets = PointSets(X, k, buffers, gram_from, want_gram=add_gram_to is not None and add_gram_to.always)
     if add_gram_to is not None:
         add_gram_to.add(sets)
     # float32 would overflow on huge values; such data go straight to the float64 pass, as do sets

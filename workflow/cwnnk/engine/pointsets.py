@@ -175,15 +175,15 @@ class DistinctRows:
 class PointSets(DistinctRows):
     """DistinctRows centred on each set's mean m (mean: (B, D), in the points' dtype), with their
     squared norms sq, and H (B, width, width), the float64 v_i.v_j of each set's centred rows v,
-    where it fits GRAM_BYTES (else None). gram_from: a GramSum of which X (1, N, D) is the
+    where it fits GRAM_BYTES or want_gram is set (else None). gram_from: a GramSum of which X (1, N, D) is the
     concatenation, whose H (and centre) it then takes instead of computing its own.
     """
 
-    def __init__(self, X, k, buffers, gram_from=None):
+    def __init__(self, X, k, buffers, gram_from=None, want_gram=False):
         super().__init__(X, k)
         B, _, D = X.shape
         U, n_u, dev = self.U, len(self.U), self.U.device
-        gram = gram_fits(B, self.width, dev)  # H fits (see below)
+        gram = want_gram or gram_fits(B, self.width, dev)  # H fits (see below), or a GramSum(always=True) needs it
         summed = gram and gram_from is not None and gram_from.covers(X)
         # the bounds are computed on centred points v = u - m: the same distances, but rounding
         # errors that scale with |v|^2 instead of |u|^2 (activations sit far from the origin)

@@ -20,6 +20,7 @@ import torch
 from cwnnk.device import buffer_bytes, resolve_device
 from cwnnk.engine.blocks import CONVERT_BYTES, row_blocks, sq_norms
 from cwnnk.engine.gram import Buffers
+from cwnnk.engine.gramknn import GramPoints, gram_knn
 from cwnnk.engine.knn import exact_knn
 from cwnnk.engine.nnls import solve
 from cwnnk.engine.problems import kernel_problems, query_sigma
@@ -64,7 +65,9 @@ def nnk_stream(arrays, k=25, *, kernel="gaussian", sigma="local", solver="exact"
     gram: a GramSum (cwnnk.engine.gram), or None. The Gram matrices H of the point sets of every
     (C, N, D) array are added to it, and an (N, D) array after them, which must be their
     concatenation (x_i the coordinates of point i in every set, in order), reads its H from the
-    sum instead of computing it; that array empties the sum, for the sets after it.
+    sum instead of computing it; that array empties the sum, for the sets after it. An element
+    of `arrays` may also be a GramPoints (cwnnk.engine.gramknn: one point set given by its Gram
+    matrix, e.g. GramSum(always=True).points(...)), whose kNN is read from that matrix alone.
 
     One pipeline serves them all: the point sets are searched group by group in this thread, and
     each group's solver batches queue for a worker thread (torch's batched Cholesky is a
@@ -90,7 +93,7 @@ def nnk_stream(arrays, k=25, *, kernel="gaussian", sigma="local", solver="exact"
             job = _Job(X, k, dev)
             jobs.append(job)
             search = {}  # where this array's Gram matrices go, or come from
-            if gram is not None:
+            if gram is not None and not job.from_gram:
                 if job.single:
                     gram.check_concatenation(job.X.shape[1:])
                 search = {"gram_from": gram} if job.single else {"add_gram_to": gram}
@@ -110,7 +113,8 @@ def nnk_stream(arrays, k=25, *, kernel="gaussian", sigma="local", solver="exact"
                     yield from _completed(jobs, kernel, solver)
                 views = {name: value[part] for name, value in job.out.items()}
                 with clock("knn"):
-                    nn, sq = _search_group(job.X[part], job.k, kernel, sigma, duplicates, buffers, views, search)
+                    points = job.X if job.from_gram else job.X[part]
+                    nn, sq = _search_group(points, job.k, kernel, sigma, duplicates, buffers, views, search)
                 n_nodes = len(nn.indices) * job.N
                 batches = [(nn, sq, kernel, solver, tol, views, clock, slice(lo, min(n_nodes, lo + job.step)))
                            for lo in range(0, n_nodes, job.step)]
@@ -132,13 +136,20 @@ class _Job:
     """One array of nnk_stream: its point sets, validated, and the outputs its groups fill."""
 
     def __init__(self, X, k, dev):
-        X = _as_point_sets(X, dev)
-        self.single = X.ndim == 2
-        X = X[None] if self.single else X
-        C, N, D = X.shape
+        self.from_gram = isinstance(X, GramPoints)
+        if self.from_gram:
+            self.single, C, N = True, 1, X.n_points
+            if not bool(torch.isfinite(X.H).all()):
+                raise ValueError("the GramPoints' Gram matrix H holds a non-finite value; NNK needs finite data")
+        else:
+            X = _as_point_sets(X, dev)
+            self.single = X.ndim == 2
+            X = X[None] if self.single else X
+            C, N, _ = X.shape
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < N:
             raise ValueError(f"k={k!r} is not allowed; give an integer with 1 <= k < N = {N} (points per set)")
-        _check_finite(X, self.single)
+        if not self.from_gram:
+            _check_finite(X, self.single)
         k = int(k)
         self.X, self.C, self.N, self.k, self.unfinished = X, C, N, k, 0
         self.per_group = max(1, buffer_bytes(BATCH_BYTES, dev) // (N * k * k * 8))
@@ -216,15 +227,19 @@ def _to_host(t):
 
 
 def _search_group(X, k, kernel, sigma, duplicates, buffers, out, search):
-    """kNN of the point sets X (C, N, D) into the views `out`; returns it and the squared norms
-    (which only the cosine kernel needs: None for gaussian). search: exact_knn's GramSum argument."""
-    nn = exact_knn(X, k, duplicates=duplicates, buffers=buffers, **search)
+    """kNN of the point sets X (C, N, D), or of GramPoints X, into the views `out`; returns it and
+    the squared norms (which only the cosine kernel needs: None for gaussian). search: exact_knn's
+    GramSum argument."""
+    gram = isinstance(X, GramPoints)
+    nn = gram_knn(X, k, duplicates) if gram else exact_knn(X, k, duplicates=duplicates, buffers=buffers, **search)
     out["indices"][:], out["sqdist"][:], out["n_dup"][:] = nn.indices, nn.sqdist, nn.n_dup
     if kernel == "gaussian":
         out["sigma"][:] = query_sigma(nn, sigma)
-        out["zero"][:] = ~X.any(-1)
+        out["zero"][:] = X.zero[None] if gram else ~X.any(-1)
         return nn, None
-    sq = sq_norms(X)
+    if gram and X.sq is None:
+        raise ValueError("the cosine kernel needs the GramPoints' uncentred squared norms sq")
+    sq = X.sq[None] if gram else sq_norms(X)
     out["zero"][:] = sq == 0
     return nn, sq
 
