@@ -1,6 +1,5 @@
 """Any torchvision model, any layer, any image dataset (issue #21): real torchvision parts at tiny sizes."""
 
-import gzip  # noqa: F401 - MNIST's files are written uncompressed, as torchvision reads them
 import json
 import struct
 import sys
