@@ -22,7 +22,7 @@ def test_every_stage_of_the_default_experiment(experiment):
     assert model == "convnet-d0-wd0-s1"
     train = experiment.train(model)
     assert (train.seed, train.weight_decay, train.augment, train.epochs, train.lr) == (1, 0.0, "none", 15, 0.05)
-    assert train.dataset == DatasetParams(name="digits", image_size=16)
+    assert train.dataset == DatasetParams(name="digits", image_size=16, validation=0.1)
     extract = experiment.extract(model)
     assert extract.layers == ("conv1", "conv2", "conv3", "conv4") and extract.n_samples == 1000
     assert experiment.graphs == GraphParams(k=25, kernel="gaussian", sigma="local", solver="exact", seed=0,
