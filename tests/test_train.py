@@ -56,7 +56,7 @@ def test_metrics_carry_the_validation_history_per_saved_epoch(tmp_path):
     run_train(exp.models[run], exp.train(run), tmp_path / run / "checkpoint.pt", tmp_path / run / "metrics.json",
               log=lambda *_: None, snapshots=snaps)
     final = json.loads((tmp_path / run / "metrics.json").read_text())
-    assert final["n_train"] == 72 and final["n_validation"] == 24
+    assert final["n_train"] == 72 and final["n_validation"] == 24 and final["training"]["validation"] == 0.25
     assert len(final["history"]) == 3 and all("val_acc" in r for r in final["history"])
     for epoch, (_, _, path) in zip((1, 2), snaps):
         snap = json.loads(path.read_text())
@@ -70,7 +70,7 @@ def test_without_validation_the_metrics_are_as_before(tmp_path):
     run_train(exp.models[run], exp.train(run), tmp_path / "checkpoint.pt", tmp_path / "metrics.json",
               log=lambda *_: None)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["n_train"] == 96 and "n_validation" not in metrics
+    assert metrics["n_train"] == 96 and "n_validation" not in metrics and "validation" not in metrics["training"]
     assert not any(key.startswith("val_") for row in metrics["history"] for key in row)
     assert not any(key.startswith("val_") for key in metrics["final"])
     assert np.isfinite(metrics["final"]["test_acc"])

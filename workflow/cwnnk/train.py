@@ -162,6 +162,8 @@ def run_train(entry, params, checkpoint_path, metrics_path, log=print, snapshots
     log(f"training {entry['name']} on {dataset.name} ({len(dataset.train)} train{held}, "
         f"{0 if dataset.test is None else len(dataset.test)} test), seed {params.seed}, device {device}")
     training = {key: value for key, value in params.to_dict().items() if key not in ("dataset", "device", "seed")}
+    if params.dataset.validation:  # the config key training.validation (it lives in DatasetParams)
+        training["validation"] = params.dataset.validation
     saved = {snap["epoch"]: (snap, ckpt, metrics) for snap, ckpt, metrics in snapshots}
     if sorted(saved) != sorted(params.save_epochs):
         raise ValueError(f"snapshots for epochs {sorted(saved)} but training.save_epochs is {list(params.save_epochs)}")
