@@ -146,3 +146,54 @@ def test_digits_training_set_size_is_a_stratified_subset():
     assert np.bincount(small.train.labels.numpy()).min() >= 19
     with pytest.raises(ValueError, match="n_train"):
         load_dataset({"name": "digits", "n_train": 5000})
+
+
+def test_validation_split_is_stratified_seeded_and_held_out_of_training():
+    from cwnnk.datasets import load_dataset
+
+    base = {"name": "digits", "n_train": 400, "label_noise": 0.2}
+    whole = load_dataset(base)  # the labelled training data the user has (n_train, then noise)
+    ds = load_dataset(dict(base, validation=0.1))
+    val, train = ds.validation, ds.train
+    assert len(val) == 40 and len(train) == 360 and len(ds.test) == len(whole.test)
+    # Disjoint, and together exactly the training data of the run without a validation split.
+    assert not set(val.indices.tolist()) & set(train.indices.tolist())
+    assert sorted([*val.indices.tolist(), *train.indices.tolist()]) == sorted(whole.train.indices.tolist())
+    # Each image keeps its (noisy) label and its pixels; the true labels follow the kept images.
+    label_of = dict(zip(whole.train.indices.tolist(), whole.train.labels.tolist()))
+    clean_of = dict(zip(whole.train.indices.tolist(), whole.clean_train_labels.tolist()))
+    image_of = {int(i): whole.train.images[n] for n, i in enumerate(whole.train.indices)}
+    for split in (val, train):
+        assert split.labels.tolist() == [label_of[i] for i in split.indices.tolist()]
+        assert all(torch.equal(split.images[n], image_of[int(i)]) for n, i in enumerate(split.indices))
+    assert ds.clean_train_labels.tolist() == [clean_of[i] for i in train.indices.tolist()]
+    assert (val.labels != torch.as_tensor([clean_of[i] for i in val.indices.tolist()])).any()  # noise kept
+    # Stratified by the labels trained on: 4 of each of the 10 classes (400 has 40 per class +- 1).
+    counts = np.bincount(whole.train.labels.numpy(), minlength=10)
+    assert np.abs(np.bincount(val.labels.numpy(), minlength=10) - 0.1 * counts).max() < 1
+    # Seeded: the same config gives the same split; another dataset seed another one.
+    again = load_dataset(dict(base, validation=0.1))
+    assert np.array_equal(again.validation.indices, val.indices) and torch.equal(again.train.labels, train.labels)
+    other = load_dataset(dict(base, validation=0.1, seed=1))
+    assert not np.array_equal(other.validation.indices, val.indices)
+
+
+def test_no_validation_split_leaves_the_dataset_as_before():
+    from cwnnk.datasets import load_dataset
+
+    for base in ({"name": "digits", "n_train": 200, "label_noise": 0.2},
+                 {"name": "synthetic", "n_train": 40, "n_test": 20, "image_size": 8}):
+        old, zero = load_dataset(base), load_dataset(dict(base, validation=0.0))
+        assert zero.validation is None and old.validation is None
+        for a, b in ((old.train, zero.train), (old.test, zero.test)):
+            assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+            assert np.array_equal(a.indices, b.indices)
+        assert torch.equal(old.clean_train_labels, zero.clean_train_labels)
+
+
+def test_validation_split_that_leaves_nothing_to_train_on_is_refused():
+    from cwnnk.datasets import load_dataset, validation_positions
+
+    assert validation_positions([0, 1, 0, 1], 0.01, 0).tolist() in ([0], [1], [2], [3])  # at least one image
+    with pytest.raises(ValueError, match="config key 'training.validation': 0.95 .* 10 of the 10"):
+        load_dataset({"name": "synthetic", "n_train": 10, "n_test": 5, "image_size": 8, "validation": 0.95})

@@ -79,10 +79,10 @@ def _resnet_reference(model, x):
     return out
 
 
-def xparams(cfg, layers="all", **changes):
-    """The ExtractParams of the fixture's config, with `changes`."""
+def xparams(cfg, layers="all", dataset=None, **changes):
+    """The ExtractParams of the fixture's config (or another dataset), with `changes`."""
     settings = {key: value for key, value in cfg["extract"].items() if key != "layers"}
-    return ExtractParams(dataset=cfg["dataset"], layers=layers, device="cpu", **dict(settings, **changes))
+    return ExtractParams(dataset=dataset or cfg["dataset"], layers=layers, device="cpu", **dict(settings, **changes))
 
 
 def _assert_store_matches(store, reference):
@@ -227,6 +227,27 @@ def test_stored_subsample_is_balanced(convnet, tmp_path):
     assert len(acts) == 30 and acts.layers == ["conv3"]
     assert Counter(acts.labels.tolist()) == {0: 10, 1: 10, 2: 10}
     np.testing.assert_array_equal(acts.labels, full.labels.numpy()[np.searchsorted(full.indices, acts.indices)])
+
+
+def test_store_holds_only_images_the_model_trained_on(convnet, tmp_path):
+    """With a validation split (training.validation) the store's training samples are the images
+    trained on: the held-out ones are never stored, subsampled or not."""
+    entry, checkpoint, cfg = convnet
+    dataset = dict(cfg["dataset"], validation=0.25)
+    split = load_dataset(dataset)
+    held = set(split.validation.indices.tolist())
+    assert len(held) == 15 and len(split.train) == 45
+    for n_samples, store in ((None, tmp_path / "all.zarr"), (30, tmp_path / "sub.zarr")):
+        run_extract(entry, checkpoint, store, xparams(cfg, ["conv3"], dataset=dataset, n_samples=n_samples,
+                                                       test_split=True))
+        acts = open_activations(store)
+        assert len(acts) == (n_samples or 45) and not held & set(acts.indices.tolist())
+        assert set(acts.indices.tolist()) <= set(split.train.indices.tolist())
+        assert acts.attrs["dataset"]["config"]["validation"] == 0.25
+        assert len(open_activations(store, "test")) == 30  # the test split is untouched
+    # Without the split the store takes every training image, the held-out ones included.
+    run_extract(entry, checkpoint, tmp_path / "none.zarr", xparams(cfg, ["conv3"]))
+    assert held <= set(open_activations(tmp_path / "none.zarr").indices.tolist())
 
 
 def _kill_when_paused(cmd, log, batches, timeout):

@@ -195,6 +195,26 @@ def test_f7_series_per_run(tmp_path):
         {"r-d0-s1": (15.0, 15.0), "r-d0.5-s1": (5.0, 15.0)}
 
 
+def test_f7_marks_the_epoch_the_validation_split_picks(tmp_path):
+    rows, early = epoch_table()
+    val = {("r-d0-s1", 5): 0.75, ("r-d0-s1", 15): 0.70, ("r-d0.5-s1", 5): 0.60, ("r-d0.5-s1", 15): 0.80,
+           ("r-d0-s2", 15): 0.8}
+    with_val = [dict(row, val_acc=val.get((row["run"], row["epoch"]))) for row in rows]
+    overlap = read_table_rows(tmp_path, with_val)
+    # Worked out from the rows (patience 1): validation error 0.25 then 0.30 picks 5; 0.40 then 0.20 picks 15.
+    runs = figures.f7_data(overlap)
+    assert {n: r["val_epoch"] for n, r in runs.items()} == {"r-d0-s1": 5.0, "r-d0.5-s1": 15.0}
+    # early_stopping.csv's val_epoch wins where it has one; without a validation split it is None.
+    early = read_table_rows(tmp_path, [dict(e, val_epoch=15.0 if e["run"] == "r-d0-s1" else None) for e in early])
+    assert figures.f7_data(overlap, early)["r-d0-s1"]["val_epoch"] == 15.0
+    assert figures.f7_data(overlap, early)["r-d0.5-s1"]["val_epoch"] == 15.0
+    assert {r["val_epoch"] for r in figures.f7_data(read_table_rows(tmp_path, rows)).values()} == {None}
+    figures.f7_epochs(overlap, tmp_path / "F7v", levels=figures.level_order(overlap))
+    figures.f7_epochs(read_table_rows(tmp_path, rows), tmp_path / "F7n", levels=figures.level_order(overlap))
+    assert 1.2 < check_outputs(tmp_path / "F7v", figures.DOUBLE) < 3.5
+    assert (tmp_path / "F7v.png").read_bytes() != (tmp_path / "F7n.png").read_bytes()  # the squares are drawn
+
+
 def test_f7_placeholder_without_saved_epochs(tmp_path):
     rows, _ = epoch_table()
     overlap = read_table_rows(tmp_path, [r for r in rows if r["kind"] != "snapshot"])  # final models only

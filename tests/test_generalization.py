@@ -77,3 +77,46 @@ def test_early_stopping_rows_from_the_overlap_table():
     (row,) = early_stopping_rows(overlap)
     assert row["run"] == "r" and row["loo_epoch"] == 10 and row["loo_test_acc"] == 0.85
     assert row["best_test_epoch"] == 15 and row["best_test_acc"] == 0.9 and row["final_test_acc"] == 0.9
+
+
+def test_early_stopping_rows_with_a_validation_split():
+    from cwnnk.generalization import NO_VALIDATION, early_stopping_rows
+
+    # Hand-worked, patience 1, candidates 2, 4, 6, 8 (saved epochs and the final one), rows shuffled:
+    # LOO 0.30 0.25 0.27 0.20 -> epoch 6 fails to improve on 0.25: stop, pick 4;
+    # val_acc 0.70 0.72 0.75 0.74 (error 0.30 0.28 0.25 0.26) -> epoch 8 fails: pick 6;
+    # test_acc 0.80 0.82 0.84 0.86 -> best 8. Patience 2: LOO picks 8, validation still 6.
+    overlap = {"is_last": np.array([1.0, 1, 1, 1, 0]), "run": np.array(["r"] * 5),
+               "epoch": np.array([8.0, 2, 6, 4, 8]),
+               "loo_error_layer": np.array([0.20, 0.30, 0.27, 0.25, 0.0]),
+               "val_acc": np.array([0.74, 0.70, 0.75, 0.72, 0.99]),
+               "test_acc": np.array([0.86, 0.80, 0.84, 0.82, 0.0])}
+    (row,) = early_stopping_rows(overlap)
+    assert (row["loo_epoch"], row["loo_test_acc"]) == (4, 0.82)
+    assert (row["val_epoch"], row["val_test_acc"]) == (6, 0.84)
+    assert (row["best_test_epoch"], row["final_epoch"], row["n_epochs"]) == (8, 8, 4) and "val_skipped" not in row
+    (row,) = early_stopping_rows(overlap, patience=2)
+    assert (row["loo_epoch"], row["val_epoch"]) == (8, 6)
+    # Ties do not improve: a flat validation accuracy keeps the first epoch.
+    (row,) = early_stopping_rows(dict(overlap, val_acc=np.array([0.7, 0.7, 0.7, 0.7, 0.7])))
+    assert row["val_epoch"] == 2 and row["val_test_acc"] == 0.80
+    # Without a validation split (no column, or empty cells read back as NaN) the table says why.
+    for table in ({k: v for k, v in overlap.items() if k != "val_acc"}, dict(overlap, val_acc=np.full(5, np.nan))):
+        (row,) = early_stopping_rows(table)
+        assert row["val_epoch"] is None and row["val_test_acc"] is None and row["val_skipped"] == NO_VALIDATION
+        assert row["loo_epoch"] == 4
+
+
+def test_early_stopping_csv_says_why_the_validation_columns_are_empty(tmp_path):
+    from cwnnk.generalization import EARLY_COLUMNS, write_generalization
+    from cwnnk.tables import read_table, write_table
+
+    rows = [dict(model=f"r-e{e}" if e < 3 else "r", kind="snapshot" if e < 3 else "trained", layer="conv1", is_last=1,
+                 run="r", epoch=e, loo_error_layer=loo, test_acc=acc, train_acc=1.0, gap_acc=1.0 - acc)
+            for e, loo, acc in ((1, 0.4, 0.6), (2, 0.3, 0.7), (3, 0.35, 0.65))]
+    write_table(tmp_path / "overlap.csv", rows)
+    write_generalization(tmp_path / "overlap.csv", tmp_path / "g.csv", tmp_path / "early.csv")
+    early = read_table(tmp_path / "early.csv")
+    assert list(early) == list(EARLY_COLUMNS)
+    assert early["loo_epoch"].tolist() == [2.0] and np.isnan(early["val_epoch"]).all()
+    assert "training.validation is 0" in early["val_skipped"][0]

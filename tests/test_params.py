@@ -22,7 +22,7 @@ def test_every_stage_of_the_default_experiment(experiment):
     assert model == "convnet-d0-wd0-s1"
     train = experiment.train(model)
     assert (train.seed, train.weight_decay, train.augment, train.epochs, train.lr) == (1, 0.0, "none", 15, 0.05)
-    assert train.dataset == DatasetParams(name="digits", image_size=16)
+    assert train.dataset == DatasetParams(name="digits", image_size=16, validation=0.1)
     extract = experiment.extract(model)
     assert extract.layers == ("conv1", "conv2", "conv3", "conv4") and extract.n_samples == 1000
     assert experiment.graphs == GraphParams(k=25, kernel="gaussian", sigma="local", solver="exact", seed=0,
@@ -66,6 +66,10 @@ def test_key_order_does_not_change_params():
     (lambda: ExtractParams(layers=()), "extract.layers"),
     (lambda: ExtractParams(compressor="lz4"), "extract.compressor"),
     (lambda: DatasetParams(name="mnist"), "dataset.name"),
+    (lambda: DatasetParams(validation=-0.1), "training.validation"),
+    (lambda: DatasetParams(validation=1.0), "training.validation"),
+    (lambda: DatasetParams(validation="a"), "training.validation"),
+    (lambda: DatasetParams(validation=True), "training.validation"),
     (lambda: OverlapParams(tol=0.5), "overlap.tol"),
     (lambda: ManifoldParams(dims=()), "figures.manifold_dims"),
 ])
@@ -87,3 +91,21 @@ def test_params_are_frozen():
 def test_unknown_layer_is_a_config_error():
     with pytest.raises(ConfigError, match="extract.layers.*conv9"):
         Experiment.from_config(validate(dict(TINY_CONFIG, extract={"layers": ["conv9"]})))
+
+
+@pytest.mark.parametrize("value, expected", [(-0.1, ">= 0"), (1.0, "< 1"), ("a", "expected number")])
+def test_bad_validation_fraction_stops_the_config(value, expected):
+    """Checked once at the boundary: the schema refuses it before any params are built."""
+    with pytest.raises(ConfigError, match=f"config key 'training.validation': .*{expected}"):
+        validate(dict(TINY_CONFIG, training=dict(TINY_CONFIG["training"], validation=value)))
+
+
+def test_validation_split_reaches_train_and_extract_alike():
+    exp = Experiment.from_config(validate(dict(TINY_CONFIG, training=dict(TINY_CONFIG["training"], validation=0.2,
+                                                                          save_epochs=[1]))))
+    run = next(iter(exp.models))
+    train = exp.train(run)
+    assert train.dataset.validation == 0.2 and "validation" not in train.to_dict()
+    assert exp.extract(run).dataset == exp.extract(f"{run}-e1").dataset == train.dataset
+    default = Experiment.from_config(validate(TINY_CONFIG))
+    assert default.config["training"]["validation"] == 0.0 and default.train(run).dataset.validation == 0.0

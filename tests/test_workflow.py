@@ -119,6 +119,17 @@ def test_long_jobs_log_their_progress(tiny_run):
     assert "done in" in (logs / "overlap" / model / "conv1.log").read_text()
 
 
+def _documented_columns():
+    """The column names the tables of docs/outputs.md and docs/overlap.md document."""
+    docs = (REPO / "docs" / "outputs.md").read_text() + (REPO / "docs" / "overlap.md").read_text()
+    columns = set()
+    for cell in re.findall(r"^\| (`[^|]+)\|", docs, re.M):  # first cell: `a`, `b` or `rho_{stat}`
+        for name in re.findall(r"`([a-z0-9_{}]+)`", cell):
+            stats = ("mean", "std", "q25", "median", "q75") if "{stat}" in name else ("",)
+            columns |= {name.replace("{stat}", stat) for stat in stats}
+    return columns
+
+
 def test_tiny_run_overlap_table_has_every_documented_column(tiny_run):
     import numpy as np
 
@@ -126,12 +137,7 @@ def test_tiny_run_overlap_table_has_every_documented_column(tiny_run):
 
     root, _ = tiny_run
     table = read_table(root / "results" / "tables" / "overlap.csv")
-    docs = (REPO / "docs" / "outputs.md").read_text() + (REPO / "docs" / "overlap.md").read_text()
-    columns = set()
-    for cell in re.findall(r"^\| (`[^|]+)\|", docs, re.M):  # first cell: `a`, `b` or `rho_{stat}`
-        for name in re.findall(r"`([a-z0-9_{}]+)`", cell):
-            stats = ("mean", "std", "q25", "median", "q75") if "{stat}" in name else ("",)
-            columns |= {name.replace("{stat}", stat) for stat in stats}
+    columns = _documented_columns()
     assert set(table) <= columns, f"undocumented columns: {sorted(set(table) - columns)}"
     assert len(table["model"]) == 4  # 2 models x 2 layers
     assert sorted(set(table["is_last"])) == [0, 1] and set(table["depth"]) == {0, 1}
@@ -282,3 +288,45 @@ def test_presets_validate_and_dry_run(preset, jobs, tmp_path):
                                    "--config", f"results={tmp_path / 'results'}").stdout)
     for rule, count in jobs.items():
         assert counts[rule] == count
+
+
+def test_validation_split_through_snakemake(tmp_path):
+    """training.validation 0.2 with saved epochs: early_stopping.csv gets the epoch the validation
+    split picks, and the held-out images are neither trained on nor stored."""
+    import numpy as np
+
+    from conftest import TINY_CONFIG
+    from cwnnk.activations import open_activations
+    from cwnnk.datasets import load_dataset
+    from cwnnk.tables import read_table
+
+    results = tmp_path / "results"
+    config = write_config(tmp_path / "config.yaml", results, sweep=dict(TINY_CONFIG["sweep"], dropout=[0.0]),
+                          training=dict(TINY_CONFIG["training"], epochs=3, save_epochs=[1, 2], validation=0.2))
+    snakemake(results / "tables" / "early_stopping.csv", "--cores", "2", "--configfile", config)
+    run = "convnet-d0-wd0-s1"
+    metrics = json.loads((results / "models" / run / "metrics.json").read_text())
+    assert metrics["n_train"] == 77 and metrics["n_validation"] == 19  # 96 images, round(0.2 * 96) held out
+    val_acc = [row["val_acc"] for row in metrics["history"]]
+    assert len(val_acc) == 3 and all(0 <= v <= 1 for v in val_acc)
+    (early,) = [dict(zip(t, v)) for t in [read_table(results / "tables" / "early_stopping.csv")]
+                for v in zip(*t.values())]
+    assert early["run"] == run and early["n_epochs"] == 3 and np.isnan(early["val_skipped"])  # an empty column
+    # The rule (patience 1) worked out here on the history of epochs 1, 2, 3: stop at the first
+    # evaluation that fails to improve strictly, keep the one before.
+    error = [1 - v for v in val_acc]
+    expected = 1 if not error[1] < error[0] else 2 if not error[2] < error[1] else 3
+    assert early["val_epoch"] == expected
+    overlap = read_table(results / "tables" / "overlap.csv")
+    last = overlap["is_last"] == 1
+    at = dict(zip(overlap["epoch"][last].tolist(), overlap["test_acc"][last].tolist()))
+    assert early["val_test_acc"] == at[expected]
+    assert overlap["val_acc"][last].tolist() == [val_acc[int(e) - 1] for e in overlap["epoch"][last]]
+    assert {"val_acc", "val_loss"} <= set(overlap) and set(overlap) <= _documented_columns()
+    assert set(read_table(results / "tables" / "early_stopping.csv")) <= _documented_columns()
+    # The stores hold only images trained on: none of the held-out ones.
+    for model in (run, f"{run}-e1"):
+        store = open_activations(results / "activations" / f"{model}.zarr")
+        held = load_dataset(store.attrs["dataset"]["config"]).validation.indices
+        assert len(held) == 19 and not set(held.tolist()) & set(store.indices.tolist())
+        assert len(store) == 60

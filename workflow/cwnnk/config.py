@@ -354,7 +354,8 @@ class Experiment:
     def dataset_of(self, model):
         """DatasetParams of a model: the `dataset` section as the model sees it (torchvision and
         factory models get their input channels and size, pretrained torchvision weights their own
-        resize, crop and interpolation), with a trained run's training-set size and label noise."""
+        resize, crop and interpolation), with a trained run's training-set size, label noise and
+        validation split (training.validation: train and extract hold out the same images)."""
         entry, dataset = self.models[model], self.dataset
         spec = entry["spec"]
         if spec["arch"] in ("torchvision", "factory"):
@@ -364,7 +365,8 @@ class Experiment:
         if entry["kind"] == "external":
             return dataset
         size = {} if entry["n_train"] is None else {"n_train": entry["n_train"]}
-        return dataset.replace(label_noise=entry["label_noise"], **size)
+        return dataset.replace(label_noise=entry["label_noise"], validation=self.config["training"]["validation"],
+                               **size)
 
     def snapshots(self, model):
         """Names of the saved-epoch models a run's train job writes, in epoch order."""
@@ -374,6 +376,7 @@ class Experiment:
         """TrainParams of a trained model: the shared `training` settings and its sweep point."""
         entry = self.models[model]
         training = dict(self.config["training"], epochs=entry["epochs"])
+        del training["validation"]  # part of the dataset (dataset_of), which extract sees as well
         return TrainParams(dataset=self.dataset_of(model), seed=entry["seed"], weight_decay=entry["weight_decay"],
                            augment=entry["augment"], device=self.config["device"], **training)
 

@@ -49,6 +49,7 @@ class Dataset:
     test: Split | None  # None: the dataset has no test split (accuracy and claim C4 are skipped)
     classes: tuple
     clean_train_labels: torch.Tensor | None = None  # the true training labels (under label noise)
+    validation: Split | None = None  # held out of the training split (training.validation); None: none
 
     @property
     def num_classes(self):
@@ -245,6 +246,23 @@ def load_synthetic(n_train=512, n_test=256, num_classes=4, image_size=12, channe
     return Dataset("synthetic", train, test, tuple(f"class{c}" for c in range(num_classes)))
 
 
+def validation_positions(labels, fraction, seed):
+    """Sorted positions of the validation split of training labels `labels`: a stratified
+    (class-balanced) draw of round(fraction * N) of them, at least 1 when fraction > 0, seeded
+    by `seed` (a stream of its own, apart from the label-noise draw). Empty for fraction 0.
+
+    Raises ValueError naming training.validation when no training image would be left.
+    """
+    labels = np.asarray(labels)
+    if fraction == 0:
+        return np.arange(0)
+    n = max(1, int(round(fraction * len(labels))))
+    if n >= len(labels):
+        raise ValueError(f"config key 'training.validation': {fraction!r} holds out {n} of the {len(labels)} "
+                         "training images and leaves none to train on; expected a smaller fraction")
+    return stratified_subset(labels, n, np.random.SeedSequence([seed, 0x7a11d]))
+
+
 def noisy_labels(labels, rate, num_classes, seed):
     """Labels with round(rate * N) of them, drawn by seed, replaced by a uniformly drawn other class."""
     labels = np.asarray(labels).copy()
@@ -384,7 +402,9 @@ def load_dataset(params):
     A digits n_train keeps a stratified subset of the training split (seed); label_noise then
     replaces that share of the training labels (never the test labels) by another class, the
     same draw for every model with the same dataset seed. The true labels stay in
-    `Dataset.clean_train_labels`.
+    `Dataset.clean_train_labels`. validation (config key training.validation) last holds that
+    share of those training images out as `Dataset.validation` (stratified by the labels
+    trained on, noisy ones included; seeded by the dataset seed): `Dataset.train` is the rest.
     """
     from cwnnk.params import DatasetParams
 
@@ -407,6 +427,15 @@ def load_dataset(params):
     if params.label_noise:
         noisy = noisy_labels(dataset.train.labels.numpy(), params.label_noise, dataset.num_classes, params.seed)
         dataset.train = Split(dataset.train.images, torch.as_tensor(noisy), dataset.train.indices)
+    if params.validation:
+        # A split of the labelled data the user has: drawn from, and stratified by, the labels
+        # trained on (noisy under label noise, like a real validation set cut from noisy data).
+        held = validation_positions(dataset.train.labels.numpy(), params.validation, params.seed)
+        kept = np.setdiff1d(np.arange(len(dataset.train)), held)
+        clean = dataset.clean_train_labels
+        dataset.validation = dataset.train.subset(held)
+        dataset.train = dataset.train.subset(kept)
+        dataset.clean_train_labels = clean[torch.as_tensor(kept)]
     return dataset
 
 

@@ -835,6 +835,7 @@ F7_PANELS = (
 )
 SEED_LINES = ("-", "--", ":", "-.")
 LOO_PICK = dict(marker="o", markersize=8, markerfacecolor="none", markeredgewidth=1.0, linestyle="none")
+VAL_PICK = dict(marker="s", markersize=10.5, markerfacecolor="none", markeredgewidth=0.8, linestyle="none")
 BEST_TEST = dict(marker="x", markersize=5, color="black", markeredgewidth=0.9, linestyle="none")
 
 
@@ -848,12 +849,13 @@ def _epoch_at(table, run, column):
 
 def f7_data(overlap, early_stopping=None):
     """What F7 draws: {run: dict(label, seed, epoch, test_error, loo_error, rho_hat,
-    loo_epoch, best_test_epoch)} for each training run with saved epochs (its snapshot rows
+    loo_epoch, val_epoch, best_test_epoch)} for each training run with saved epochs (its snapshot rows
     and its final model, at the last analysed layer, is_last == 1), epochs ascending.
     test_error = 1 - test_acc and loo_error = loo_error_layer, both as fractions.
 
-    loo_epoch and best_test_epoch come from early_stopping.csv when it has the run, else from
-    cwnnk.generalization.early_stopping_rows on the same rows (None when not defined).
+    loo_epoch, val_epoch (the validation split's pick; None without one) and best_test_epoch come
+    from early_stopping.csv when it has the run, else from cwnnk.generalization.early_stopping_rows
+    on the same rows (None when not defined).
     """
     from cwnnk.generalization import early_stopping_rows
 
@@ -875,9 +877,9 @@ def f7_data(overlap, early_stopping=None):
                       test_error=1 - np.asarray(_col(last, "test_acc")[order], dtype=np.float64),
                       loo_error=np.asarray(_col(last, "loo_error_layer")[order], dtype=np.float64),
                       rho_hat=np.asarray(_col(last, "rho_hat_mean")[order], dtype=np.float64))
-        for key in ("loo_epoch", "best_test_epoch"):
+        for key in ("loo_epoch", "val_epoch", "best_test_epoch"):
             value = _epoch_at(early_stopping if early_stopping is not None else {}, name, key)
-            if value is None and name in computed and computed[name][key] is not None:
+            if value is None and name in computed and computed[name].get(key) is not None:
                 value = float(computed[name][key])
             series[key] = value if value is not None and math.isfinite(value) else None
         out[name] = series
@@ -888,7 +890,8 @@ def f7_epochs(overlap, prefix, early_stopping=None, levels=None):
     """F7: over the saved epochs of each training run, the test error, the last layer's
     CW-NNK LOO error and its redundancy rho_hat, one line per run (colour and marker: the
     regularization level; line style: the seed); a ring marks the epoch the LOO criterion
-    picks (early_stopping.csv loo_epoch), a cross the epoch of best test accuracy.
+    picks (early_stopping.csv loo_epoch), a square the epoch the held-out validation split picks
+    with the same rule (val_epoch, where the runs have one), a cross the epoch of best test accuracy.
 
     overlap: overlap.csv (run, kind, label, seed, epoch, is_last, test_acc, loo_error_layer,
     rho_hat_mean); early_stopping: early_stopping.csv (optional). Returns (paths, f7_data).
@@ -909,7 +912,7 @@ def f7_epochs(overlap, prefix, early_stopping=None, levels=None):
     # Runs are set a little apart in epoch (over 0.16 of the smallest epoch step in all) so that
     # coinciding points stay visible; the axis ticks stay at the true epochs.
     dodge = {name: (i - (len(runs) - 1) / 2) * 0.16 * step / max(1, len(runs) - 1) for i, name in enumerate(runs)}
-    marks = {"loo": False, "best": False}
+    marks = {"loo": False, "val": False, "best": False}
     with matplotlib.rc_context(STYLE):
         fig = _new_figure(DOUBLE, 3.6)
         axes = fig.subplots(1, len(F7_PANELS))
@@ -921,6 +924,7 @@ def f7_epochs(overlap, prefix, early_stopping=None, levels=None):
                 ax.plot(x, y, color=colour, marker=marker, markersize=3.5, linewidth=1.0,
                         linestyle=line.get(float(r["seed"]), "-"), zorder=3)
                 for which, epoch, style in (("loo", r["loo_epoch"], dict(LOO_PICK, markeredgecolor=colour)),
+                                            ("val", r["val_epoch"], dict(VAL_PICK, markeredgecolor=colour)),
                                             ("best", r["best_test_epoch"], BEST_TEST)):
                     at = np.flatnonzero(r["epoch"] == epoch) if epoch is not None else []
                     if len(at) and np.isfinite(y[at[0]]):
@@ -942,12 +946,14 @@ def f7_epochs(overlap, prefix, early_stopping=None, levels=None):
                   for s in seeds] if len(seeds) > 1 else []
         if marks["loo"]:
             glyphs.append(Line2D([], [], markeredgecolor="0.3", label="epoch the LOO criterion picks", **LOO_PICK))
+        if marks["val"]:
+            glyphs.append(Line2D([], [], markeredgecolor="0.3", label="epoch the validation split picks", **VAL_PICK))
         if marks["best"]:
             glyphs.append(Line2D([], [], label="epoch of best test accuracy", **BEST_TEST))
         fig.legend(handles=handles, loc="outside upper center", ncol=_legend_columns(handles, DOUBLE),
                    title=_level_title(common, f"{len(runs)} runs with saved epochs, last analysed layer"))
         if glyphs:
-            fig.legend(handles=glyphs, loc="outside lower center", ncol=len(glyphs))
+            fig.legend(handles=glyphs, loc="outside lower center", ncol=_legend_columns(glyphs, DOUBLE))
         return _save(fig, prefix), runs
 
 

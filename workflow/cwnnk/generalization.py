@@ -8,6 +8,10 @@ percentile bootstrap 95% interval of Pearson r over models, and the partial Pear
 correlation given the training accuracy (both variables' linear dependence on train_acc
 removed), so that a factor that moves the training fit (label noise) cannot make the
 correlation alone.
+
+Early stopping (early_stopping.csv) compares, per run over the same evaluated epochs (the saved
+ones and the final one), the epoch the CW-NNK LOO error picks, the epoch a held-out validation
+split picks with the same rule (training.validation), and the epoch of best test accuracy.
 """
 
 import warnings
@@ -118,9 +122,7 @@ def write_generalization(overlap_csv, out_csv, early_csv=None):
     rows = generalization_rows(overlap)
     write_table(out_csv, rows, ("subset", "layer", "measure", "target", "n_models", *EMPTY))
     if early_csv is not None:
-        write_table(early_csv, early_stopping_rows(overlap),
-                    ("run", "n_epochs", "patience", "loo_epoch", "loo_test_acc", "best_test_epoch", "best_test_acc",
-                     "final_epoch", "final_test_acc"))
+        write_table(early_csv, early_stopping_rows(overlap), EARLY_COLUMNS)
     return rows
 
 
@@ -143,26 +145,41 @@ def stop_epoch(epochs, values, patience=1):
     return best
 
 
+EARLY_COLUMNS = ("run", "n_epochs", "patience", "loo_epoch", "loo_test_acc", "val_epoch", "val_test_acc",
+                 "best_test_epoch", "best_test_acc", "final_epoch", "final_test_acc", "val_skipped")
+NO_VALIDATION = "no validation split (training.validation is 0): val_epoch and val_test_acc are empty"
+
+
 def early_stopping_rows(overlap, patience=1):
     """Per run with saved epochs: the epoch the last layer's CW-NNK LOO error picks
-    (stop_epoch over the saved epochs and the final one), the epoch with the best test
-    accuracy among them, and the test accuracy at each, from the overlap table."""
+    (stop_epoch over the saved epochs and the final one), the epoch the held-out validation
+    split picks (the same rule on the validation error 1 - val_acc, over the same epochs), the
+    epoch with the best test accuracy among them, and the test accuracy at each, from the
+    overlap table. A run without validation accuracy gets empty val_epoch and val_test_acc, and
+    val_skipped says why."""
     last = np.asarray(overlap.get("is_last", [])) == 1
     if not last.any() or "loo_error_layer" not in overlap:
         return []
     run, epoch = np.asarray(overlap["run"]).astype(str)[last], np.asarray(overlap["epoch"], dtype=float)[last]
     loo, test = np.asarray(overlap["loo_error_layer"])[last], np.asarray(overlap["test_acc"])[last]
+    val = np.asarray(overlap["val_acc"], dtype=float)[last] if "val_acc" in overlap else np.full(len(run), np.nan)
     rows = []
     for name in dict.fromkeys(run.tolist()):
         m = run == name
         if m.sum() < 2:
             continue
         order = np.argsort(epoch[m], kind="stable")
-        e, l, t = epoch[m][order], loo[m][order], test[m][order]
+        e, l, t, v = epoch[m][order], loo[m][order], test[m][order], val[m][order]
         pick = stop_epoch(e, l, patience)
         at = dict(zip(e.tolist(), t.tolist()))
         best = e[int(np.argmax(t))]
-        rows.append(dict(run=name, n_epochs=int(m.sum()), patience=patience, loo_epoch=pick,
-                         loo_test_acc=at.get(pick, np.nan), best_test_epoch=best, best_test_acc=at[best],
-                         final_epoch=e[-1], final_test_acc=t[-1]))
+        row = dict(run=name, n_epochs=int(m.sum()), patience=patience, loo_epoch=pick,
+                   loo_test_acc=at.get(pick, np.nan), val_epoch=None, val_test_acc=None, best_test_epoch=best,
+                   best_test_acc=at[best], final_epoch=e[-1], final_test_acc=t[-1])
+        if np.isfinite(v).any():
+            row["val_epoch"] = stop_epoch(e, 1 - v, patience)
+            row["val_test_acc"] = at[row["val_epoch"]]
+        else:
+            row["val_skipped"] = NO_VALIDATION
+        rows.append(row)
     return rows

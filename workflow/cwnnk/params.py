@@ -105,6 +105,10 @@ class DatasetParams(_Params):
     interpolation: str = "bilinear"
     # The model's sweep point (sweep.label_noise): share of training labels flipped, drawn by seed.
     label_noise: float = 0.0
+    # Config key training.validation (here so that train and extract see the same split): share
+    # of the training images, after n_train and label noise, held out as a stratified validation
+    # split (seeded by seed); the model trains on the rest, and only the rest is extracted.
+    validation: float = 0.0
 
     def __post_init__(self):
         if self.name not in DATASETS:
@@ -122,6 +126,7 @@ class DatasetParams(_Params):
         _integer("dataset.channels", self.channels, 1, allow_none=True)
         _number("dataset.noise", self.noise, 0)
         _number("sweep.label_noise[]", self.label_noise, 0, 1, open_high=True)
+        _number("training.validation", self.validation, 0, 1, open_high=True)
 
 
 @dataclass(frozen=True)

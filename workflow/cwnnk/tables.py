@@ -28,6 +28,8 @@ from cwnnk.atomic import atomic_path
 MODEL_COLUMNS = ("model", "kind", "label", "arch", "dropout", "weight_decay", "augment", "seed", "label_noise",
                  "n_train", "width", "epochs", "run", "epoch")
 METRIC_COLUMNS = ("train_acc", "test_acc", "train_loss", "test_loss", "gap_acc", "gap_loss", "train_acc_clean")
+# Only for models with a validation split (training.validation > 0): without one the columns are absent.
+VALIDATION_COLUMNS = ("val_acc", "val_loss")
 
 
 def _cell(value):
@@ -128,6 +130,7 @@ def _model_context(entry, metrics):
     source = dict(entry, model=entry["name"], arch=entry["spec"].get("name") or entry["spec"]["arch"],
                   **metrics["final"])
     context = {key: source.get(key) for key in (*MODEL_COLUMNS, *METRIC_COLUMNS)}
+    context.update({key: source[key] for key in VALIDATION_COLUMNS if key in metrics["final"]})
     if metrics.get("accuracy_skipped"):  # e.g. no test split: why the accuracy columns are empty
         context["accuracy_skipped"] = metrics["accuracy_skipped"]
     return context

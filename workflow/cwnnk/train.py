@@ -52,7 +52,9 @@ def train_model(spec, dataset, params, log=print, on_epoch=None):
 
     history: one dict per epoch with train/test loss and accuracy and the epoch's seconds; under
     label noise also train_acc_clean, the accuracy on the true training labels (train_acc is
-    on the labels trained on). on_epoch(epoch, model, history), if given, runs after each epoch.
+    on the labels trained on); with a validation split (dataset.validation, never trained on)
+    also val_loss and val_acc, on its labels (noisy ones included). on_epoch(epoch, model,
+    history), if given, runs after each epoch.
     """
     device = resolve_device(params.device)
     torch.manual_seed(params.seed)
@@ -88,9 +90,12 @@ def train_model(spec, dataset, params, log=print, on_epoch=None):
                    seconds=time.perf_counter() - start)
         if clean is not None:
             row["train_acc_clean"] = evaluate(model, clean, device)[1]
+        if dataset.validation is not None:
+            row["val_loss"], row["val_acc"] = evaluate(model, dataset.validation, device)
         history.append(row)
         left = (epochs - epoch) * sum(r["seconds"] for r in history) / epoch
-        log(f"epoch {epoch}/{epochs}  train loss {_fmt(train_loss)} acc {_fmt(train_acc)}  "
+        val = "" if dataset.validation is None else f"  val loss {_fmt(row['val_loss'])} acc {_fmt(row['val_acc'])}"
+        log(f"epoch {epoch}/{epochs}  train loss {_fmt(train_loss)} acc {_fmt(train_acc)}{val}  "
             f"test loss {_fmt(test_loss)} acc {_fmt(test_acc)}  ({row['seconds']:.1f}s, "
             f"{len(train) / row['seconds']:.0f} images/s, about {left:.0f}s left)")
         if on_epoch is not None:
@@ -99,18 +104,21 @@ def train_model(spec, dataset, params, log=print, on_epoch=None):
 
 
 def summarize_history(history):
-    """Final metrics of a run: last epoch's numbers and the generalization gap (None where a split is missing)."""
+    """Final metrics of a run: last epoch's numbers and the generalization gap (None where a split
+    is missing); val_loss and val_acc too where the run has a validation split."""
     last = history[-1]
 
     def gap(a, b):
         return None if a is None or b is None else a - b
 
-    return dict(
+    final = dict(
         train_loss=last["train_loss"], train_acc=last["train_acc"],
         test_loss=last["test_loss"], test_acc=last["test_acc"],
         gap_acc=gap(last["train_acc"], last["test_acc"]), gap_loss=gap(last["test_loss"], last["train_loss"]),
         epochs=len(history), train_acc_clean=last.get("train_acc_clean", last["train_acc"]),
     )
+    final.update({key: last[key] for key in ("val_loss", "val_acc") if key in last})
+    return final
 
 
 def _fmt(value):
@@ -126,6 +134,8 @@ def _metrics(entry, spec, dataset, history, wall, device, **extra):
 
     if dataset.test is None:
         extra.setdefault("accuracy_skipped", NO_TEST)
+    if dataset.validation is not None:
+        extra.setdefault("n_validation", len(dataset.validation))
     return dict(
         model=entry["name"], kind=entry["kind"], spec=spec, entry=entry, dataset=dataset.name,
         n_train=len(dataset.train), n_test=0 if dataset.test is None else len(dataset.test), history=history,
@@ -148,9 +158,12 @@ def run_train(entry, params, checkpoint_path, metrics_path, log=print, snapshots
     mean, std = dataset.channel_stats()
     spec = dict(entry["spec"], normalize={"mean": mean, "std": std})
     device = resolve_device(params.device)
-    log(f"training {entry['name']} on {dataset.name} ({len(dataset.train)} train, {0 if dataset.test is None else len(dataset.test)} test), "
-        f"seed {params.seed}, device {device}")
+    held = "" if dataset.validation is None else f", {len(dataset.validation)} validation held out"
+    log(f"training {entry['name']} on {dataset.name} ({len(dataset.train)} train{held}, "
+        f"{0 if dataset.test is None else len(dataset.test)} test), seed {params.seed}, device {device}")
     training = {key: value for key, value in params.to_dict().items() if key not in ("dataset", "device", "seed")}
+    if params.dataset.validation:  # the config key training.validation (it lives in DatasetParams)
+        training["validation"] = params.dataset.validation
     saved = {snap["epoch"]: (snap, ckpt, metrics) for snap, ckpt, metrics in snapshots}
     if sorted(saved) != sorted(params.save_epochs):
         raise ValueError(f"snapshots for epochs {sorted(saved)} but training.save_epochs is {list(params.save_epochs)}")
