@@ -88,6 +88,20 @@ def test_bench_scale_builds_a_real_store_and_checks_the_memory_bound(capsys):
     assert main(args + ["--max-mib", "1"]) is False  # no process fits in 1 MiB: the check can fail
 
 
+def test_bench_scale_streams_a_torchvision_layer_and_checks_it_without_holding_it(capsys):
+    """`bench scale` on a torchvision model's node, streamed: the check reads the sampled channels
+    alone and the aggregate's reference rows, and both agree."""
+    args = ["scale", "--torchvision", "resnet18", "--image-size", "32", "--layer", "layer1.1.relu_1", "--n", "120",
+            "--threads", "1", "--stream", "always", "--check-nodes", "40"]
+    assert main(args) is True
+    out = capsys.readouterr().out
+    assert "C=64 channels x N=120 x D=64 (aggregate D=4096), k=25, CPU threads 1, streamed" in out
+    assert re.search(r"layer1\.1\.relu_1 channels \(streamed\) on 40 nodes: candidates equal the brute force's on 40, "
+                     r"weights meet the reference problem's KKT conditions on 40", out)
+    assert re.search(r"layer1\.1\.relu_1 aggregate \(streamed, .*\) on 4 nodes: .* on 4, .* on 4 ", out)
+    assert re.search(r"peak RSS / the layer's float32 size \(2 MiB, .*\): [\d.]+x; aggregate rows", out)
+
+
 def test_a_fresh_process_reports_its_own_peak_not_its_parents():
     """The benches read each stage's peak in a spawned process; on Linux that process's ru_maxrss
     starts at its parent's peak, which would hide a stage smaller than the parent."""

@@ -39,9 +39,18 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3, help="runs of the graph stage and of the kNN floor; the best counts")
     p.set_defaults(func=bench_pipeline)
 
-    p = commands.add_parser("scale", help="the graphs stage of one full-size ResNet-18 layer on the CPU")
+    p = commands.add_parser("scale", help="the graphs stage of one full-size layer on the CPU")
     p.add_argument("--n", type=int, default=10_000, help="images (nodes per graph)")
-    p.add_argument("--layer", default="stem", help="ResNet-18 layer (stem and layer1.* have 64 channels of 32x32)")
+    p.add_argument("--layer", default="stem",
+                   help="ResNet-18 layer (stem and layer1.* have 64 channels of 32x32), or with --torchvision an FX "
+                        "node name (python -m cwnnk layers lists them), e.g. layer1.2.relu_2 of resnet50")
+    p.add_argument("--torchvision", metavar="MODEL", default=None,
+                   help="a torchvision classification model (random weights) instead of cwnnk's ResNet-18")
+    p.add_argument("--image-size", type=int, default=None, help="with --torchvision: image side (default 224)")
+    p.add_argument("--stream", choices=("auto", "always", "never"), default="auto",
+                   help="read the layer a block of channels at a time: where it is large (cwnnk.graphs.streams), "
+                        "always or never")
+    p.add_argument("--work", default=None, help="folder for the store and graphs (default: the system's temporary one)")
     p.add_argument("--k", type=int, default=25)
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads of the stage")
     p.add_argument("--seed", type=int, default=0)

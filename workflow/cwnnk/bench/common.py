@@ -98,20 +98,75 @@ def report_check(X, indices, weights, nodes, params, what, out):
 
 def check_graphs(store_path, folders, params, n_channel, n_aggregate, out):
     """Check the graphs stage's output folders {layer: folder} against the reference on n_channel
-    random channel nodes and n_aggregate aggregate nodes per layer; False if any disagrees."""
+    random channel nodes and n_aggregate aggregate nodes per layer; False if any disagrees.
+
+    A layer the stage streamed is checked as it was built, without holding it whole: the channels
+    of the sampled nodes are read alone, and the aggregate nodes against the rows their reference
+    needs (_aggregate_rows)."""
     from cwnnk.activations import open_activations
-    from cwnnk.graphs import load_layer_graphs, read_layer
+    from cwnnk.graphs import StoredLayer, load_layer_graphs, read_layer
 
     if params.sigma != "local":
         out(f"agreement: not checked (the reference builds sigma local only; this run has {params.sigma!r})")
         return True
     store, ok = open_activations(store_path), True
     for layer, folder in folders.items():
-        arrays, _ = load_layer_graphs(folder)
-        acts = read_layer(store, layer, arrays["positions"])
+        arrays, summary = load_layer_graphs(folder)
+        if not summary.get("streamed"):
+            acts = read_layer(store, layer, arrays["positions"])
+            N, C, _ = acts.shape
+            ok &= report_check(acts.transpose(1, 0, 2), arrays["channel_indices"], arrays["channel_weights"],
+                               sample_nodes(C, N, n_channel), params, f"{layer} channels", out)
+            ok &= report_check(acts.reshape(1, N, -1), arrays["agg_indices"][None], arrays["agg_weights"][None],
+                               sample_nodes(1, N, n_aggregate), params, f"{layer} aggregate", out)
+            continue
+        acts = StoredLayer(store, layer, arrays["positions"])
         N, C, _ = acts.shape
-        ok &= report_check(acts.transpose(1, 0, 2), arrays["channel_indices"], arrays["channel_weights"],
-                           sample_nodes(C, N, n_channel), params, f"{layer} channels", out)
-        ok &= report_check(acts.reshape(1, N, -1), arrays["agg_indices"][None], arrays["agg_weights"][None],
-                           sample_nodes(1, N, n_aggregate), params, f"{layer} aggregate", out)
+        ok &= report_check(_Channels(acts), arrays["channel_indices"], arrays["channel_weights"],
+                           sample_nodes(C, N, n_channel), params, f"{layer} channels (streamed)", out)
+        queries = [i for _, i in sample_nodes(1, N, n_aggregate)]
+        rows = _aggregate_rows(acts, queries, params.k, params.duplicates)
+        # the stage's candidates in the rows' numbering; one outside them (len(rows)) cannot match
+        local = np.searchsorted(rows, np.arange(N)).clip(max=len(rows) - 1)
+        agg = arrays["agg_indices"].clip(min=0)
+        mapped = np.where(arrays["agg_indices"] < 0, -1, np.where(rows[local[agg]] == agg, local[agg], len(rows)))
+        indices = np.full((len(rows), params.k), -1)
+        weights = np.zeros((len(rows), params.k))
+        indices[local[queries]], weights[local[queries]] = mapped[queries], arrays["agg_weights"][queries]
+        # the rows in one read: each chunk that holds some of them is read once
+        Xa = store.samples(layer, arrays["positions"][rows]).reshape(1, len(rows), -1)
+        ok &= report_check(Xa, indices[None], weights[None], [(0, int(local[q])) for q in queries], params,
+                           f"{layer} aggregate (streamed, from the rows its reference needs)", out)
     return ok
+
+
+def _aggregate_rows(acts, queries, k, duplicates):
+    """The aggregate rows (ascending) the reference of the query nodes needs: the queries and each
+    one's k nearest others by float64 differences, summed a block of channels at a time from the
+    StoredLayer `acts` (so the brute force over the N x (C*D) matrix is never held)."""
+    from cwnnk.bench.reference import nearest
+    from cwnnk.graphs import channel_blocks
+
+    N, C, D = acts.shape
+    d2 = np.zeros((len(queries), N))
+    for block in channel_blocks(C, N, D):
+        values = acts[:, block.start : block.stop].reshape(N, -1)
+        for j, q in enumerate(queries):
+            d2[j] += ((values - values[q]) ** 2).sum(1, dtype=np.float64)
+    rows = set(queries)
+    for j, q in enumerate(queries):
+        rows.update(nearest(d2[j], q, k, duplicates).tolist())
+    return np.array(sorted(rows))
+
+
+class _Channels:
+    """The point sets (C, N, D) of a StoredLayer as the reference reads them, X[c]: channel c,
+    read when asked (the last one kept: the sampled nodes come channel by channel)."""
+
+    def __init__(self, acts):
+        self.acts, self.last = acts, (None, None)
+
+    def __getitem__(self, c):
+        if self.last[0] != c:
+            self.last = (c, self.acts[:, c : c + 1][:, 0])
+        return self.last[1]

@@ -20,11 +20,17 @@ def candidates(Xc, i, k, duplicates="drop"):
     step = max(1, (1 << 26) // (8 * x.size))  # float64 blocks of 64 MiB: a whole layer is never copied
     d2 = np.concatenate([((np.asarray(Xc[lo : lo + step], dtype=np.float64) - x) ** 2).sum(1)
                          for lo in range(0, len(Xc), step)])
+    return nearest(d2, i, k, duplicates), d2
+
+
+def nearest(d2, i, k, duplicates="drop"):
+    """The k nearest other points of point i from its squared distances d2 to all points, by
+    (distance, index); d2 is marked in place (inf at i, and at its duplicates under `drop`)."""
     d2[i] = np.inf
     if duplicates == "drop":
         d2[d2 == 0] = np.inf
     order = np.lexsort((np.arange(len(d2)), d2))[:k]
-    return order[d2[order] < np.inf], d2
+    return order[d2[order] < np.inf]
 
 
 def problem(Xc, i, S, d2, kernel):
