@@ -266,7 +266,7 @@ def test_changing_k_reruns_graphs_and_downstream_only(tiny_run):
 
 @pytest.mark.parametrize("preset, jobs", [("cifar10-paper", {"train": 18, "graphs": 72}),
                                           ("cifar10-resnet18", {"train": 4, "graphs": 68}),
-                                          ("generalization", {"train": 36, "graphs": 288})])
+                                          ("generalization", {"train": 36, "graphs": 432})])
 def test_presets_validate_and_dry_run(preset, jobs, tmp_path):
     import yaml
 
