@@ -92,8 +92,20 @@ def test_layers_command_lists_shapes_and_costs(tmp_path, capsys):
     main(["layers", "--configfile", str(config)])
     out = capsys.readouterr().out
     line = next(row for row in out.splitlines() if row.strip().startswith("layer1.0.relu "))
-    assert "64 x 8 x 8" in line and " 64 " in line and "yes" in line and "1.0 GiB" in line
+    assert "64 x 8 x 8" in line and " 64 " in line and "yes" in line and "1.0 GiB" in line and "whole" in line
     assert next(row for row in out.splitlines() if row.strip().startswith("layer4.1.relu_1")).endswith("*")
+
+
+def test_layer_estimates_switch_to_the_streamed_path_for_large_layers():
+    from cwnnk.__main__ import estimate
+
+    # 64 x 32 x 32 at N = 1,000: held whole, 1,024 MiB + the layer (250 MiB) + results (36.6 MiB)
+    seconds, mib, streamed = estimate(1_000, 64, 1024, 25)
+    assert not streamed and mib == pytest.approx(1024 + 250 + 36.62, abs=0.1)
+    # ResNet-50 layer1 at N = 10,000 streams: 1,024 MiB + three 10,000^2 float64 (2,289 MiB) +
+    # results (1,465 MiB), not the layer's 30,625 MiB
+    seconds, mib, streamed = estimate(10_000, 256, 3136, 25)
+    assert streamed and mib == pytest.approx(1024 + 2288.8 + 1464.8, abs=0.5)
 
 
 def test_weights_by_name_load_offline_from_torch_home(tmp_path, monkeypatch):

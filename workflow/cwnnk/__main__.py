@@ -8,20 +8,30 @@ graph stage's estimated time and peak memory at the configured N.
 import argparse
 import sys
 
-# The graph stage's measured cost (docs/performance.md, `bench scale`): ResNet-18's stem, C = 64
-# channels of D = 1,024 at N = 10,000 and k = 25, took 712 s on the 2-core dev machine with a peak
-# of 3,950 MiB, 2,500 MiB of it the layer. Time scales with N^2 C D (the channels' and the
-# aggregate's exact kNN), memory with the layer (N C D float32) and the results (C N k).
+# The graph stage's measured cost on the 2-core dev machine (docs/performance.md, `bench scale`),
+# at k = 25. A layer held whole (ResNet-18's stem, C = 64 channels of D = 1,024 at N = 10,000):
+# 712 s, peak 3,950 MiB, 2,500 MiB of it the layer; time grows as N^2 C D (the exact kNN), memory
+# with the layer (N C D float32) and the results (C N k). A streamed layer (cwnnk.graphs.streams;
+# ResNet-50's layer1, C = 256 of D = 3,136 at N = 10,000): STREAM_SECONDS, peak STREAM_MIB; time
+# grows as N^2 C D (one float64 product per channel), memory with N^2 (GRAM_COPIES N x N float64
+# matrices) and the results, not with the layer.
 _REF_SECONDS, _REF_N, _REF_CD = 712.0, 10_000, 64 * 1024
+_STREAM_SECONDS, _STREAM_CD = 2600.0, 256 * 3136
 _BASE_MIB = 1024.0
 _RESULT_BYTES = 24
 
 
 def estimate(n, channels, dim, k):
-    """(seconds, MiB): the graph stage's rough time on 2 CPU cores and peak memory for one layer."""
+    """(seconds, MiB, streamed): the graph stage's rough time on 2 CPU cores and peak memory for
+    one layer, and whether it streams."""
+    from cwnnk.graphs import GRAM_COPIES, streams
+
+    results = channels * n * k * _RESULT_BYTES
+    if streams(n, channels, dim):
+        seconds = _STREAM_SECONDS * (n / _REF_N) ** 2 * (channels * dim / _STREAM_CD)
+        return seconds, _BASE_MIB + (GRAM_COPIES * 8 * n * n + results) / 2**20, True
     seconds = _REF_SECONDS * (n / _REF_N) ** 2 * (channels * dim / _REF_CD)
-    mib = _BASE_MIB + (n * channels * dim * 4 + channels * n * k * _RESULT_BYTES) / 2**20
-    return seconds, mib
+    return seconds, _BASE_MIB + (n * channels * dim * 4 + results) / 2**20, False
 
 
 def _duration(seconds):
@@ -37,7 +47,7 @@ def _size(mib):
 
 
 def layer_table(spec, n, k):
-    """Rows (name, (C, H, W), D, in `all`, seconds, MiB) of every analysable node of spec."""
+    """Rows (name, (C, H, W), D, in `all`, seconds, MiB, streamed) of every analysable node of spec."""
     from cwnnk.models import graph_nodes, layer_names, layer_nodes
 
     keep = set(layer_names(spec))
@@ -87,12 +97,14 @@ def layers_command(args):
         arch = spec.get("name") or spec.get("factory") or spec["arch"]
         print(f"model {model} ({arch}, input {tuple(spec['input_shape'])}); graph stage at N = {n or '?'}, k = {k}, "
               "2 CPU cores (scaled from docs/performance.md; rough)")
-        print(f"  {'node':40s} {'C x H x W':>16s} {'D':>7s} {'all':>4s} {'time':>9s} {'memory':>10s}")
-        for name, (C, H, W), D, in_all, seconds, mib in layer_table(spec, n or 1000, k):
+        print(f"  {'node':40s} {'C x H x W':>16s} {'D':>7s} {'all':>4s} {'time':>9s} {'memory':>10s} {'read':>8s}")
+        for name, (C, H, W), D, in_all, seconds, mib, streamed in layer_table(spec, n or 1000, k):
             extracted = " *" if name in exp.layers[model] else ""
             print(f"  {name:40s} {f'{C} x {H} x {W}':>16s} {D:>7d} {'yes' if in_all else '':>4s} "
-                  f"{_duration(seconds) if n else '?':>9s} {_size(mib) if n else '?':>10s}{extracted}")
-        print("  (* = selected by extract.layers)")
+                  f"{_duration(seconds) if n else '?':>9s} {_size(mib) if n else '?':>10s} "
+                  f"{'streamed' if streamed else 'whole':>8s}{extracted}")
+        print("  (* = selected by extract.layers; read: the layer held whole, or streamed a block of channels "
+              "at a time)")
 
 
 def main(argv=None):
