@@ -238,7 +238,7 @@ def _legend_columns(handles, width, most=3):
 def _level_title(common, suffix=""):
     """The legend title of the regularization levels, with the factors every model shares."""
     title = LEVEL_TITLE + (f"; all models: {common}" if common else "")
-    return f"{title} ({suffix})" if suffix else title
+    return f"{title}\n({suffix})" if suffix else title  # a line of its own: one line ran past a figure's edges
 
 
 def _n_models(table, label, lev):
