@@ -208,6 +208,30 @@ def cw_nnk(acts, params, log=print, timings=None, stream=None):
     return channels, zero_maps, aggregate, held.get("points")
 
 
+def twonn_inputs(acts, channels, aggregate, points=None):
+    """TwoNN's input under the duplicate policy (cwnnk.intrinsic_dim) for every channel and the aggregate.
+
+    acts: the (N, C, D) activations cw_nnk was given (array or StoredLayer); channels, aggregate,
+    points: its results (points: the streamed aggregate's GramPoints, else None). Returns
+    (channel distances (C, N, 2), channel indices (C, N, 2), aggregate distances (N, 2), aggregate
+    indices (N, 2)), as knn.npz stores them (channel_twonn[_indices], agg_twonn[_indices]).
+    """
+    N, C, D = acts.shape
+    k = channels.indices.shape[-1]
+    # the engine counts equal rows: sets without any need no search for them, nor their points
+    equal = channels.counts["duplicates"] > 0
+    two_nn = []
+    for block in channel_blocks(C, N, D):
+        values = acts[:, block.start : block.stop] if equal[block.start : block.stop].any() or k < 2 else None
+        two_nn += [distinct_two_nn(None if values is None else values[:, c - block.start],
+                                   (channels.distances[c], channels.indices[c]), equal_rows=bool(equal[c]))
+                   for c in block]
+    knn = (aggregate.distances, aggregate.indices)
+    equal_rows = bool(aggregate.counts["duplicates"])
+    agg = gram_two_nn(points, knn, equal_rows) if points is not None else distinct_two_nn(acts, knn, equal_rows)
+    return np.stack([t[0] for t in two_nn]), np.stack([t[1] for t in two_nn]), agg[0], agg[1]
+
+
 def _stacked_like(part, C):
     """An empty NNKResult of C point sets with the fields and dtypes of `part` (a block's result)."""
     from cwnnk.engine import NNKResult
@@ -245,17 +269,8 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
     channels, zero_maps, aggregate, points = cw_nnk(acts, params, log, timings, stream=stream)
     seconds["nnk"] = time.perf_counter() - start
     start = time.perf_counter()
-    # the engine counts equal rows: sets without any need no search for them, nor their points
-    equal = channels.counts["duplicates"] > 0
-    two_nn = []
-    for block in channel_blocks(C, N, D):
-        values = acts[:, block.start : block.stop] if equal[block.start : block.stop].any() or params.k < 2 else None
-        two_nn += [distinct_two_nn(None if values is None else values[:, c - block.start],
-                                   (channels.distances[c], channels.indices[c]), equal_rows=bool(equal[c]))
-                   for c in block]
-    knn = (aggregate.distances, aggregate.indices)
-    equal_rows = bool(aggregate.counts["duplicates"])
-    agg_two_nn = gram_two_nn(points, knn, equal_rows) if stream else distinct_two_nn(acts, knn, equal_rows)
+    channel_twonn, channel_twonn_indices, agg_twonn, agg_twonn_indices = twonn_inputs(acts, channels, aggregate,
+                                                                                      points)
     seconds["twonn"] = time.perf_counter() - start
     uncertain = None if points is None else points.uncertain
     points = None  # the aggregate's N x N Gram matrix goes before the files are written
@@ -273,8 +288,8 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
             channel_weights=channels.weights, channel_error=channels.error,
             agg_indices=aggregate.indices, agg_distances=aggregate.distances, agg_weights=aggregate.weights,
             agg_error=aggregate.error,
-            channel_twonn=np.stack([t[0] for t in two_nn]), channel_twonn_indices=np.stack([t[1] for t in two_nn]),
-            agg_twonn=agg_two_nn[0], agg_twonn_indices=agg_two_nn[1],
+            channel_twonn=channel_twonn, channel_twonn_indices=channel_twonn_indices,
+            agg_twonn=agg_twonn, agg_twonn_indices=agg_twonn_indices,
         )
         write_json(tmp / "summary.json", dict(
             layer=layer, n_channels=C, n_samples=N, dim_channel=D, params=params.to_dict(),

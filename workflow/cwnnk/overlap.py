@@ -308,6 +308,11 @@ def _live_layer_metrics(ch_indices, ch_weights, agg_indices, agg_weights, dead, 
     return nm, metrics, pairwise
 
 
+def dead_channels(zero_map_fraction):
+    """(C,) bool: the channels whose maps are all zero on every sample, from the (C,) zero-map fractions."""
+    return np.asarray(zero_map_fraction) >= 1.0
+
+
 def layer_summary(ch_indices, ch_weights, ch_distances, agg_indices, agg_weights,
                   agg_distances, tol=TOL, dead=None, ch_twonn=None, agg_twonn=None):
     """One flat row of layer-level columns and the (C, C) pairwise overlap matrix.
@@ -344,6 +349,37 @@ def layer_summary(ch_indices, ch_weights, ch_distances, agg_indices, agg_weights
     return row, pairwise
 
 
+def graphs_summary(arrays, zero_map_fraction, counts, aggregate_counts, tol=TOL):
+    """graphs of one layer -> (row, pairwise, loo): what the overlap stage and cwnnk.overlap_summary report.
+
+    arrays: the layer's graph arrays under knn.npz's names: channel_indices, channel_weights,
+    channel_distances (C, N, k), agg_indices, agg_weights, agg_distances (N, k), channel_twonn
+    (C, N, 2) and agg_twonn (N, 2) (TwoNN's input under the duplicate policy; absent or None: the
+    kNN distances) and labels (N,) int (absent or None: no LOO columns). zero_map_fraction: (C,) fraction
+    of all-zero maps per channel (dead_channels gives layer_summary's `dead`). counts: {name:
+    (C,)} and aggregate_counts {name: int}, the engine's degenerate counts (kkt_failed, not_pd).
+    Returns layer_summary's row plus zero_map_fraction_mean/max, kkt_failed, not_pd and, with labels,
+    the loo_* columns; the (C, C) pairwise matrix; cw_loo's result, or None without labels.
+    """
+    zero_maps = np.asarray(zero_map_fraction, dtype=np.float64)
+    row, pairwise = layer_summary(
+        arrays["channel_indices"], arrays["channel_weights"], arrays["channel_distances"],
+        arrays["agg_indices"], arrays["agg_weights"], arrays["agg_distances"], tol=tol,
+        dead=dead_channels(zero_maps), ch_twonn=arrays.get("channel_twonn"), agg_twonn=arrays.get("agg_twonn"),
+    )
+    row["zero_map_fraction_mean"] = float(zero_maps.mean())
+    row["zero_map_fraction_max"] = float(zero_maps.max())
+    row["kkt_failed"] = int(np.sum(counts["kkt_failed"]) + aggregate_counts["kkt_failed"])
+    row["not_pd"] = int(np.sum(counts["not_pd"]) + aggregate_counts["not_pd"])
+    labels = arrays.get("labels")
+    if labels is None:
+        return row, pairwise, None
+    loo = cw_loo(arrays["channel_indices"], arrays["channel_weights"], arrays["agg_indices"],
+                 arrays["agg_weights"], labels, tol=tol)
+    row.update(loo_columns(loo))
+    return row, pairwise, loo
+
+
 def analyse_layer(graph_dir, out_json, params=OverlapParams(), log=None):
     """The `overlap` job: every docs/method.md section 4 metric of one layer's graphs folder,
     written to out_json: layer-level columns (`row`), per-channel rows and the C x C pairwise
@@ -359,19 +395,9 @@ def analyse_layer(graph_dir, out_json, params=OverlapParams(), log=None):
         C, N, k = arrays["channel_indices"].shape
         log(f"{graph_dir}: {C} channels x {N} nodes, k = {k}, read in {time.perf_counter() - start:.1f}s")
     zero_maps = np.asarray(summary["zero_map_fraction"])
-    dead = zero_maps >= 1.0  # all-zero on every sample
-    row, pairwise = layer_summary(
-        arrays["channel_indices"], arrays["channel_weights"], arrays["channel_distances"],
-        arrays["agg_indices"], arrays["agg_weights"], arrays["agg_distances"], tol=params.tol, dead=dead,
-        ch_twonn=arrays["channel_twonn"], agg_twonn=arrays["agg_twonn"],
-    )
-    row["zero_map_fraction_mean"] = float(zero_maps.mean())
-    row["zero_map_fraction_max"] = float(zero_maps.max())
-    row["kkt_failed"] = int(sum(summary["counts"]["kkt_failed"]) + summary["aggregate_counts"]["kkt_failed"])
-    row["not_pd"] = int(sum(summary["counts"]["not_pd"]) + summary["aggregate_counts"]["not_pd"])
-    loo = cw_loo(arrays["channel_indices"], arrays["channel_weights"], arrays["agg_indices"],
-                 arrays["agg_weights"], arrays["labels"], tol=params.tol)
-    row.update(loo_columns(loo))
+    row, pairwise, loo = graphs_summary(arrays, zero_maps, summary["counts"], summary["aggregate_counts"],
+                                        tol=params.tol)
+    dead = dead_channels(zero_maps)
     degree = (arrays["channel_weights"] > params.tol).sum(-1)
     channel_ids, _ = twonn(arrays["channel_twonn"])
     channels = [
