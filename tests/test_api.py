@@ -65,3 +65,89 @@ def test_ambiguous_and_bad_inputs_are_refused():
         cwnnk.activations_of(model, torch.rand(2, 3, 32, 32), ["layer*"])
     with pytest.raises(ValueError, match=r"must be a \(N, C, H, W\) tensor"):
         cwnnk.activations_of(model, torch.rand(3, 32, 32))
+
+
+def _layer_with_dead_channel_and_equal_images(n=40, seed=0):
+    """(N, C, H, W) float32 after a ReLU: channel 1 all zero on every image (dead), and images 30-32
+    copies of images 0-2 (equal rows in every point set); labels (N,) of 2 classes."""
+    rng = np.random.default_rng(seed)
+    values = np.maximum(rng.normal(size=(n, 4, 3, 3)), 0).astype(np.float32)
+    values[:, 1] = 0
+    values[30:33] = values[0:3]
+    return values, rng.integers(0, 2, n)
+
+
+def _stage_row(tmp_path, values, labels, k):
+    """The workflow's graphs and overlap stages on `values`: the extract stage's store writer, then the
+    functions the Snakemake scripts call. Returns the overlap JSON."""
+    import json
+
+    from cwnnk.activations import StoreWriter
+    from cwnnk.graphs import build_layer_graphs
+    from cwnnk.overlap import analyse_layer
+    from cwnnk.params import GraphParams
+
+    writer = StoreWriter(tmp_path / "m.zarr", {"model": "m"}, "none")
+    writer.add_split("train", labels, np.arange(len(values)), {"relu": values.shape[1:]}, chunk_samples=8)
+    for start in range(0, len(values), 8):
+        writer.write("train", "relu", start, values[start : start + 8])
+    writer.finish()
+    build_layer_graphs(tmp_path / "m.zarr", "relu", tmp_path / "relu", GraphParams(k=k, device="cpu"),
+                       log=lambda m: None)
+    analyse_layer(tmp_path / "relu", tmp_path / "relu.json")
+    return json.loads((tmp_path / "relu.json").read_text())
+
+
+def _same(a, b):
+    return (np.isnan(a) and np.isnan(b)) if isinstance(a, float) and np.isnan(a) else abs(a - b) <= 1e-12
+
+
+def test_library_summary_equals_the_overlap_stage(tmp_path):
+    """cw_nnk_graphs + overlap_summary give the graphs + overlap stages' row, key for key, on a layer with a
+    dead channel and equal images; without labels only the loo_* columns are missing."""
+    values, labels = _layer_with_dead_channel_and_equal_images()
+    stage = _stage_row(tmp_path, values, labels, k=6)
+    row = stage["row"]
+    summary = cwnnk.overlap_summary(cwnnk.cw_nnk_graphs(values, k=6, labels=labels, device="cpu"))
+    assert set(summary) == set(row) | {"pairwise"}
+    differ = {key: (summary[key], row[key]) for key in row if not _same(summary[key], row[key])}
+    assert not differ
+    np.testing.assert_allclose(summary["pairwise"], stage["pairwise"], rtol=0, atol=1e-12)
+    assert row["n_dead_channels"] == 1 and row["zero_map_fraction_max"] == 1.0
+    assert {"loo_error_layer", "loo_error_agg", "kkt_failed", "not_pd"} <= set(summary)
+    # TwoNN on the 37 distinct images (duplicate policy): 90% of them are fitted. The kNN distances
+    # (equal images dropped as candidates, each copy counted) would fit floor(0.9 * 40) = 36.
+    assert summary["id_layer_n"] == int(0.9 * 37)
+    unlabelled = cwnnk.overlap_summary(cwnnk.cw_nnk_graphs(values, k=6, device="cpu"))
+    assert set(summary) - set(unlabelled) == {key for key in row if key.startswith("loo_")}
+    assert all(_same(unlabelled[key], row[key]) for key in unlabelled if key != "pairwise")
+
+
+def test_dead_channel_is_left_out_of_the_channel_metrics():
+    """Channels [X, dead, X]: the two live channels have the same graph, so every node's union is half
+    its sum: rho = 1/2 and rho_hat = (1/2) / (1 - 1/2) = 1, Jaccard 1. Counting the dead channel
+    would give rho_hat = (1/2) / (1 - 1/3) = 3/4 and a mean pairwise Jaccard of 1/3."""
+    values, _ = _layer_with_dead_channel_and_equal_images()
+    values = values[:, [0, 1, 0]]
+    summary = cwnnk.overlap_summary(cwnnk.cw_nnk_graphs(values, k=6, device="cpu"))
+    assert summary["n_dead_channels"] == 1 and summary["n_channels"] == 3
+    assert summary["rho_mean"] == pytest.approx(0.5, abs=1e-12)
+    assert summary["rho_hat_mean"] == pytest.approx(1.0, abs=1e-12)
+    assert summary["pairwise_overlap_mean"] == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_array_equal(summary["pairwise"], [[1, 0, 1], [0, 1, 0], [1, 0, 1]])
+
+
+def test_a_streamed_layer_gives_the_same_summary(monkeypatch):
+    """A layer too large to hold whole streams (its aggregate read from the Gram matrix, its TwoNN input
+    from GramPoints): the library's summary is that of the whole layer."""
+    import cwnnk.graphs
+
+    values, labels = _layer_with_dead_channel_and_equal_images()
+    whole = cwnnk.overlap_summary(cwnnk.cw_nnk_graphs(values, k=6, labels=labels, device="cpu"))
+    monkeypatch.setattr(cwnnk.graphs, "STREAM_BYTES", 0)
+    monkeypatch.setattr(cwnnk.graphs, "GRAM_COPIES", 0)
+    assert cwnnk.graphs.streams(*values.reshape(40, 4, -1).shape)
+    streamed = cwnnk.overlap_summary(cwnnk.cw_nnk_graphs(values, k=6, labels=labels, device="cpu"))
+    assert set(streamed) == set(whole) and streamed["id_layer_n"] == int(0.9 * 37)
+    assert all(abs(streamed[key] - whole[key]) <= 1e-9 or _same(streamed[key], whole[key])
+               for key in whole if key != "pairwise")

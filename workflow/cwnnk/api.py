@@ -125,12 +125,18 @@ class LayerGraphs:
     """The CW-NNK graphs of one layer: one NNK graph per channel and one of the aggregate.
 
     channels: NNKResult of the C channels, arrays (C, N, k); aggregate: NNKResult, arrays (N, k);
-    zero_map_fraction: (C,) fraction of all-zero maps per channel.
+    zero_map_fraction: (C,) fraction of all-zero maps per channel (1: a dead channel);
+    channel_twonn (C, N, 2) and agg_twonn (N, 2): TwoNN's input under the duplicate policy, as the
+    graphs stage stores it in knn.npz (None: overlap_summary falls back to the kNN distances);
+    labels: (N,) int labels of the samples, or None (then overlap_summary has no loo_* columns).
     """
 
     channels: object
     aggregate: object
     zero_map_fraction: np.ndarray
+    channel_twonn: np.ndarray | None = None
+    agg_twonn: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     def channel_graph(self, c, symmetrize="none"):
         """Channel c's graph as a scipy CSR N x N matrix (row i holds theta_i)."""
@@ -148,15 +154,17 @@ class LayerGraphs:
 LAYOUTS = ("NCHW", "NCD", "CND")
 
 
-def cw_nnk_graphs(acts, k=25, *, layout=None, log=None, **options):
+def cw_nnk_graphs(acts, k=25, *, layout=None, labels=None, log=None, **options):
     """CW-NNK graphs of one layer from its activations: every channel's NNK graph plus the aggregate's.
 
     acts: (N, C, H, W) array or tensor (one layer of N images). A 3-D array is ambiguous ((N, C, D)
     or the engine's (C, N, D)) and is refused unless layout="NCD" or layout="CND" says which.
     k and options: the settings of cwnnk.params.GraphParams (kernel, sigma, solver, duplicates,
-    device). Returns LayerGraphs.
+    device). labels: optional (N,) non-negative int labels of the images (a store's `labels`;
+    activations_of's arrays carry none), for overlap_summary's LOO columns. Returns LayerGraphs,
+    with TwoNN's input computed as the graphs stage does (cwnnk.graphs.twonn_inputs).
     """
-    from cwnnk.graphs import cw_nnk
+    from cwnnk.graphs import cw_nnk, twonn_inputs
     from cwnnk.params import GraphParams
 
     if hasattr(acts, "detach"):
@@ -184,23 +192,37 @@ def cw_nnk_graphs(acts, k=25, *, layout=None, log=None, **options):
                          f"{acts.shape})")
     if C < 2:
         raise ValueError(f"CW-NNK compares channels: the activations hold C = {C} channel(s)")
-    channels, zero_maps, aggregate, _ = cw_nnk(np.ascontiguousarray(acts, dtype=np.float32), params,
-                                               log or (lambda *a, **kw: None))
-    return LayerGraphs(channels, aggregate, zero_maps)
+    if labels is not None:
+        if hasattr(labels, "detach"):
+            labels = labels.detach().cpu().numpy()
+        labels = np.asarray(labels)
+        if labels.shape != (N,) or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
+            raise ValueError(f"labels must be (N,) = ({N},) non-negative integers, one per image of acts "
+                             f"{acts.shape}; got {labels.dtype} {labels.shape}")
+    acts = np.ascontiguousarray(acts, dtype=np.float32)
+    channels, zero_maps, aggregate, points = cw_nnk(acts, params, log or (lambda *a, **kw: None))
+    channel_twonn, _, agg_twonn, _ = twonn_inputs(acts, channels, aggregate, points)
+    return LayerGraphs(channels, aggregate, zero_maps, channel_twonn, agg_twonn, labels)
 
 
 def overlap_summary(graphs, tol=TOL):
     """The overlap summary of one layer's CW-NNK graphs (LayerGraphs from cw_nnk_graphs).
 
+    The overlap stage's own code (cwnnk.overlap.graphs_summary), so the numbers are its `row`'s
+    on the same activations: dead channels (zero_map_fraction 1) are counted (n_dead_channels) and
+    left out of the channel metrics, TwoNN follows the duplicate policy (docs/overlap.md).
     Returns a dict of the layer-level columns of docs/overlap.md (rho_hat_mean and its other
     statistics, pairwise_overlap_* (mean pairwise Jaccard), kappa_* (coverage of the aggregate),
-    the *_chance levels, degree_channel_*, degree_agg_*, id_layer and id_channel_* (TwoNN), ...)
-    plus "pairwise": the (C, C) mean Jaccard overlap matrix.
+    the *_chance levels, degree_channel_*, degree_agg_*, id_layer and id_channel_* (TwoNN),
+    zero_map_fraction_*, kkt_failed, not_pd, ...) plus "pairwise": the (C, C) mean Jaccard overlap
+    matrix. The loo_* columns (LOO error) come only where the graphs hold labels
+    (cw_nnk_graphs(..., labels=...)); the stage's per-channel rows are not returned.
     """
-    from cwnnk.overlap import layer_summary
+    from cwnnk.overlap import graphs_summary
 
     ch, agg = graphs.channels, graphs.aggregate
-    row, pairwise = layer_summary(ch.indices, ch.weights, ch.distances, agg.indices, agg.weights, agg.distances,
-                                  tol=tol)
-    row["zero_map_fraction_mean"] = float(np.mean(graphs.zero_map_fraction))
+    arrays = dict(channel_indices=ch.indices, channel_weights=ch.weights, channel_distances=ch.distances,
+                  agg_indices=agg.indices, agg_weights=agg.weights, agg_distances=agg.distances,
+                  channel_twonn=graphs.channel_twonn, agg_twonn=graphs.agg_twonn, labels=graphs.labels)
+    row, pairwise, _ = graphs_summary(arrays, graphs.zero_map_fraction, ch.counts, agg.counts, tol=tol)
     return {**row, "pairwise": pairwise}
