@@ -132,3 +132,6 @@ def test_bench_pipeline_checks_the_graph_stage_before_the_stage_table(tmp_path, 
     stage = re.search(r"graph stage (\d+\.\d+), (\d+\.\d+) s; kNN floor \d+\.\d+, \d+\.\d+ s$", runs)
     table = next(line for line in lines if line.startswith("graphs "))
     assert table.split()[1] == min(stage.groups(), key=float)  # the fastest run counts
+    loo = next(re.fullmatch(r"LOO estimate, in the overlap stage: (\d+\.\d) ms of (\d+\.\d+) s .*", line)
+               for line in lines if line.startswith("LOO estimate"))
+    assert 0 < float(loo[1]) < 1e3 * float(loo[2])  # a step of the overlap stage, timed on the same graphs

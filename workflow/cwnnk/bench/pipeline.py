@@ -36,6 +36,15 @@ def _stage(name, config, workdir, timings):
     elif name == "overlap":
         for layer in layers:
             analyse_layer(work / "graphs" / layer, work / "overlap" / f"{layer}.json", exp.overlap)
+    elif name == "loo":  # the overlap stage's LOO step alone, on the graphs it reads (docs/method.md section 6)
+        from cwnnk.graphs import load_layer_graphs
+        from cwnnk.loo import cw_loo
+
+        graphs = [load_layer_graphs(work / "graphs" / layer)[0] for layer in layers]
+        start = time.perf_counter()
+        for g in graphs:
+            cw_loo(g["channel_indices"], g["channel_weights"], g["agg_indices"], g["agg_weights"], g["labels"],
+                   tol=exp.overlap.tol)
     elif name in ("knn floor", "gram floor"):
         from cwnnk.activations import open_activations
         from cwnnk.graphs import load_layer_graphs
@@ -83,7 +92,7 @@ def bench_pipeline(args, out=print):
         for name, done in runs.items():  # the fastest run counts, with the highest peak of all
             best = min(done, key=lambda row: row[0])
             rows[name] = (best[0], max(row[1] for row in done), *best[2:])
-        for name in ("overlap", "gram floor"):
+        for name in ("overlap", "loo", "gram floor"):
             rows[name] = run(name)
         model, layers = rows["train"][3], rows["train"][4]
         out(f"default experiment ({args.config}), model {model}, layers {layers}, device {args.device}, "
@@ -93,6 +102,8 @@ def bench_pipeline(args, out=print):
     out(f"{'stage':10s} {'wall s':>8s} {'peak RSS MiB':>13s}")
     for name in ("train", "extract", "graphs", "overlap"):
         out(f"{name:10s} {rows[name][0]:8.2f} {rows[name][1]:13.0f}")
+    out(f"LOO estimate, in the overlap stage: {1e3 * rows['loo'][0]:.1f} ms of {rows['overlap'][0]:.2f} s "
+        f"({100 * rows['loo'][0] / rows['overlap'][0]:.1f}%; no kNN search or solve)")
     parts = rows["graphs"][2]
     busy = sum(parts.values())
     out("graph stage, engine busy time by part: " + ", ".join(
