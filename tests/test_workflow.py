@@ -264,6 +264,30 @@ def test_changing_k_reruns_graphs_and_downstream_only(tiny_run):
     assert counts["graphs"] == 4 and counts["overlap"] == 4 and counts["tables"] == 1 and counts["figures"] == 1
 
 
+@pytest.mark.parametrize("level, new", [
+    ({"label_noise": [0.0, 0.2]}, {"convnet-d0-wd0-ln0.2-s1", "convnet-d0.3-wd0-ln0.2-s1"}),
+    ({"n_train": [None, 50]}, {"convnet-d0-wd0-n50-s1", "convnet-d0.3-wd0-n50-s1"}),
+])
+def test_adding_a_factor_level_runs_only_the_new_models(tiny_run, level, new):
+    """A new sweep level trains, extracts and analyses only its own models; the finished ones
+    are reused and only the run-wide tables and figures are redone."""
+    from conftest import TINY_CONFIG
+
+    root, config = tiny_run
+    write_config(config, root / "results", sweep=dict(TINY_CONFIG["sweep"], **level))
+    try:
+        out = snakemake("-n", "--cores", "2", "--configfile", config).stdout
+    finally:
+        write_config(config, root / "results")
+    counts = _job_counts(out)
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    wildcards: model=([^,\s]+)", out, re.M)
+    for stage in ("train", "extract", "graphs", "overlap"):
+        assert {model for rule, model in jobs if rule == stage} == new, stage
+    assert counts["train"] == counts["extract"] == 2 and counts["graphs"] == counts["overlap"] == 4
+    assert counts["tables"] == counts["generalization"] == counts["figures"] == 1
+    assert "solvers" not in counts and "manifolds" not in counts
+
+
 @pytest.mark.parametrize("preset, jobs", [("cifar10-paper", {"train": 18, "graphs": 72}),
                                           ("cifar10-resnet18", {"train": 4, "graphs": 68}),
                                           ("generalization", {"train": 36, "graphs": 432})])
