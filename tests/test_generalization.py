@@ -120,3 +120,64 @@ def test_early_stopping_csv_says_why_the_validation_columns_are_empty(tmp_path):
     assert list(early) == list(EARLY_COLUMNS)
     assert early["loo_epoch"].tolist() == [2.0] and np.isnan(early["val_epoch"]).all()
     assert "training.validation is 0" in early["val_skipped"][0]
+
+
+NO_TEST = "no test split (dataset.test_root is null): test accuracy, the gap and claim C4 are skipped"
+
+
+def _overlap_without_test_split(n_models=4, snapshots=False):
+    """overlap.csv rows as the tables stage writes them for a folder without test_root: empty
+    test_acc, gap_acc, test_loss, gap_loss and the reason in accuracy_skipped."""
+    rows = []
+    for m in range(n_models):
+        for epoch, kind in ((2, "snapshot"), (4, "trained")) if snapshots else ((4, "trained"),):
+            for depth, layer in enumerate(("conv1", "conv2")):
+                rows.append(dict(model=f"m{m}-e{epoch}" if kind == "snapshot" else f"m{m}", kind=kind,
+                                 label="d0 wd0 none", run=f"m{m}", epoch=epoch, layer=layer, depth=depth,
+                                 is_last=depth, train_acc=0.9 + 0.01 * m, test_acc=None, gap_acc=None,
+                                 accuracy_skipped=NO_TEST, rho_hat_mean=0.5 + 0.1 * m - 0.05 * depth,
+                                 rho_hat_chance_mean=0.2, pairwise_overlap_mean=0.3 + 0.02 * m,
+                                 pairwise_overlap_chance_mean=0.02, loo_error_layer=0.3 - 0.01 * (m + 1) * epoch))
+    return rows
+
+
+def test_no_test_split_rows_say_why(tmp_path):
+    from cwnnk.generalization import GENERALIZATION_COLUMNS, write_generalization
+    from cwnnk.tables import read_table, write_table
+
+    write_table(tmp_path / "overlap.csv", _overlap_without_test_split(snapshots=True))
+    write_generalization(tmp_path / "overlap.csv", tmp_path / "g.csv", tmp_path / "early.csv")
+    g = read_table(tmp_path / "g.csv")
+    assert list(g) == list(GENERALIZATION_COLUMNS)
+    # 2 subsets x (conv1, conv2, last) x 3 measures present x 2 targets, none computable
+    assert len(g["skipped"]) == 36 and (g["n_models"] == 0).all() and np.isnan(g["pearson_r"]).all()
+    assert set(g["skipped"]) == {NO_TEST}
+    # early stopping: the LOO pick is still made (the training-data estimate needs no test split),
+    # but every test-accuracy column is empty and test_skipped says why
+    early = read_table(tmp_path / "early.csv")
+    assert early["loo_epoch"].tolist() == [4.0] * 4  # LOO error 0.3 - 0.02 (m + 1) at epoch 2 > 0.3 - 0.04 (m + 1) at 4
+    for column in ("loo_test_acc", "best_test_epoch", "best_test_acc", "final_test_acc"):
+        assert np.isnan(early[column]).all(), column
+    assert set(early["test_skipped"]) == {NO_TEST}
+
+
+def test_skipped_gives_the_other_reasons():
+    from cwnnk.generalization import generalization_rows
+
+    def last_row(table, measure="rho_hat_mean"):
+        return next(r for r in generalization_rows(table, n_boot=10)
+                    if (r["subset"], r["layer"], r["measure"], r["target"]) == ("all", "last", measure, "test_acc"))
+
+    base = {"layer": np.array(["conv1"] * 4), "is_last": np.ones(4), "kind": np.array(["trained"] * 4),
+            "train_acc": np.array([0.9, 0.8, 0.95, 0.7]), "test_acc": np.array([0.8, 0.7, 0.9, 0.6]),
+            "gap_acc": np.array([0.1, 0.1, 0.05, 0.1]), "rho_hat_mean": np.array([0.5, 0.4, 0.6, 0.3])}
+    assert last_row(base)["skipped"] is None and last_row(base)["n_models"] == 4
+    two = dict(base, rho_hat_mean=np.array([0.5, 0.4, np.nan, np.nan]))
+    assert last_row(two)["skipped"] == "2 models with a finite rho_hat_mean, test_acc and train_acc; 3 needed"
+    dead = dict(base, rho_hat_mean=np.full(4, np.nan))
+    assert "undefined for every model" in last_row(dead)["skipped"]
+    flat = dict(base, rho_hat_mean=np.full(4, 0.5))
+    assert last_row(flat)["skipped"] == "rho_hat_mean or test_acc constant over the 4 models"
+    no_test = {k: v for k, v in base.items() if k != "test_acc"}  # no column, no accuracy_skipped
+    assert last_row(no_test)["skipped"] == "no test_acc in overlap.csv for these models"
+

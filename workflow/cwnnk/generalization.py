@@ -7,7 +7,8 @@ model's deepest analysed layer), measure and target: Pearson and Spearman with p
 percentile bootstrap 95% interval of Pearson r over models, and the partial Pearson
 correlation given the training accuracy (both variables' linear dependence on train_acc
 removed), so that a factor that moves the training fit (label noise) cannot make the
-correlation alone.
+correlation alone. A row whose statistics are undefined says why in `skipped` (no test split,
+fewer than 3 models, constant data).
 
 Early stopping (early_stopping.csv) compares, per run over the same evaluated epochs (the saved
 ones and the final one), the epoch the CW-NNK LOO error picks, the epoch a held-out validation
@@ -94,13 +95,47 @@ def _groups(overlap):
     yield "last", np.asarray(overlap["is_last"]) == 1
 
 
+def _text(values):
+    """str array, empty cells as '' (a column of empty cells reads back as NaN floats)."""
+    values = np.asarray(values)
+    return np.where(np.isnan(values), "", values.astype(str)) if values.dtype.kind == "f" else values.astype(str)
+
+
+def _column(overlap, name, n):
+    return np.asarray(overlap[name], dtype=np.float64) if name in overlap else np.full(n, np.nan)
+
+
+def accuracy_reason(overlap, mask=None):
+    """Why the accuracy columns of these overlap.csv rows are empty: their distinct
+    `accuracy_skipped` texts (e.g. no test split), or '' where the table gives none."""
+    if "accuracy_skipped" not in overlap:
+        return ""
+    reasons = _text(overlap["accuracy_skipped"])
+    return "; ".join(r for r in dict.fromkeys((reasons if mask is None else reasons[mask]).tolist()) if r)
+
+
+def skip_reason(overlap, sel, measure, target, n_models):
+    """Why a generalization.csv row's statistics are undefined (called where Pearson r is NaN)."""
+    n = len(sel)
+    for name in (target, CONTROL):
+        if not np.isfinite(_column(overlap, name, n)[sel]).any():
+            return accuracy_reason(overlap, sel) or f"no {name} in overlap.csv for these models"
+    if not np.isfinite(_column(overlap, measure, n)[sel]).any():
+        return f"{measure} undefined for every model (e.g. every channel of the layer dead)"
+    if n_models < 3:
+        return f"{n_models} models with a finite {measure}, {target} and {CONTROL}; 3 needed"
+    return f"{measure} or {target} constant over the {n_models} models"
+
+
 def generalization_rows(overlap, measures=MEASURES, targets=TARGETS, n_boot=N_BOOT):
     """The rows of generalization.csv from the overlap table (as read by read_table):
-    per subset (all, final), layer, measure and target, the statistics of `correlate`."""
+    per subset (all, final), layer, measure and target, the statistics of `correlate`, and
+    `skipped`: why they are undefined (e.g. no test split), empty where Pearson r is defined."""
     if not overlap:
         return []
     kind = np.asarray(overlap["kind"]).astype(str)
-    subsets = {"all": np.ones(len(kind), dtype=bool), "final": kind != "snapshot"}
+    n = len(kind)
+    subsets = {"all": np.ones(n, dtype=bool), "final": kind != "snapshot"}
     rows = []
     for subset, keep in subsets.items():
         for layer, mask in _groups(overlap):
@@ -109,9 +144,17 @@ def generalization_rows(overlap, measures=MEASURES, targets=TARGETS, n_boot=N_BO
                 if measure not in overlap:
                     continue
                 for target in targets:
-                    stats_ = correlate(overlap[measure][sel], overlap[target][sel], overlap[CONTROL][sel], n_boot)
-                    rows.append(dict(subset=subset, layer=layer, measure=measure, target=target, **stats_))
+                    stats_ = correlate(overlap[measure][sel], _column(overlap, target, n)[sel],
+                                       _column(overlap, CONTROL, n)[sel], n_boot)
+                    skipped = None
+                    if np.isnan(stats_["pearson_r"]):
+                        skipped = skip_reason(overlap, sel, measure, target, stats_["n_models"])
+                    rows.append(dict(subset=subset, layer=layer, measure=measure, target=target, **stats_,
+                                     skipped=skipped))
     return rows
+
+
+GENERALIZATION_COLUMNS = ("subset", "layer", "measure", "target", "n_models", *EMPTY, "skipped")
 
 
 def write_generalization(overlap_csv, out_csv, early_csv=None):
@@ -120,7 +163,7 @@ def write_generalization(overlap_csv, out_csv, early_csv=None):
 
     overlap = read_table(overlap_csv)
     rows = generalization_rows(overlap)
-    write_table(out_csv, rows, ("subset", "layer", "measure", "target", "n_models", *EMPTY))
+    write_table(out_csv, rows, GENERALIZATION_COLUMNS)
     if early_csv is not None:
         write_table(early_csv, early_stopping_rows(overlap), EARLY_COLUMNS)
     return rows
@@ -146,8 +189,9 @@ def stop_epoch(epochs, values, patience=1):
 
 
 EARLY_COLUMNS = ("run", "n_epochs", "patience", "loo_epoch", "loo_test_acc", "val_epoch", "val_test_acc",
-                 "best_test_epoch", "best_test_acc", "final_epoch", "final_test_acc", "val_skipped")
+                 "best_test_epoch", "best_test_acc", "final_epoch", "final_test_acc", "val_skipped", "test_skipped")
 NO_VALIDATION = "no validation split (training.validation is 0): val_epoch and val_test_acc are empty"
+NO_TEST_ACCURACY = "no test accuracy in overlap.csv"
 
 
 def early_stopping_rows(overlap, patience=1):
@@ -156,13 +200,15 @@ def early_stopping_rows(overlap, patience=1):
     split picks (the same rule on the validation error 1 - val_acc, over the same epochs), the
     epoch with the best test accuracy among them, and the test accuracy at each, from the
     overlap table. A run without validation accuracy gets empty val_epoch and val_test_acc, and
-    val_skipped says why."""
+    val_skipped says why; a run without test accuracy (no test split) gets empty test columns
+    and best_test_epoch, and test_skipped says why (overlap.csv's accuracy_skipped)."""
     last = np.asarray(overlap.get("is_last", [])) == 1
     if not last.any() or "loo_error_layer" not in overlap:
         return []
+    n = len(last)
     run, epoch = np.asarray(overlap["run"]).astype(str)[last], np.asarray(overlap["epoch"], dtype=float)[last]
-    loo, test = np.asarray(overlap["loo_error_layer"])[last], np.asarray(overlap["test_acc"])[last]
-    val = np.asarray(overlap["val_acc"], dtype=float)[last] if "val_acc" in overlap else np.full(len(run), np.nan)
+    loo, test = np.asarray(overlap["loo_error_layer"])[last], _column(overlap, "test_acc", n)[last]
+    val = _column(overlap, "val_acc", n)[last]
     rows = []
     for name in dict.fromkeys(run.tolist()):
         m = run == name
@@ -171,11 +217,16 @@ def early_stopping_rows(overlap, patience=1):
         order = np.argsort(epoch[m], kind="stable")
         e, l, t, v = epoch[m][order], loo[m][order], test[m][order], val[m][order]
         pick = stop_epoch(e, l, patience)
-        at = dict(zip(e.tolist(), t.tolist()))
-        best = e[int(np.argmax(t))]
+        at = {epoch_: (acc if np.isfinite(acc) else None) for epoch_, acc in zip(e.tolist(), t.tolist())}
         row = dict(run=name, n_epochs=int(m.sum()), patience=patience, loo_epoch=pick,
-                   loo_test_acc=at.get(pick, np.nan), val_epoch=None, val_test_acc=None, best_test_epoch=best,
-                   best_test_acc=at[best], final_epoch=e[-1], final_test_acc=t[-1])
+                   loo_test_acc=at.get(pick), val_epoch=None, val_test_acc=None, best_test_epoch=None,
+                   best_test_acc=None, final_epoch=e[-1], final_test_acc=at[e[-1]])
+        if np.isfinite(t).any():
+            best = e[int(np.nanargmax(t))]
+            row.update(best_test_epoch=best, best_test_acc=at[best])
+        else:
+            where = np.flatnonzero(last)[np.flatnonzero(m)]
+            row["test_skipped"] = accuracy_reason(overlap, np.isin(np.arange(n), where)) or NO_TEST_ACCURACY
         if np.isfinite(v).any():
             row["val_epoch"] = stop_epoch(e, 1 - v, patience)
             row["val_test_acc"] = at[row["val_epoch"]]
