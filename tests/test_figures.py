@@ -56,7 +56,7 @@ def fake_tables(dropouts=(0.0, 0.3), seeds=(1, 2), layers=LAYERS, channels=6, k=
                 manifolds.append(dict(embedding=embedding, dim=dim, n=200, D=32, k=k, solver=solver,
                                       degree_mean=mean, degree_std=0.2 * mean, twonn_id=dim * 0.9))
     return dict(overlap=overlap, channels=chans, pairwise=pairwise, solvers=solvers, manifolds=manifolds,
-                generalization=[], early_stopping=[])  # not drawn: F3 reads overlap.csv
+                generalization=[], early_stopping=[], claims=[])  # not drawn: F3 reads overlap.csv
 
 
 def write_tables(tmp_path, **kwargs):
@@ -125,6 +125,53 @@ def test_f3_constant_prints_na(tables, tmp_path):
     _, result = figures.f3_generalization(flat, tmp_path / "F3")
     assert result[("rho_hat_mean", "test_acc")]["text"].count("n/a") == 2
     assert "n/a" not in result[("rho_hat_mean", "gap_acc")]["text"]
+
+
+def test_f3_colours_by_label_noise_and_marks_by_dropout(tmp_path, monkeypatch):
+    """Every drawn point of F3: one colour per label-noise level, one marker per dropout rate,
+    hollow exactly for the saved epochs. The expected grouping comes from the hand-built table."""
+    from matplotlib.colors import to_hex
+
+    # 6 models at their last layer: label noise 0 / 0.2 / 0.4 x dropout 0 / 0.5, the last one a
+    # saved epoch; test accuracy 0.50 ... 0.75 tells the points apart.
+    noise = [0.0, 0.2, 0.4, 0.0, 0.2, 0.4]
+    dropout = [0.0, 0.0, 0.0, 0.5, 0.5, 0.5]
+    kind = ["trained"] * 5 + ["snapshot"]
+    test_acc = [0.50, 0.55, 0.60, 0.65, 0.70, 0.75]
+    table = {"model": np.array([f"m{i}" for i in range(6)]), "kind": np.array(kind),
+             "label": np.array([f"d{d:g} wd0 none" + (f" ln{n:g}" if n else "") for n, d in zip(noise, dropout)]),
+             "is_last": np.ones(6), "label_noise": np.array(noise), "dropout": np.array(dropout),
+             "test_acc": np.array(test_acc), "gap_acc": np.array([0.3, 0.2, 0.25, 0.1, 0.05, 0.15]),
+             "rho_hat_mean": np.array([0.6, 0.5, 0.7, 0.4, 0.65, 0.55]),
+             "pairwise_overlap_mean": np.array([0.2, 0.3, 0.25, 0.1, 0.15, 0.35]),
+             "loo_error_layer": np.array([0.1, 0.3, 0.5, 0.12, 0.28, 0.45])}
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, prefix: drawn.append(fig) or [])
+    figures.f3_generalization(table, tmp_path / "F3")
+    (fig,) = drawn
+    axes = [ax for ax in fig.axes if ax.collections]
+    assert len(axes) == 6  # 3 measures x (test accuracy, gap)
+    for ax in axes[::2]:  # the test-accuracy column: x is 100 x test_acc
+        points = {}  # model index -> (colour, marker vertices, hollow)
+        for coll in ax.collections:
+            faces, edges = coll.get_facecolors(), coll.get_edgecolors()
+            marker = tuple(np.round(coll.get_paths()[0].vertices, 6).ravel())
+            for j, (x, _) in enumerate(coll.get_offsets()):
+                i = test_acc.index(round(float(x) / 100, 2))
+                face = faces[j % len(faces)] if len(faces) else None
+                hollow = face is None or face[3] == 0
+                colour = to_hex(edges[j % len(edges)] if hollow else face)
+                points[i] = (colour, marker, hollow)
+        assert sorted(points) == list(range(6))  # every model drawn once
+        for i in range(6):
+            for j in range(6):
+                assert (points[i][0] == points[j][0]) == (noise[i] == noise[j]), (i, j)
+                assert (points[i][1] == points[j][1]) == (dropout[i] == dropout[j]), (i, j)
+            assert points[i][2] == (kind[i] == "snapshot")
+    handles = fig.legends[0].legend_handles
+    labels = [h.get_label() for h in handles]
+    assert labels[:5] == ["label noise 0", "label noise 0.2", "label noise 0.4", "dropout 0", "dropout 0.5"]
+    assert "saved epoch" in labels
 
 
 def test_correlation_values():
