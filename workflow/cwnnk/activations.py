@@ -341,6 +341,12 @@ def open_activations(path, split="train"):
     """Open a complete activation store (its folder, or its zarr.json) for reading; refuse an
     incomplete or damaged one.
 
+    Returns an ActivationStore of one split ("train", or "test" where extract.test_split stored it):
+    `layers` (names, depth order), `shapes` {layer: (N, C, H, W)}, `labels` and `indices` ((N,) int64),
+    and lazy float32 readers: `samples(layer, positions=None, channels=None)` (N, C, H, W),
+    `channel(layer, c)` (N, H*W), `aggregate(layer)` (N, C*H*W, channel-major), `array(layer)` (the
+    zarr.Array, (N, C, H, W)). N is the number of stored samples (extract.n_samples).
+
     Raises StoreError naming the path and the problem: no store, no `complete` attribute
     (interrupted extraction), a missing array or chunk, or another format (a format 1 store,
     written before stores opened in xarray, is refused with a request to rerun extract).
