@@ -76,7 +76,12 @@ def train_model(spec, dataset, params, log=print, on_epoch=None):
         for i in range(0, len(order), params.batch_size):
             batch = order[i : i + params.batch_size]
             x = augment_batch(train.images[batch], params.augment, gen).to(device)
-            loss = F.cross_entropy(model(x), train.labels[batch].to(device))
+            logits = model(x)
+            if not isinstance(logits, torch.Tensor):  # e.g. a factory's (logits, aux logits) in training mode
+                raise TypeError(f"model {spec.get('name') or spec.get('factory') or spec['arch']} returns a "
+                                f"{type(logits).__name__} in training mode, not a (N, classes) tensor of logits: "
+                                "make its forward return the logits alone")
+            loss = F.cross_entropy(logits, train.labels[batch].to(device))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}: lower training.lr")
             opt.zero_grad(set_to_none=True)
