@@ -1,5 +1,9 @@
 # Stage 6 (cwnnk.tables): every model's layers and metrics joined into tidy tables.
 
+# For the captions (workflow/report/*.rst): whether the dataset has a test split (a folder needs
+# dataset.test_root); without one test accuracy, the gap and claim C4 are empty and say why.
+TEST_SPLIT = cwnnk.config.has_test_split(config["dataset"])
+
 
 rule tables:
     input:
@@ -12,6 +16,7 @@ rule tables:
     params:
         models=MODELS,
         layers=EXP.layers,
+        test_split=TEST_SPLIT,
     log:
         f"{R}/logs/tables.log",
     benchmark:
@@ -33,6 +38,8 @@ rule generalization:
                               category="Tables"),
         early_stopping=report(f"{R}/tables/early_stopping.csv", caption="../report/early_stopping.rst",
                               category="Tables"),
+    params:
+        test_split=TEST_SPLIT,
     log:
         f"{R}/logs/generalization.log",
     benchmark:
@@ -44,3 +51,28 @@ rule generalization:
         "../../envs/analysis.yaml"
     script:
         "../scripts/generalization.py"
+
+
+# The claims as this run finds them (cwnnk.claims): one row per claim, with its verdict.
+rule claims:
+    input:
+        overlap=f"{R}/tables/overlap.csv",
+        manifolds=f"{R}/tables/manifolds.csv",
+        generalization=f"{R}/tables/generalization.csv",
+        early_stopping=f"{R}/tables/early_stopping.csv",
+    output:
+        report(f"{R}/tables/claims.csv", caption="../report/claims.rst", category="Tables"),
+    params:
+        solver=config["graphs"]["solver"],
+        test_split=TEST_SPLIT,
+    log:
+        f"{R}/logs/claims.log",
+    benchmark:
+        f"{R}/benchmarks/claims.tsv"
+    threads: 1
+    resources:
+        **job_resources("tables"),
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/claims.py"

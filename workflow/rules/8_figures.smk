@@ -21,6 +21,8 @@ rule figures:
         # F7: the training runs with saved epochs, and their models (saved epochs and final ones)
         n_runs_epochs=len(RUNS_WITH_EPOCHS),
         n_epoch_models=sum(e["kind"] == "snapshot" or m in RUNS_WITH_EPOCHS for m, e in MODELS.items()),
+        # F3, F7: without a test split (a folder without dataset.test_root) there is no test accuracy
+        test_split=TEST_SPLIT,
     log:
         f"{R}/logs/figures.log",
     benchmark:

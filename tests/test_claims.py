@@ -1,0 +1,295 @@
+"""claims.csv (cwnnk.claims): each verdict rule on small hand-built tables, with p-values
+worked out by hand (exact permutation and binomial counts, a Kruskal-Wallis H by its formula)."""
+
+import re
+
+import numpy as np
+import pytest
+
+from cwnnk.claims import (COLUMNS, NOT_SUPPORTED, SUPPORTED, UNDEFINED, c1_degree_dimension, c2_above_chance,
+                          c3_depth, c3_regularization, c4_correlations, claims_rows, early_stopping_claim,
+                          write_claims)
+from conftest import REPO
+
+
+def manifolds(dims, degrees, solver="exact"):
+    n = len(dims)
+    other = "pynnk" if solver == "exact" else "exact"
+    return {"dim": np.array([*dims, *dims], dtype=float), "degree_mean": np.array([*degrees, *degrees[::-1]], float),
+            "solver": np.array([solver] * n + [other] * n), "k": np.full(2 * n, 10.0)}
+
+
+# ---------------------------------------------------------------------------- C1
+
+def test_c1_perfect_increase_over_four_dimensions_is_supported():
+    # 4 distinct dimensions, degrees in the same order: rho = 1, reached by 1 of the 4! = 24
+    # pairings, so the exact one-sided p is 1/24. The pynnk rows (reversed) are not read.
+    row = c1_degree_dimension(manifolds([1, 2, 4, 8], [2.0, 3.5, 6.0, 9.0]))
+    assert row["verdict"] == SUPPORTED and row["n"] == 4 and row["n_models"] == 0
+    assert row["value"] == pytest.approx(1.0) and row["p_value"] == pytest.approx(1 / 24)
+    assert "d = 1 to 9.0 at d = 8" in row["evidence"]
+
+
+def test_c1_one_swap_is_not_enough():
+    # degree ranks 1 3 2 4: sum d^2 = 2, rho = 1 - 6 * 2 / (4 * 15) = 0.8; as high or higher: the
+    # identity and the 3 adjacent swaps, 4 of 24 pairings, p = 1/6.
+    row = c1_degree_dimension(manifolds([1, 2, 3, 4], [2.0, 5.0, 3.0, 8.0]))
+    assert row["value"] == pytest.approx(0.8) and row["p_value"] == pytest.approx(1 / 6)
+    assert row["verdict"] == NOT_SUPPORTED
+
+
+def test_c1_decreasing_degree_is_not_supported():
+    row = c1_degree_dimension(manifolds([1, 2, 3, 4], [8.0, 5.0, 3.0, 2.0]))
+    assert row["value"] == pytest.approx(-1.0) and row["p_value"] == pytest.approx(1.0)
+    assert row["verdict"] == NOT_SUPPORTED
+
+
+@pytest.mark.parametrize("table, why", [
+    ({}, "manifolds.csv has no rows"),
+    (manifolds([1, 2, 3], [1.0, 2.0, 3.0]), "smallest p 0.17"),  # 1/3! = 1/6
+    (manifolds([1, 1, 2, 2], [1.0, 2.0, 3.0, 4.0]), "smallest p 0.17"),  # 2! 2! / 4! = 1/6
+    (manifolds([2, 2], [1.0, 2.0]), "fewer than 2 distinct dimensions"),
+])
+def test_c1_undefined_when_the_test_cannot_reach_significance(table, why):
+    row = c1_degree_dimension(table)
+    assert row["verdict"] == UNDEFINED and why in row["evidence"] and row["p_value"] is None
+
+
+def test_c1_a_degree_saturated_at_k_everywhere_does_not_increase():
+    row = c1_degree_dimension(manifolds([1, 2, 4, 8], [10.0] * 4))
+    assert row["verdict"] == NOT_SUPPORTED and "does not increase" in row["evidence"]
+
+
+def test_c1_reads_the_configured_solver():
+    row = c1_degree_dimension(manifolds([1, 2, 4, 8], [9.0, 6.0, 3.5, 2.0], solver="pynnk"), solver="exact")
+    assert row["verdict"] == SUPPORTED  # the exact rows are the reversed, increasing ones
+
+
+# ---------------------------------------------------------------------------- C2 and C3
+
+def overlap(values, chance=None, layers=("conv1", "conv2"), labels=None, kind=None):
+    """Rows model by model, layer by layer: values[m][l] is model m's rho_hat_mean at layer l."""
+    rows = {"model": [], "layer": [], "depth": [], "is_last": [], "label": [], "kind": [], "rho_hat_mean": [],
+            "rho_hat_chance_mean": []}
+    for m, per_layer in enumerate(values):
+        for depth, layer in enumerate(layers):
+            rows["model"].append(f"m{m}")
+            rows["layer"].append(layer)
+            rows["depth"].append(depth)
+            rows["is_last"].append(int(depth == len(layers) - 1))
+            rows["label"].append(labels[m] if labels else "d0 wd0 none")
+            rows["kind"].append(kind[m] if kind else "trained")
+            rows["rho_hat_mean"].append(per_layer[depth])
+            rows["rho_hat_chance_mean"].append(0.2 if chance is None else chance[m][depth])
+    return {key: np.array(v, dtype=float if key in ("depth", "is_last", "rho_hat_mean", "rho_hat_chance_mean")
+                          else str) for key, v in rows.items()}
+
+
+def test_c2_every_row_above_chance_is_supported():
+    # 3 models x 2 layers, all 6 rows above the chance 0.2: one-sided sign test p = 0.5^6 = 1/64.
+    row = c2_above_chance(overlap([[0.8, 0.6], [0.7, 0.5], [0.9, 0.4]]))
+    assert row["verdict"] == SUPPORTED and row["n"] == 6 and row["n_models"] == 3
+    assert row["value"] == 1.0 and row["p_value"] == pytest.approx(1 / 64)
+    assert "conv1 0.80 vs 0.20; conv2 0.50 vs 0.20" in row["evidence"]
+
+
+def test_c2_a_layer_whose_mean_is_below_chance_fails_the_rule():
+    # 4 models x 2 layers: 7 of 8 rows above chance (one-sided p = (1 + 8) / 256 = 0.035 < 0.05), but
+    # one conv2 row is far below its chance level.
+    chance = [[0.2, 0.2], [0.2, 0.2], [0.2, 0.2], [0.2, 0.95]]
+    row = c2_above_chance(overlap([[0.8, 0.25], [0.8, 0.25], [0.8, 0.25], [0.8, 0.1]], chance=chance))
+    # conv2: mean measured (0.25 * 3 + 0.1) / 4 = 0.2125, mean chance (0.2 * 3 + 0.95) / 4 = 0.3875
+    assert row["p_value"] == pytest.approx(9 / 256) and row["value"] == pytest.approx(7 / 8)
+    assert row["verdict"] == NOT_SUPPORTED
+
+
+def test_c2_leaves_saved_epochs_out_and_needs_five_rows():
+    # The snapshot's rows are below chance but are not counted; 2 final models x 2 layers = 4 rows,
+    # and a one-sided sign test on 4 rows cannot go below 0.5^4 = 0.0625.
+    row = c2_above_chance(overlap([[0.8, 0.6], [0.7, 0.5], [0.1, 0.1]], kind=["trained", "trained", "snapshot"]))
+    assert row["verdict"] == UNDEFINED and row["n"] == 4 and "needs 5 rows" in row["evidence"]
+    assert c2_above_chance({})["verdict"] == UNDEFINED
+    no_chance = {k: v for k, v in overlap([[0.8, 0.6]] * 6).items() if k != "rho_hat_chance_mean"}
+    assert c2_above_chance(no_chance)["verdict"] == UNDEFINED
+
+
+def test_c3_depth_sign_test():
+    # 6 models, rho_hat falls from conv1 to conv2 in each: two-sided p = 2 * 0.5^6 = 1/32.
+    falls = [[0.8, 0.6], [0.7, 0.6], [0.9, 0.4], [0.6, 0.5], [0.8, 0.7], [0.75, 0.7]]
+    row = c3_depth(overlap(falls))
+    assert row["verdict"] == SUPPORTED and row["n"] == 6 and row["p_value"] == pytest.approx(1 / 32)
+    assert row["value"] == pytest.approx(-0.1)  # changes -0.2 -0.1 -0.5 -0.1 -0.1 -0.05: median -0.1
+    assert "falls in 6 and rises in 0 of 6 models" in row["evidence"]
+    # 5 fall, 2 rise: p = 2 * (1 + 7 + 21) / 128.
+    row = c3_depth(overlap(falls[:5] + [[0.2, 0.5], [0.3, 0.4]]))
+    assert row["p_value"] == pytest.approx(58 / 128) and row["verdict"] == NOT_SUPPORTED
+    # A model whose last layer is undefined (dead) is dropped: 5 left, too few for p < 0.05.
+    row = c3_depth(overlap(falls[:5] + [[0.8, np.nan]]))
+    assert row["verdict"] == UNDEFINED and row["n_models"] == 5 and "needs 6 models" in row["evidence"]
+    assert c3_depth(overlap(falls, layers=("conv1",)))["verdict"] == UNDEFINED  # one layer: no change
+
+
+def test_c3_regularization_kruskal_wallis_with_bonferroni():
+    # One layer, levels A (0.1 0.2 0.3) and B (0.7 0.8 0.9): ranks 1-3 and 4-6, rank sums 6 and 15,
+    # H = 12 / (6 * 7) * (6^2 / 3 + 15^2 / 3) - 3 * 7 = 27 / 7 = 3.857, chi2(1) p = 0.04953.
+    labels = ["A", "A", "A", "B", "B", "B"]
+    values = [[0.1], [0.2], [0.3], [0.7], [0.8], [0.9]]
+    row = c3_regularization(overlap(values, chance=values, layers=("conv1",), labels=labels))
+    assert row["value"] == pytest.approx(27 / 7) and row["p_value"] == pytest.approx(0.049535, abs=1e-5)
+    assert row["verdict"] == SUPPORTED and row["n"] == 6
+    # The same on two layers: the smallest p times 2 layers is 0.099.
+    row = c3_regularization(overlap([v * 2 for v in values], chance=[v * 2 for v in values], labels=labels))
+    assert row["p_value"] == pytest.approx(2 * 0.049535, abs=1e-5) and row["verdict"] == NOT_SUPPORTED
+    # No level with two models (one seed each), or a single level: nothing to test.
+    row = c3_regularization(overlap([[0.1], [0.9]], chance=[[0.1], [0.9]], layers=("conv1",), labels=["A", "B"]))
+    assert row["verdict"] == UNDEFINED and "two models (seeds)" in row["evidence"]
+    row = c3_regularization(overlap(values, chance=values, layers=("conv1",), labels=["A"] * 6))
+    assert row["verdict"] == UNDEFINED
+
+
+# ---------------------------------------------------------------------------- C4
+
+def generalization(**by_measure_target):
+    """final / last rows of generalization.csv; each keyword measure__target gives its statistics."""
+    keys = ("n_models", "pearson_r", "pearson_p", "spearman_rho", "spearman_p", "boot_lo", "boot_hi", "partial_r",
+            "partial_p", "skipped")
+    rows = []
+    for name, values in by_measure_target.items():
+        measure, target = name.split("__")
+        rows.append(dict(subset="final", layer="last", measure=measure, target=target, **dict(zip(keys, values))))
+    rows.append(dict(subset="all", layer="last", measure="rho_hat_mean", target="test_acc",  # never read
+                     **dict(zip(keys, (30, 0.9, 1e-9, 0.9, 1e-9, 0.8, 0.95, 0.9, 1e-9, "")))))
+    return {key: np.array([r[key] for r in rows], dtype=str if key in ("subset", "layer", "measure", "target",
+                                                                        "skipped") else float)
+            for key in rows[0]}
+
+
+def test_c4_verdicts():
+    nan, why = np.nan, "no test split (dataset.test_root is null)"
+    table = generalization(
+        rho_hat_mean__test_acc=(10, 0.8, 0.005, 0.7, 0.02, 0.4, 0.95, 0.6, 0.04, ""),  # every condition met
+        rho_hat_mean__gap_acc=(10, -0.7, 0.02, -0.6, 0.06, -0.9, -0.2, 0.3, 0.04, ""),  # partial flips sign
+        pairwise_overlap_mean__test_acc=(10, 0.7, 0.02, 0.6, 0.06, -0.1, 0.9, 0.6, 0.03, ""),  # interval has 0
+        pairwise_overlap_mean__gap_acc=(10, 0.7, 0.02, 0.6, 0.06, 0.2, 0.9, 0.5, 0.08, ""),  # partial p 0.08
+        loo_error_layer__test_acc=(0, nan, nan, nan, nan, nan, nan, nan, nan, why),
+        loo_error_layer__gap_acc=(3, 0.99, 0.01, 1.0, 0.0, 0.9, 1.0, nan, nan, ""),  # partial needs 4 models
+    )
+    rows = {(r["test"].split("(")[1].split(")")[0], r["test"].split("(")[-1].rstrip(")")): r
+            for r in c4_correlations(table)}
+    assert len(rows) == 6 and all(r["claim"] == "C4" for r in rows.values())
+    good = rows["rho_hat_mean", "test_acc"]
+    assert good["verdict"] == SUPPORTED and good["n"] == good["n_models"] == 10
+    assert (good["value"], good["p_value"], good["ci_lo"], good["ci_hi"], good["partial_r"]) == (0.8, 0.005, 0.4,
+                                                                                                  0.95, 0.6)
+    assert rows["rho_hat_mean", "gap_acc"]["verdict"] == NOT_SUPPORTED
+    assert rows["pairwise_overlap_mean", "test_acc"]["verdict"] == NOT_SUPPORTED
+    assert rows["pairwise_overlap_mean", "gap_acc"]["verdict"] == NOT_SUPPORTED
+    skipped = rows["loo_error_layer", "test_acc"]
+    assert skipped["verdict"] == UNDEFINED and skipped["evidence"] == f"undefined: {why}"
+    assert rows["loo_error_layer", "gap_acc"]["verdict"] == UNDEFINED
+    assert all(r["verdict"] == UNDEFINED for r in c4_correlations({}))
+
+
+# ---------------------------------------------------------------------------- early stopping
+
+def early(loo, val, **extra):
+    n = len(loo)
+    table = {"run": np.array([f"r{i}" for i in range(n)]), "n_epochs": np.full(n, 3.0),
+             "loo_epoch": np.array([5.0, 10.0] * n)[:n], "val_epoch": np.full(n, 10.0),
+             "best_test_epoch": np.full(n, 10.0), "loo_test_acc": np.array(loo, float),
+             "val_test_acc": np.array(val, float)}
+    return dict(table, **extra)
+
+
+def test_early_stopping_claim():
+    row = early_stopping_claim(early([0.8, 0.9], [0.8, 0.85]))  # differences 0 and +0.05: mean +2.5 points
+    assert row["verdict"] == SUPPORTED and row["value"] == pytest.approx(2.5) and row["n"] == 2
+    assert row["n_models"] == 6 and "best-test epoch picked in 1 (LOO) and 2 (validation) of 2 runs" in row["evidence"]
+    row = early_stopping_claim(early([0.7, 0.9], [0.8, 0.9]))  # mean -5 points
+    assert row["verdict"] == NOT_SUPPORTED and row["value"] == pytest.approx(-5.0)
+    row = early_stopping_claim(early([0.8, 0.9], [0.8, 0.9]))  # same picks: no loss, p = 1
+    assert row["verdict"] == SUPPORTED and row["p_value"] == 1.0
+    # Wilcoxon, hand-worked: differences +1, +2, +3, +4, +5 points, all positive: exact two-sided
+    # p = 2 / 2^5 = 0.0625.
+    row = early_stopping_claim(early([0.81, 0.82, 0.83, 0.84, 0.85], [0.8] * 5))
+    assert row["p_value"] == pytest.approx(0.0625) and row["value"] == pytest.approx(3.0)
+
+
+def test_early_stopping_claim_undefined_with_the_reason():
+    assert "no training run with saved epochs" in early_stopping_claim({})["evidence"]
+    why = "no validation split (training.validation is 0): val_epoch and val_test_acc are empty"
+    row = early_stopping_claim(early([0.8, 0.9], [np.nan, np.nan], val_skipped=np.array([why, why])))
+    assert row["verdict"] == UNDEFINED and row["evidence"] == f"undefined: {why}"
+    row = early_stopping_claim(early([np.nan], [np.nan], test_skipped=np.array(["no test split"]),
+                                     val_skipped=np.array([why])))
+    assert row["verdict"] == UNDEFINED and "no test split" in row["evidence"] and why in row["evidence"]
+
+
+# ---------------------------------------------------------------------------- the table
+
+def test_claims_rows_order_and_write(tmp_path):
+    from cwnnk.tables import read_table, write_table
+
+    rows = claims_rows({}, {}, {}, {})
+    assert [r["claim"] for r in rows] == ["C1", "C2", "C2", "C3", "C3"] + ["C4"] * 6 + ["early stopping"]
+    assert all(r["verdict"] == UNDEFINED and r["evidence"].startswith("undefined: ") for r in rows)
+    for name in ("overlap", "manifolds", "generalization", "early"):
+        write_table(tmp_path / f"{name}.csv", [])
+    write_claims(*(tmp_path / f"{n}.csv" for n in ("overlap", "manifolds", "generalization", "early")),
+                 tmp_path / "claims.csv")
+    table = read_table(tmp_path / "claims.csv")
+    assert list(table) == list(COLUMNS) and len(table["claim"]) == 12
+
+
+def _documented(section):
+    """The columns docs/outputs.md lists under '## `tables/{section}`', first cell of each table row."""
+    docs = (REPO / "docs" / "outputs.md").read_text()
+    body = docs.split(f"## `tables/{section}`", 1)[1].split("\n## ", 1)[0]
+    return {name for cell in re.findall(r"^\| (`[^|]+)\|", body, re.M) for name in re.findall(r"`([a-z0-9_]+)`", cell)}
+
+
+def test_outputs_md_documents_every_column_of_the_claims_generalization_and_early_stopping_tables():
+    from cwnnk.generalization import EARLY_COLUMNS, GENERALIZATION_COLUMNS
+
+    assert _documented("claims.csv") == set(COLUMNS)
+    assert _documented("generalization.csv") == set(GENERALIZATION_COLUMNS)
+    assert _documented("early_stopping.csv") == set(EARLY_COLUMNS)
+
+
+def test_outputs_md_documents_the_model_columns_of_overlap_csv():
+    """The context columns cwnnk.tables puts on every overlap.csv row, accuracy_skipped (only
+    written for a run without a test split) included; the layer metrics are checked on the tiny run."""
+    from cwnnk.tables import METRIC_COLUMNS, MODEL_COLUMNS, VALIDATION_COLUMNS
+
+    context = {*MODEL_COLUMNS, *METRIC_COLUMNS, *VALIDATION_COLUMNS, "accuracy_skipped", "layer", "depth", "n_layers",
+               "is_last"}
+    assert context <= _documented("overlap.csv"), sorted(context - _documented("overlap.csv"))
+
+
+def test_claims_on_an_overlap_table_without_test_accuracy(tmp_path):
+    """Through the files: overlap.csv without test accuracy -> generalization.csv, early_stopping.csv
+    -> claims.csv, whose C4 and early-stopping rows are undefined with the no-test reason while
+    C2 and C3, which need no accuracy, are still judged."""
+    from cwnnk.generalization import write_generalization
+    from cwnnk.tables import read_table, write_table
+    from test_generalization import NO_TEST, _overlap_without_test_split
+
+    write_table(tmp_path / "overlap.csv", _overlap_without_test_split(n_models=6))
+    write_table(tmp_path / "manifolds.csv", [])
+    write_generalization(tmp_path / "overlap.csv", tmp_path / "g.csv", tmp_path / "early.csv")
+    write_claims(tmp_path / "overlap.csv", tmp_path / "manifolds.csv", tmp_path / "g.csv", tmp_path / "early.csv",
+                 tmp_path / "claims.csv")
+    claims = read_table(tmp_path / "claims.csv")
+    verdict = dict(zip(zip(claims["claim"], claims["test"]), claims["verdict"]))
+    evidence = dict(zip(claims["claim"], claims["evidence"]))  # the last row of each claim
+    c4 = claims["claim"] == "C4"
+    assert c4.sum() == 6 and (claims["verdict"][c4] == "undefined").all()
+    assert all(e == f"undefined: {NO_TEST}" for e in claims["evidence"][c4])
+    # no saved epochs here: early stopping is undefined for that reason first
+    assert "no training run with saved epochs" in evidence["early stopping"]
+    # C2: 12 rows, every one above chance (0.2 and 0.02): p = 0.5^12; C3 depth: rho_hat falls by
+    # 0.05 in each of the 6 models: p = 2 * 0.5^6 = 1/32.
+    assert verdict["C2", "rho_hat_mean above rho_hat_chance_mean"] == "supported"
+    assert verdict["C3", "rho_hat_mean changes with depth"] == "supported"
+    assert verdict["C1", "mean NNK degree increases with intrinsic dimension (synthetic manifolds, exact solver)"] \
+        == "undefined"
