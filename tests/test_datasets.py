@@ -128,14 +128,24 @@ def test_label_noise_is_reproducible_and_touches_training_labels_only():
     clean = load_dataset({"name": "digits"})
     noisy = load_dataset({"name": "digits", "label_noise": 0.2})
     again = load_dataset({"name": "digits", "label_noise": 0.2})
-    other = load_dataset({"name": "digits", "label_noise": 0.2, "seed": 1})
     assert torch.equal(noisy.train.labels, again.train.labels)
     assert torch.equal(noisy.test.labels, clean.test.labels) and torch.equal(noisy.test.images, clean.test.images)
     flipped = noisy.train.labels != clean.train.labels
     assert flipped.sum().item() == round(0.2 * len(clean.train))  # every chosen label changes class
     assert torch.equal(noisy.clean_train_labels, clean.train.labels)
-    assert not torch.equal(other.train.labels[flipped], noisy.train.labels[flipped])  # another seed, another draw
     assert noisy_labels([0, 1, 2], 0.0, 3, 0).tolist() == [0, 1, 2]
+
+
+def test_label_noise_of_another_seed_flips_other_images(mini_cifar):
+    # cifar10 without n_train keeps every training image whatever the seed (digits' split moves
+    # with dataset.seed), so the two draws are compared on the same images.
+    root, _ = mini_cifar
+    base = {"name": "cifar10", "root": str(root), "label_noise": 0.2}
+    a, b = load_dataset(dict(base, seed=0)), load_dataset(dict(base, seed=1))
+    assert np.array_equal(a.train.indices, b.train.indices) and torch.equal(a.clean_train_labels, b.clean_train_labels)
+    flipped_a, flipped_b = a.train.labels != a.clean_train_labels, b.train.labels != b.clean_train_labels
+    assert flipped_a.sum() == flipped_b.sum() == 40  # 0.2 of the 200 training images each
+    assert not torch.equal(flipped_a, flipped_b)
 
 
 def test_digits_training_set_size_is_a_stratified_subset():
@@ -144,7 +154,8 @@ def test_digits_training_set_size_is_a_stratified_subset():
     small = load_dataset({"name": "digits", "n_train": 200})
     assert len(small.train) == 200 and len(small.test) == 360
     assert np.bincount(small.train.labels.numpy()).min() >= 19
-    with pytest.raises(ValueError, match="n_train"):
+    with pytest.raises(ValueError, match=r"config key 'sweep.n_train' \(a level\) or 'dataset.n_train': 5000 exceeds "
+                                          r"the 1437 training images of dataset 'digits'"):
         load_dataset({"name": "digits", "n_train": 5000})
 
 
@@ -197,3 +208,139 @@ def test_validation_split_that_leaves_nothing_to_train_on_is_refused():
     assert validation_positions([0, 1, 0, 1], 0.01, 0).tolist() in ([0], [1], [2], [3])  # at least one image
     with pytest.raises(ValueError, match="config key 'training.validation': 0.95 .* 10 of the 10"):
         load_dataset({"name": "synthetic", "n_train": 10, "n_test": 5, "image_size": 8, "validation": 0.95})
+
+
+# --- torchvision classes: which split is the training split and which the test split ---------
+
+def _jpeg(path, colour, size=(12, 10)):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path, quality=95)
+
+
+def _colour_of(image):
+    """The mean (R, G, B) of a (3, H, W) image in [0, 1], as 0..255."""
+    return (image.mean(dim=(1, 2)) * 255).tolist()
+
+
+def _close(image, colour, tolerance=6):  # JPEG shifts a flat colour by a few levels
+    return all(abs(a - b) <= tolerance for a, b in zip(_colour_of(image), colour))
+
+
+# A flat colour per (split, class): a loaded image tells which file it came from.
+FOOD = {"train": {"waffles": (200, 40, 40), "apple_pie": (40, 200, 40), "sushi": (40, 40, 200)},
+        "test": {"waffles": (120, 20, 20), "apple_pie": (20, 120, 20), "sushi": (20, 20, 120)}}
+
+
+def _write_food101(root, per_class):
+    """A miniature Food-101 in its own layout: food-101/meta/{train,test}.json map each class to
+    'class/id' names, the images are food-101/images/<class>/<id>.jpg. Returns, per split, the
+    (class, colour) of each sample in torchvision's order (the json's class order)."""
+    import json
+
+    base, samples = root / "food-101", {}
+    for split, n in per_class.items():
+        meta, samples[split] = {}, []
+        for cls, colour in FOOD[split].items():
+            meta[cls] = [f"{cls}/{split}{i}" for i in range(n)]
+            for name in meta[cls]:
+                _jpeg(base / "images" / f"{name}.jpg", colour)
+                samples[split].append((cls, colour))
+        (base / "meta").mkdir(parents=True, exist_ok=True)
+        (base / "meta" / f"{split}.json").write_text(json.dumps(meta))
+    return samples
+
+
+def test_food101_reads_its_train_and_test_splits_through_load_dataset(tmp_path):
+    samples = _write_food101(tmp_path, {"train": 4, "test": 2})
+    ds = load_dataset({"name": "Food101", "root": str(tmp_path), "image_size": 8})
+    classes = ("apple_pie", "sushi", "waffles")  # torchvision sorts Food-101's class names
+    assert ds.classes == classes and ds.input_shape == (3, 8, 8)
+    assert len(ds.train) == 12 and len(ds.test) == 6
+    for split in ("train", "test"):
+        part = ds.split(split)
+        for n, i in enumerate(part.indices):
+            cls, colour = samples[split][i]
+            assert part.labels[n] == classes.index(cls)
+            assert _close(part.images[n], colour), (split, cls, _colour_of(part.images[n]))
+    # n_train / n_test draw stratified subsets of those splits.
+    small = load_dataset({"name": "Food101", "root": str(tmp_path), "image_size": 8, "n_train": 6, "n_test": 3})
+    assert np.bincount(small.train.labels.numpy()).tolist() == [2, 2, 2]
+    assert np.bincount(small.test.labels.numpy()).tolist() == [1, 1, 1]
+
+
+def test_imagenet_uses_its_val_split_as_the_test_split(tmp_path):
+    """ImageNet has train and val only (its test labels were never published): val is the test
+    split. Its own layout: meta.bin (wnid -> class names, the val images' wnids) and one folder
+    per wnid under train/ and val/ (what torchvision leaves after parsing the archives)."""
+    colours = {("train", "n01440764"): (200, 40, 40), ("train", "n01443537"): (40, 200, 40),
+               ("val", "n01440764"): (120, 20, 20), ("val", "n01443537"): (20, 120, 20)}
+    for (split, wnid), colour in colours.items():
+        for i in range(3 if split == "train" else 2):
+            _jpeg(tmp_path / split / wnid / f"{split}_{i}.JPEG", colour)
+    torch.save(({"n01440764": ("tench", "Tinca tinca"), "n01443537": ("goldfish", "Carassius auratus")},
+                ["n01440764"] * 2 + ["n01443537"] * 2), tmp_path / "meta.bin")
+    ds = load_dataset({"name": "ImageNet", "root": str(tmp_path), "image_size": 8})
+    assert ds.classes == ("tench, Tinca tinca", "goldfish, Carassius auratus")
+    assert len(ds.train) == 6 and len(ds.test) == 4
+    wnids = ("n01440764", "n01443537")
+    for split, part in (("train", ds.train), ("val", ds.test)):
+        for image, label in zip(part.images[:], part.labels):
+            assert _close(image, colours[(split, wnids[label])])
+
+
+def test_a_class_with_one_split_has_no_test_split(tmp_path):
+    """EuroSAT has no split argument: one ImageFolder tree at eurosat/2750, no test split."""
+    for cls, colour in (("Forest", (40, 160, 40)), ("River", (40, 40, 160))):
+        for i in range(3):
+            _jpeg(tmp_path / "eurosat" / "2750" / cls / f"{cls}_{i}.jpg", colour)
+    ds = load_dataset({"name": "EuroSAT", "root": str(tmp_path), "image_size": 8})
+    assert ds.test is None and len(ds.train) == 6 and ds.classes == ("Forest", "River")
+    with pytest.raises(ValueError, match="has no test split"):
+        ds.split("test")
+
+
+def test_split_arguments_follow_each_class_signature(tmp_path):
+    """Every supported class gets a `train` bool when it has one, else split names its own
+    argument check accepts (an empty root then fails as 'not found', never as a bad split)."""
+    import inspect
+
+    import torchvision.datasets as tvd
+
+    from cwnnk.datasets import TORCHVISION_SPLITS, split_arguments
+
+    for name in TORCHVISION_SPLITS:
+        cls = getattr(tvd, name)
+        accepted = inspect.signature(cls).parameters
+        train, test = split_arguments(name)
+        if "train" in accepted:
+            assert (train, test) == ({"train": True}, {"train": False}), name
+        elif "split" in accepted:
+            assert set(train) == {"split"} and set(test or {}) <= {"split"} and train != test, name
+        else:
+            assert (train, test) == ({}, None), name
+        for kwargs in filter(None, (train, test)):
+            extra = {"download": False} if "download" in accepted else {}
+            with pytest.raises((RuntimeError, OSError)):  # a split name it rejects: ValueError
+                cls(root=str(tmp_path / "empty"), **kwargs, **extra)
+    # The cases the audit found, against torchvision's documented split names.
+    assert split_arguments("ImageNet") == ({"split": "train"}, {"split": "val"})
+    assert split_arguments("SVHN") == ({"split": "train"}, {"split": "test"})  # not 'extra'
+    assert split_arguments("STL10") == ({"split": "train"}, {"split": "test"})  # not 'unlabeled'
+    assert split_arguments("OxfordIIITPet") == ({"split": "trainval"}, {"split": "test"})
+    assert split_arguments("Flowers102")[1] == {"split": "test"}
+
+
+def test_unsupported_torchvision_classes_are_refused_naming_the_key():
+    from cwnnk.config import ConfigError
+    from cwnnk.datasets import split_arguments
+
+    # EMNIST's required `split` is its label set (byclass, digits, ...), which no key sets.
+    with pytest.raises(ValueError, match=r"'dataset.name': 'EMNIST' .*needs the argument\(s\) \['split'\].*folder"):
+        split_arguments("EMNIST")
+    with pytest.raises(ValueError, match=r"'dataset.name': 'VOCDetection' .*not a dataset cwnnk can read.*Food101"):
+        split_arguments("VOCDetection")
+    # Refused when the config is read (a ConfigError), before any job.
+    with pytest.raises(ConfigError, match="'EMNIST'"):
+        dataset_signature({"name": "EMNIST", "image_size": 28})

@@ -5,10 +5,11 @@ Every loader returns a `Dataset` with train and test splits of float32 images in
 normalisation is part of the model (see models.py), so the same tensors feed
 training and extraction.
 
-Besides the built-in digits, cifar10 and synthetic, `dataset.name` may be any torchvision
-image-classification dataset class with a local root (CIFAR100, MNIST, FashionMNIST, SVHN,
-STL10, ...) or `folder` (a torchvision ImageFolder tree). Their images are decoded on demand
-(`LazyImages`), batch by batch, so a large folder is never held in memory whole.
+Besides the built-in digits, cifar10 and synthetic, `dataset.name` may be a torchvision
+image-classification dataset class with a local root (those of `TORCHVISION_SPLITS`: CIFAR100,
+MNIST, SVHN, STL10, Food101, ImageNet, ...) or `folder` (a torchvision ImageFolder tree). Their
+images are decoded on demand (`LazyImages`), batch by batch, so a large folder is never held in
+memory whole.
 """
 
 from dataclasses import dataclass
@@ -63,7 +64,8 @@ class Dataset:
         if name not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {name!r}")
         if getattr(self, name) is None:
-            raise ValueError(f"dataset {self.name!r} has no {name} split (dataset.test_root is null)")
+            raise ValueError(f"dataset {self.name!r} has no {name} split (a folder without dataset.test_root, or a "
+                             "torchvision class with one split only)")
         return getattr(self, name)
 
     def channel_stats(self):
@@ -246,6 +248,11 @@ def load_synthetic(n_train=512, n_test=256, num_classes=4, image_size=12, channe
     return Dataset("synthetic", train, test, tuple(f"class{c}" for c in range(num_classes)))
 
 
+def validation_size(n, fraction):
+    """How many of n training images training.validation = fraction holds out (preflight counts with it)."""
+    return max(1, int(round(fraction * n))) if fraction else 0
+
+
 def validation_positions(labels, fraction, seed):
     """Sorted positions of the validation split of training labels `labels`: a stratified
     (class-balanced) draw of round(fraction * N) of them, at least 1 when fraction > 0, seeded
@@ -256,7 +263,7 @@ def validation_positions(labels, fraction, seed):
     labels = np.asarray(labels)
     if fraction == 0:
         return np.arange(0)
-    n = max(1, int(round(fraction * len(labels))))
+    n = validation_size(len(labels), fraction)
     if n >= len(labels):
         raise ValueError(f"config key 'training.validation': {fraction!r} holds out {n} of the {len(labels)} "
                          "training images and leaves none to train on; expected a smaller fraction")
@@ -299,16 +306,78 @@ def dataset_classes():
     return sorted(n for n in torchvision.datasets.__all__ if n[0].isupper())
 
 
+# The torchvision classes dataset.name may name: the keyword argument that picks a split, and
+# its values for the training split and for the labelled held-out split used as the test split
+# (None: the class has one split only, so there is no test split and accuracy is skipped).
+# A `train` bool where the class has one; else the class's own `split` names (never 'test'
+# blindly: ImageNet has train/val, SVHN's 'extra' and STL10's 'unlabeled' are no test sets).
+TORCHVISION_SPLITS = {
+    **{name: ("train", True, False) for name in ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "KMNIST", "QMNIST",
+                                                 "USPS")},
+    **{name: ("split", "train", "test") for name in ("SVHN", "STL10", "Food101", "Flowers102", "DTD", "GTSRB",
+                                                     "FER2013", "StanfordCars", "Country211", "RenderedSST2", "PCAM")},
+    "OxfordIIITPet": ("split", "trainval", "test"),
+    "FGVCAircraft": ("split", "trainval", "test"),
+    "ImageNet": ("split", "train", "val"),  # test labels never published: val is the held-out set
+    "Imagenette": ("split", "train", "val"),
+    "Places365": ("split", "train-standard", "val"),  # its test split has no labels
+    **{name: (None, None, None) for name in ("Caltech101", "Caltech256", "EuroSAT", "SUN397", "SEMEION", "Omniglot")},
+}
+
+
+def split_arguments(name):
+    """(training split kwargs, test split kwargs or None) of torchvision dataset class `name`.
+
+    Raises ValueError naming dataset.name for a class that is not a torchvision dataset class,
+    that needs a required argument no config key sets (e.g. EMNIST's split), or whose splits
+    cwnnk does not know (detection, segmentation, video, ...).
+    """
+    import inspect
+
+    import torchvision.datasets as tvd
+
+    if name not in dataset_classes():
+        raise ValueError(f"config key 'dataset.name': {name!r} is not a torchvision dataset class; expected digits, "
+                         "cifar10, synthetic, folder or one of " + ", ".join(sorted(TORCHVISION_SPLITS)))
+    instead = ("or convert the images to an ImageFolder tree (one sub-folder per class) and set dataset.name: folder "
+               "with dataset.root (and dataset.test_root)")
+    params = inspect.signature(getattr(tvd, name)).parameters.values()
+    required = [p.name for p in params if p.name != "root" and p.default is inspect.Parameter.empty
+                and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    if required:
+        raise ValueError(f"config key 'dataset.name': {name!r} (a torchvision class) needs the argument(s) "
+                         f"{required}, which no config key sets; use another class "
+                         f"({', '.join(sorted(TORCHVISION_SPLITS))}) {instead}")
+    if name not in TORCHVISION_SPLITS:
+        raise ValueError(f"config key 'dataset.name': {name!r} (a torchvision class) is not a dataset cwnnk can "
+                         f"read as image classification with known training and test splits; expected one of "
+                         f"{', '.join(sorted(TORCHVISION_SPLITS))}, {instead}")
+    key, train, test = TORCHVISION_SPLITS[name]
+    if key is None:
+        return {}, None
+    return {key: train}, ({key: test} if test is not None else None)
+
+
 def _labels_of(ds):
     for attr in ("targets", "labels", "_labels", "y"):
         values = getattr(ds, attr, None)
         if values is not None and len(values) == len(ds):
-            return np.asarray(values, dtype=np.int64)
-    return np.asarray([int(ds[i][1]) for i in range(len(ds))], dtype=np.int64)
+            break
+    else:
+        values = [ds[i][1] for i in range(len(ds))]
+    if any(v is None for v in values):
+        return None
+    return np.asarray(values, dtype=np.int64)
+
+
+def _class_name(c):
+    # ImageNet names a class by a tuple of synonyms.
+    return ", ".join(map(str, c)) if isinstance(c, (tuple, list)) else str(c)
 
 
 def _open(params, train):
-    """The torchvision dataset of one split, or None (a folder without test_root)."""
+    """The torchvision dataset of one split, or None (a folder without test_root, a class without
+    a test split)."""
     import inspect
 
     import torchvision.datasets as tvd
@@ -327,23 +396,20 @@ def _open(params, train):
             raise ValueError(f"image folder {Path(root).resolve()} has {len(ds.classes)} class folder(s) "
                              f"({ds.classes}); cwnnk needs at least 2 classes (one sub-folder each)")
         return ds
-    if params.name not in dataset_classes():
-        raise ValueError(f"dataset.name {params.name!r} is not a torchvision dataset class")
-    cls = getattr(tvd, params.name)
-    accepted = inspect.signature(cls).parameters
-    kwargs = {"download": params.download} if "download" in accepted else {}
-    if "train" in accepted:
-        kwargs["train"] = train
-    elif "split" in accepted:
-        kwargs["split"] = "train" if train else "test"
-    elif not train:
+    train_kwargs, test_kwargs = split_arguments(params.name)
+    kwargs = train_kwargs if train else test_kwargs
+    if kwargs is None:
         return None
+    cls = getattr(tvd, params.name)
+    if "download" in inspect.signature(cls).parameters:
+        kwargs = dict(kwargs, download=params.download)
     try:
         return cls(root=params.root, **kwargs)
-    except RuntimeError as err:
-        raise FileNotFoundError(f"torchvision {params.name} not found under {Path(params.root).resolve()} "
-                                f"(dataset.root): {err} Set dataset.download: true to fetch it (online), or put "
-                                "its files there in torchvision's layout.") from None
+    except (RuntimeError, OSError) as err:  # missing files (USPS: a FileNotFoundError)
+        which = "".join(f" ({k}={v!r})" for k, v in kwargs.items() if k != "download")
+        raise FileNotFoundError(f"torchvision {params.name}{which} not found under {Path(params.root).resolve()} "
+                                f"(config key 'dataset.root'): {str(err).rstrip('.')}. Set dataset.download: true "
+                                "to fetch it (online), or put its files there in torchvision's layout.") from None
 
 
 def load_torchvision(params, channels=3):
@@ -360,14 +426,23 @@ def load_torchvision(params, channels=3):
             splits[train] = None
             continue
         labels = _labels_of(ds)
+        if labels is None:
+            raise ValueError(f"config key 'dataset.name': the {'training' if train else 'test'} split of torchvision's "
+                             f"{params.name} under {Path(params.root).resolve()} has samples without labels; cwnnk "
+                             "needs a label for every image")
         if len(labels) == 0:
             raise ValueError(f"dataset {params.name} under {params.root}: no images")
+        names = tuple(_class_name(c) for c in getattr(ds, "classes", None) or sorted(set(labels.tolist())))
+        if labels.min() < 0 or labels.max() >= len(names):
+            raise ValueError(f"config key 'dataset.name': torchvision's {params.name} under "
+                             f"{Path(params.root).resolve()} labels its {'training' if train else 'test'} images "
+                             f"{labels.min()} .. {labels.max()}, not 0 .. {len(names) - 1} for its {len(names)} "
+                             "classes; cwnnk needs labels that index the classes")
         keep = stratified_subset(labels, params.n_train if train else params.n_test, params.seed + (0 if train else 1))
         paths = [p for p, _ in ds.samples] if hasattr(ds, "samples") else None
         probe = LazyImages(ds, keep[:1], transform, ())._one(keep[0])
         images = LazyImages(ds, keep, transform, tuple(probe.shape), paths)
         splits[train] = Split(images, torch.as_tensor(labels[keep]), keep)
-        names = tuple(str(c) for c in getattr(ds, "classes", None) or sorted(set(labels.tolist())))
         if classes is None:
             classes = names
         elif names != classes:
@@ -420,7 +495,10 @@ def load_dataset(params):
             dataset = convert_channels(dataset, params.channels)
         if params.n_train is not None and params.name == "digits":
             if params.n_train > len(dataset.train):
-                raise ValueError(f"n_train = {params.n_train} exceeds the {len(dataset.train)} training images of digits")
+                # The job sees the merged value: either key may have set it.
+                raise ValueError(f"config key 'sweep.n_train' (a level) or 'dataset.n_train': {params.n_train} exceeds "
+                                 f"the {len(dataset.train)} training images of dataset 'digits'; expected at most "
+                                 f"{len(dataset.train)}")
             dataset.train = dataset.train.subset(stratified_subset(dataset.train.labels.numpy(), params.n_train,
                                                                    params.seed))
     dataset.clean_train_labels = dataset.train.labels
@@ -448,10 +526,17 @@ _PARAMS = {
 
 
 NATIVE_SIZE = {"digits": 8, "cifar10": 32, "synthetic": 12, "CIFAR10": 32, "CIFAR100": 32, "SVHN": 32, "MNIST": 28,
-               "FashionMNIST": 28, "KMNIST": 28, "QMNIST": 28, "EMNIST": 28, "STL10": 96}
-NATIVE_CHANNELS = {"digits": 1, "MNIST": 1, "FashionMNIST": 1, "KMNIST": 1, "QMNIST": 1, "EMNIST": 1}
+               "FashionMNIST": 28, "KMNIST": 28, "QMNIST": 28, "STL10": 96, "USPS": 16, "SEMEION": 16, "FER2013": 48,
+               "PCAM": 96, "Omniglot": 105}
+NATIVE_CHANNELS = {"digits": 1, "MNIST": 1, "FashionMNIST": 1, "KMNIST": 1, "QMNIST": 1, "USPS": 1, "SEMEION": 1,
+                   "FER2013": 1, "Omniglot": 1}
+# Classes of each supported torchvision class as torchvision labels them (FGVCAircraft: its
+# default annotation_level 'variant'; Omniglot: the background set's characters).
 NATIVE_CLASSES = {"digits": 10, "CIFAR10": 10, "CIFAR100": 100, "SVHN": 10, "MNIST": 10, "FashionMNIST": 10,
-                  "KMNIST": 10, "QMNIST": 10, "STL10": 10}
+                  "KMNIST": 10, "QMNIST": 10, "STL10": 10, "USPS": 10, "Food101": 101, "Flowers102": 102, "DTD": 47,
+                  "GTSRB": 43, "FER2013": 7, "StanfordCars": 196, "Country211": 211, "RenderedSST2": 2, "PCAM": 2,
+                  "OxfordIIITPet": 37, "FGVCAircraft": 100, "ImageNet": 1000, "Imagenette": 10, "Places365": 365,
+                  "Caltech101": 101, "Caltech256": 257, "EuroSAT": 10, "SUN397": 397, "SEMEION": 10, "Omniglot": 964}
 
 
 def dataset_num_classes(cfg):
@@ -465,6 +550,13 @@ def dataset_num_classes(cfg):
         root = Path(cfg.get("root", ""))
         classes = [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else None
         return len(classes) if classes else None
+    if name != "digits":
+        from cwnnk.config import ConfigError  # here: config imports this module
+
+        try:  # a class cwnnk cannot open: say why when the config is read, not in a job
+            split_arguments(name)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     return NATIVE_CLASSES.get(name)
 
 
