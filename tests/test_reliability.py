@@ -37,6 +37,45 @@ def test_k_against_n_names_the_keys():
     assert "N = " not in str(err.value)  # the 400 stored samples are enough
 
 
+def _sweep(**overrides):
+    return dict(TINY_CONFIG["sweep"], **overrides)
+
+
+def test_training_set_sizes_above_the_dataset_name_the_key_and_limit():
+    # digits: sklearn's 1,797 images less the 360 of the stratified 20 % test split.
+    with pytest.raises(ConfigError, match=r"'sweep.n_train': level 2000 exceeds the 1437 training images of "
+                                          r"dataset 'digits'; expected levels of at most 1437") as err:
+        check(_experiment(dataset={"name": "digits"}, sweep=_sweep(n_train=[None, 400, 2000])))
+    assert "level 400" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"'dataset.n_train': 3000 exceeds the 1437 training images"):
+        check(_experiment(dataset={"name": "digits", "n_train": 3000}))
+    check(_experiment(dataset={"name": "digits"}, sweep=_sweep(n_train=[None, 1437])))
+    # cifar10 would silently train a level above its 5,000 images per chosen class on all of them.
+    cifar = {"name": "cifar10", "classes": [0, 8], "download": True}
+    with pytest.raises(ConfigError, match=r"'sweep.n_train': level 10001 exceeds the 10000 training images"):
+        check(_experiment(dataset=cifar, sweep=_sweep(n_train=[10000, 10001])))
+
+
+def test_sweep_levels_are_checked_against_k_after_the_validation_split():
+    training = dict(TINY_CONFIG["training"], validation=0.2)
+    # Level 40 keeps 40 - 8 = 32 after the validation split; 50 keeps 40, 51 keeps 51 - 10 = 41.
+    with pytest.raises(ConfigError, match=r"'sweep.n_train': level 40 leaves graphs of N = 32 .*training.validation "
+                                          r"= 0.2 holds out 8.*not more than graphs.k = 40; use levels of at least 51"):
+        check(_experiment(graphs={"k": 40}, training=training, sweep=_sweep(n_train=[None, 40])))
+    with pytest.raises(ConfigError, match="level 50 leaves graphs of N = 40"):
+        check(_experiment(graphs={"k": 40}, training=training, sweep=_sweep(n_train=[50])))
+    check(_experiment(graphs={"k": 40}, training=training, sweep=_sweep(n_train=[51])))
+    check(_experiment(graphs={"k": 39}, sweep=_sweep(n_train=[40])))  # no validation split: N = 40
+    # The dataset's own size counts the validation split too (96 - 19 = 77, then extract.n_samples).
+    with pytest.raises(ConfigError, match=r"'graphs.k': 80 .*N = 77 .*training.validation = 0.2 holds out 19"):
+        check(_experiment(graphs={"k": 80}, training=training, extract={"n_samples": None},
+                          figures={"manifold_n": 200}))
+    # A split that leaves nothing to train on is named by its own key.
+    with pytest.raises(ConfigError, match=r"'training.validation': 0.95 holds out 10 of the 10 training images "
+                                          r"\(sweep.n_train level 10\)"):
+        check(_experiment(training=dict(TINY_CONFIG["training"], validation=0.95), sweep=_sweep(n_train=[10])))
+
+
 def test_missing_external_checkpoint_and_dataset_folder(tmp_path):
     ext = {"name": "ext", "path": str(tmp_path / "gone.pt"), "model": TINY_CONFIG["model"]}
     with pytest.raises(ConfigError, match=r"'external.0.path': '.*gone.pt' \(model 'ext'\) does not exist"):

@@ -16,42 +16,114 @@ DIGITS_TRAIN = 1797 - math.ceil(0.2 * 1797)
 CIFAR10_TRAIN_PER_CLASS = 5000
 
 
-def train_size(dataset):
-    """Training images of a `dataset` config section, known without loading it (None: unknown)."""
+def available(dataset):
+    """Images of the training split that n_train draws from, known without loading the dataset
+    (None: unknown, or unbounded as for synthetic, which generates n_train images)."""
     name = dataset.get("name")
     if name == "digits":
         return DIGITS_TRAIN
     if name == "cifar10":
-        full = CIFAR10_TRAIN_PER_CLASS * len(dataset.get("classes") or range(10))
-        return min(full, dataset["n_train"]) if dataset.get("n_train") else full
-    if name == "synthetic":
-        return dataset.get("n_train") or 512
+        return CIFAR10_TRAIN_PER_CLASS * len(dataset.get("classes") or range(10))
     return None
 
 
-def graph_samples(config):
-    """N of every graphs job: stored samples (extract.n_samples capped by the training split),
-    then graphs.n_samples. None when the dataset's size is not known from the config."""
-    n = train_size(config["dataset"])
+def train_size(dataset):
+    """Training images of a `dataset` config section (or DatasetParams dict) after its n_train and
+    before any validation split, known without loading it (None: unknown)."""
+    if dataset.get("name") == "synthetic":
+        return dataset.get("n_train") or 512
+    full = available(dataset)
+    if full is None:
+        return None
+    return min(full, dataset["n_train"]) if dataset.get("n_train") else full
+
+
+def graph_samples(config, dataset=None):
+    """N of a graphs job: the training images of `dataset` (a model's DatasetParams dict; default
+    the config's `dataset` section) less its validation split, then extract.n_samples and
+    graphs.n_samples. None when the dataset's size is not known from the config."""
+    from cwnnk.datasets import validation_size
+
+    dataset = config["dataset"] if dataset is None else dataset
+    n = train_size(dataset)
     if n is None:
         return None
+    n -= validation_size(n, dataset.get("validation") or 0)
     for cap in (config["extract"].get("n_samples"), config["graphs"].get("n_samples")):
         if cap is not None:
             n = min(n, cap)
     return n
 
 
+def _smallest_level(k, fraction):
+    """The smallest training-set size that keeps more than k images after a validation split of
+    `fraction` (N(L) = L - validation_size(L) never decreases with L)."""
+    from cwnnk.datasets import validation_size
+
+    # N(L) <= L (1 - fraction) + 1/2, so no level below (k - 1/2) / (1 - fraction) keeps more than k.
+    level = max(k + 1, int((k - 0.5) / (1 - fraction)))
+    while level - validation_size(level, fraction) <= k:
+        level += 1
+    return level
+
+
+def _size_problems(exp, k):
+    """Problems of the training-set sizes the models see: a dataset.n_train or sweep.n_train level
+    above the dataset's training images, a validation split that leaves none, and graphs of
+    N <= graphs.k. One check per distinct (key, size, validation) of the models."""
+    from cwnnk.datasets import validation_size
+
+    config, found, seen = exp.config, [], set()
+    caps = [config["extract"].get("n_samples"), config["graphs"].get("n_samples")]
+    cap = min((c for c in caps if c is not None), default=None)
+    for model, entry in exp.models.items():
+        dataset = exp.dataset_of(model).to_dict()
+        level, fraction = dataset.get("n_train"), dataset.get("validation") or 0
+        swept = entry["kind"] != "external" and entry["n_train"] is not None
+        key = "sweep.n_train" if swept else "dataset.n_train" if level is not None else None
+        if (key, level, fraction) in seen:
+            continue
+        seen.add((key, level, fraction))
+        name, full = dataset["name"], available(dataset)
+        what = f"level {level}" if swept else f"{level}"
+        if key and full is not None and level > full:
+            per_class = (f" ({CIFAR10_TRAIN_PER_CLASS} per class of dataset.classes = {dataset.get('classes')})"
+                         if name == "cifar10" else "")
+            found.append(("config", f"config key '{key}': {what} exceeds the {full} training images of dataset "
+                          f"'{name}'{per_class}; expected {'levels' if swept else 'a value'} of at most {full}"))
+            continue
+        size = train_size(dataset)
+        if size is None:
+            continue
+        held = validation_size(size, fraction)
+        if held >= size:
+            found.append(("config", f"config key 'training.validation': {fraction!r} holds out {held} of the {size} "
+                          f"training images{f' ({key} {what})' if key else ''} and leaves none to train on; "
+                          "expected a smaller fraction"))
+            continue
+        n = graph_samples(config, dataset)
+        if k < n:
+            continue
+        detail = (f"dataset '{name}' training split{f', {key} = {level}' if key else ''}"
+                  f"{f', training.validation = {fraction!r} holds out {held}' if held else ''}, "
+                  f"extract.n_samples = {caps[0]}, graphs.n_samples = {caps[1]}")
+        smallest = _smallest_level(k, fraction) if swept and (cap is None or cap > k) else None
+        if smallest is not None and (full is None or smallest <= full):
+            found.append(("config", f"config key 'sweep.n_train': level {level} leaves graphs of N = {n} samples "
+                          f"({detail}), not more than graphs.k = {k}; use levels of at least {smallest} or lower "
+                          f"graphs.k below {n}"))
+        else:
+            found.append(("config", f"config key 'graphs.k': {k} needs more than k samples per graph, but the graphs "
+                          f"have N = {n} ({detail}); lower graphs.k below {n} or store more samples"))
+    return found
+
+
 def problems(exp):
     """Every problem of a validated Experiment that would make a job fail, as (kind, message):
     kind 'config' (the settings alone decide it) or 'file' (a path the config names); [] if none."""
-    config, found = exp.config, []
+    config = exp.config
     k = config["graphs"]["k"]
-    n = graph_samples(config)
-    if n is not None and k >= n:
-        found.append(("config", f"config key 'graphs.k': {k} needs more than k samples per graph, but the graphs "
-                      f"have N = {n} (dataset '{config['dataset']['name']}' training split, extract.n_samples = "
-                      f"{config['extract'].get('n_samples')}, graphs.n_samples = {config['graphs'].get('n_samples')}); "
-                      f"lower graphs.k below {n} or store more samples"))
+    found = _size_problems(exp, k)
     manifold_n = config["figures"]["manifold_n"]
     if k >= manifold_n:
         found.append(("config", f"config key 'graphs.k': {k} needs more than k samples, but figures.manifold_n = "
