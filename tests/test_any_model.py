@@ -1,6 +1,7 @@
 """Any torchvision model, any layer, any image dataset (issue #21): real torchvision parts at tiny sizes."""
 
 import json
+import re
 import struct
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from torch import nn
 
 from cwnnk.config import ConfigError, Experiment, validate
 from cwnnk.datasets import load_dataset
@@ -96,6 +98,42 @@ def test_layers_command_lists_shapes_and_costs(tmp_path, capsys):
     assert next(row for row in out.splitlines() if row.strip().startswith("layer4.1.relu_1")).endswith("*")
 
 
+@pytest.mark.parametrize("extra, n", [
+    ({}, 30),  # no extract section: extract.n_samples defaults to 1000, more than the 30 training images
+    ({"extract": {"n_samples": None}}, 30),
+    ({"extract": {"n_samples": 20}}, 20),
+    ({"graphs": {"n_samples": 12}}, 12),
+])
+def test_layers_command_on_a_minimal_config_prints_the_real_n(tmp_path, capsys, extra, n):
+    from cwnnk.__main__ import main
+
+    # 40 synthetic images, a quarter held out for validation: the graph stage sees at most 30
+    config = {"dataset": {"name": "synthetic", "n_train": 40, "num_classes": 2, "image_size": 32, "channels": 3},
+              "model": {"arch": "torchvision", "name": "resnet18"}, "training": {"validation": 0.25}, **extra}
+    (tmp_path / "c.yaml").write_text(json.dumps(config))
+    main(["layers", "--configfile", str(tmp_path / "c.yaml")])
+    out = capsys.readouterr().out
+    assert f"graph stage at N = {n}, k = 25" in out
+    line = next(row for row in out.splitlines() if row.strip().startswith("layer1.0.relu "))
+    assert re.search(r" \d+ s +\d+(\.\d)? (MiB|GiB) +whole", line), line  # the time and memory columns
+
+
+def test_layers_command_lists_channel_last_nodes_as_not_analysable(tmp_path, capsys):
+    from cwnnk.__main__ import main
+
+    config = {"dataset": {"name": "synthetic", "n_train": 20, "num_classes": 2, "image_size": 32, "channels": 3},
+              "model": {"arch": "torchvision", "name": "convnext_tiny"}, "sweep": {"seeds": [1]}}
+    (tmp_path / "c.yaml").write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as err:  # `all` selects nothing: the listing comes first, then the error
+        main(["layers", "--configfile", str(tmp_path / "c.yaml")])
+    assert "'all' selects no layer" in str(err.value) and "channel-last (N, H, W, C)" in str(err.value)
+    rows = {row.split()[0]: row for row in capsys.readouterr().out.splitlines() if row.startswith("  features.1.0.")}
+    # the first block at 32 px: 96 channels of 8 x 8; its GELU sees (N, H, W, 4C) after the permute
+    assert "not analysable: outputs (N, 8, 8, 384): channel-last (N, H, W, C)" in rows["features.1.0.block.4"]
+    assert "96 x 8 x 8" in rows["features.1.0.block.0"] and "96 x 8 x 8" in rows["features.1.0.block.6"]
+    assert "not analysable" not in rows["features.1.0.add"]
+
+
 def test_layer_estimates_switch_to_the_streamed_path_for_large_layers():
     from cwnnk.__main__ import estimate
 
@@ -148,6 +186,110 @@ def test_weights_file_and_class_mismatch(tmp_path):
         Experiment.from_config(bad)
 
 
+def test_imported_weights_file_is_evaluated_on_a_test_split(tmp_path):
+    from cwnnk.train import run_import
+
+    write_folder(tmp_path / "train")
+    write_folder(tmp_path / "test", seed=1)
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v3_small(weights=None, num_classes=2)
+    with torch.no_grad():  # a head that always says "dog" (class 1): logits (0, 1) whatever the image
+        net.classifier[3].weight.zero_()
+        net.classifier[3].bias.copy_(torch.tensor([0.0, 1.0]))
+    torch.save(net.state_dict(), tmp_path / "dog.pth")
+    cfg = validate({"dataset": {"name": "folder", "root": str(tmp_path / "train"), "test_root": str(tmp_path / "test"),
+                                "image_size": 32},
+                    "model": {"arch": "torchvision", "name": "mobilenet_v3_small", "weights": str(tmp_path / "dog.pth")}})
+    exp = Experiment.from_config(cfg)
+    (name, entry), = exp.models.items()
+    run_import(entry, exp.import_(name), tmp_path / "model.pt", tmp_path / "metrics.json", log=lambda *a: None)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    final = metrics["final"]
+    assert metrics["n_test"] == 12 and "accuracy_skipped" not in metrics
+    assert final["test_acc"] == 0.5 and final["train_acc"] == 0.5  # 6 dogs of 12 images in each split
+    # cross-entropy of logits (0, 1): log(1 + e) for a cat, log(1 + 1/e) for a dog, half each
+    assert final["test_loss"] == pytest.approx((np.log1p(np.e) + np.log1p(1 / np.e)) / 2, rel=1e-5)
+
+
+def test_class_mismatches_of_pretrained_weights_are_refused(tmp_path):
+    write_folder(tmp_path / "train")
+    write_folder(tmp_path / "test", seed=1)
+    named = {"arch": "torchvision", "name": "resnet18", "weights": "IMAGENET1K_V1"}
+    folder = {"name": "folder", "root": str(tmp_path / "train"), "image_size": 32}
+    cfg = validate({"dataset": folder, "model": dict(named, num_classes=2)})
+    with pytest.raises(ConfigError, match=r"'model.num_classes': 2, but weights resnet18 IMAGENET1K_V1 predict 1000 "
+                                          "classes; cwnnk never replaces a pretrained head"):
+        Experiment.from_config(cfg)
+    cfg = validate({"dataset": dict(folder, test_root=str(tmp_path / "test")), "model": named})
+    with pytest.raises(ConfigError) as err:  # 1000 ImageNet classes cannot be scored on a 2-class test split
+        Experiment.from_config(cfg)
+    assert "model resnet18 predicts 1000 classes but dataset 'folder' has 2" in str(err.value)
+    assert "a pretrained model on a folder without dataset.test_root is not evaluated" in str(err.value)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "DataParallel", "model."])
+def test_weights_file_prefixes_are_stripped_only_where_they_fit(tmp_path, monkeypatch, wrap):
+    (tmp_path / "my_factories.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_factories
+
+    torch.manual_seed(0)
+    held = my_factories.Holder()  # its own keys start with 'model.': 'model.0.weight', ...
+    state = {"plain": held.state_dict(), "DataParallel": nn.DataParallel(held).state_dict(),
+             "model.": {f"model.{key}": value for key, value in held.state_dict().items()}}[wrap]
+    assert next(iter(state)) == {"plain": "model.0.weight", "DataParallel": "module.model.0.weight",
+                                 "model.": "model.model.0.weight"}[wrap]
+    torch.save({"state_dict": state}, tmp_path / "held.pth")
+    write_folder(tmp_path / "train")
+    cfg = validate({"dataset": {"name": "folder", "root": str(tmp_path / "train"), "image_size": 16},
+                    "model": {"arch": "factory", "factory": "my_factories:Holder", "weights": str(tmp_path / "held.pth")}})
+    (name, entry), = Experiment.from_config(cfg).models.items()
+    model = pretrained_model(entry["spec"])
+    assert torch.equal(model.net.model[0].weight, held.model[0].weight)
+    assert torch.equal(model.net.model[7].bias, held.model[7].bias)
+
+
+def test_torchvision_weights_file_saved_from_data_parallel(tmp_path):
+    write_folder(tmp_path / "train")
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=2)
+    torch.save(nn.DataParallel(net).state_dict(), tmp_path / "dp.pth")  # keys 'module.conv1.weight', ...
+    spec = dict(tv_spec("resnet18", num_classes=2), weights=str(tmp_path / "dp.pth"))
+    assert torch.equal(pretrained_model(spec).net.fc.weight, net.fc.weight)
+    torch.save({"module.other.weight": torch.zeros(1)}, tmp_path / "other.pth")  # the prefix alone is not enough
+    with pytest.raises(ValueError, match=r"unexpected keys \(1\): module.other.weight"):
+        pretrained_model(dict(spec, weights=str(tmp_path / "other.pth")))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "googlenet"])  # googlenet: aux heads in training mode
+def test_torchvision_model_trained_from_scratch(tmp_path, name):
+    from cwnnk.models import load_checkpoint
+    from cwnnk.train import run_train
+
+    cfg = validate({"dataset": {"name": "synthetic", "n_train": 16, "n_test": 8, "num_classes": 2, "image_size": 32,
+                                "channels": 3},
+                    "model": {"arch": "torchvision", "name": name, "weights": None},
+                    "training": {"epochs": 1, "batch_size": 8}, "sweep": {"seeds": [1]}, "device": "cpu"})
+    exp = Experiment.from_config(cfg)
+    (run, entry), = exp.models.items()
+    assert entry["kind"] == "trained"
+    run_train(entry, exp.train(run), tmp_path / "model.pt", tmp_path / "metrics.json", log=lambda *a: None)
+    model, spec = load_checkpoint(tmp_path / "model.pt")  # checks every key and shape against the architecture
+    assert spec["name"] == name and type(model.net) is type(torchvision.models.get_model(name, weights=None))
+    assert model(torch.rand(3, 3, 32, 32)).shape == (3, 2)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n_train"] == 16 and metrics["n_test"] == 8 and len(metrics["history"]) == 1
+    assert 0 <= metrics["final"]["train_acc"] <= 1 and 0 <= metrics["final"]["test_acc"] <= 1
+    assert np.isfinite(metrics["final"]["train_loss"])
+
+
+def test_inception_v3_trains_on_its_main_logits():
+    model = build_model(tv_spec("inception_v3", size=75)).train()  # 75 px: inception_v3's smallest input
+    assert model.net.AuxLogits is None
+    logits = model(torch.rand(2, 3, 75, 75))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)
+
+
 @pytest.mark.parametrize("model, fragments", [
     ({"arch": "torchvision", "name": "resnet81"}, ["'resnet81' is not a torchvision classification model",
                                                    "resnet18"]),
@@ -165,6 +307,7 @@ def test_bad_models_are_refused_by_name(tmp_path, model, fragments):
 
 
 FACTORY = '''
+import torch
 from torch import nn
 
 
@@ -175,6 +318,32 @@ def tiny(width=4):
 
 def not_a_module():
     return "a string"
+
+
+class Holder(nn.Module):
+    """A network whose own keys start with 'model.'."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = tiny()
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class Mixed(nn.Module):
+    """conv -> ReLU (N, C, H, W), then a ConvNeXt-style MLP on (N, H, W, C), by movedim there and transposes back."""
+
+    def __init__(self, width=4):
+        super().__init__()
+        self.conv, self.relu = nn.Conv2d(3, width, 3, padding=1), nn.ReLU()
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, x):
+        x = self.relu(self.conv(x))
+        x = x + self.mlp(torch.movedim(x, 1, -1)).transpose(1, 3).transpose(2, 3)
+        return self.head(x.mean((2, 3)))
 '''
 
 
@@ -194,6 +363,77 @@ def test_factory_model(tmp_path, monkeypatch):
     cfg = validate({"dataset": dataset, "model": {"arch": "factory", "factory": "my_factories:not_a_module"}})
     with pytest.raises(TypeError, match="my_factories:not_a_module returned str, not a torch.nn.Module"):
         Experiment.from_config(cfg)
+
+
+def test_factory_head_must_match_the_classes(tmp_path, monkeypatch):
+    (tmp_path / "my_factories.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    dataset = {"name": "synthetic", "num_classes": 3, "image_size": 16, "channels": 3}
+    cfg = validate({"dataset": dataset, "model": {"arch": "factory", "factory": "my_factories:tiny"}})
+    with pytest.raises(ConfigError, match=r"my_factories:tiny outputs \(N, 2\) on \(N, 3, 16, 16\) images, but the "
+                                          r"model must predict 3 classes \(the classes of dataset 'synthetic'\)"):
+        Experiment.from_config(cfg)
+    # pretrained weights on a folder without a test split may have other classes than the folder: model.num_classes
+    write_folder(tmp_path / "train")
+    cfg = validate({"dataset": {"name": "folder", "root": str(tmp_path / "train"), "image_size": 16},
+                    "model": {"arch": "factory", "factory": "my_factories:tiny", "num_classes": 5,
+                              "weights": str(tmp_path / "mine.pth")}})
+    with pytest.raises(ConfigError, match=r"outputs \(N, 2\) .* must predict 5 classes \(model.num_classes\): make "
+                                          r"its head .*, or set model.num_classes to its width"):
+        Experiment.from_config(cfg)
+
+
+def test_all_skips_channel_last_activations_of_a_factory(tmp_path, monkeypatch):
+    (tmp_path / "my_factories.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = {"arch": "factory", "factory": "my_factories:Mixed", "input_shape": [3, 6, 6], "num_classes": 2}
+    assert resolve_layers(spec, "all") == ["relu"]  # the GELU's output is (N, 6, 6, 8): rows, not channels
+    assert {"conv", "relu", "add"} <= set(layer_nodes(spec)) and "mlp.1" not in layer_nodes(spec)
+    with pytest.raises(UnknownLayerError, match=r"node 'mlp.1' outputs \(N, 6, 6, 8\): channel-last \(N, H, W, C\)"):
+        resolve_layers(spec, ["mlp.1"])
+    x = torch.rand(2, 3, 6, 6)
+    model = build_model(spec).eval()
+    # the transposes bring the MLP's output back to (N, C, H, W): `add` holds conv channels
+    out = LayerExtractor(model, {"add": "net.add", "relu": "net.relu"})(x)
+    mlp = model.net.mlp(out["relu"].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    assert torch.allclose(out["add"], out["relu"] + mlp)
+
+
+def test_convnext_channel_last_nodes_are_refused():
+    spec = tv_spec("convnext_tiny")
+    with pytest.raises(UnknownLayerError) as err:
+        resolve_layers(spec, "all", "cnx")
+    text = str(err.value)
+    assert "'all' selects no layer of model 'cnx'" in text and "its 18 activation nodes" in text  # 3+3+9+3 blocks
+    assert "channel-last (N, H, W, C)" in text and "features.1.0.block.6" in text
+    with pytest.raises(UnknownLayerError) as err:
+        resolve_layers(spec, ["features.1.0.block.4"])
+    text = str(err.value)
+    assert "node 'features.1.0.block.4' outputs (N, 8, 8, 384): channel-last (N, H, W, C), not (N, C, H, W)" in text
+    nearest = text.split("nearest valid: ")[1].split(";")[0].split(", ")
+    assert {"features.1.0.block.0", "features.1.0.block.6"} <= set(nearest)
+    # the depthwise conv before the permute and the permute back are (N, C, H, W), as the block's sum
+    names = ["features.1.0.block.0", "features.1.0.block.6", "features.1.0.add"]
+    assert resolve_layers(spec, names) == names
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    x = torch.rand(2, 3, 32, 32)
+    out = LayerExtractor(model, {n: layer_nodes(spec)[n] for n in names})(x)
+    block = model.net.features[1][0]
+    assert out["features.1.0.block.6"].shape == (2, 96, 8, 8)
+    assert torch.allclose(out["features.1.0.add"], block(model.net.features[0](x)), atol=1e-6)
+
+
+def test_swin_is_channel_last_throughout():
+    spec = tv_spec("swin_t")
+    # only the patch embedding's conv, the permute back before pooling and the pool are (N, C, H, W)
+    assert list(layer_nodes(spec)) == ["features.0.0", "permute", "avgpool"]
+    with pytest.raises(UnknownLayerError, match=r"no activation node with a \(N, C, H, W\) output"):
+        resolve_layers(spec, "all")
+    with pytest.raises(UnknownLayerError, match=r"node 'features.1.0.norm1' outputs \(N, 8, 8, 96\): channel-last"):
+        resolve_layers(spec, ["features.1.0.norm1"])
+    with pytest.raises(UnknownLayerError, match=r"_get_relative_position_bias' is not computed from the image"):
+        resolve_layers(spec, ["features.1.0.attn._get_relative_position_bias"])
 
 
 def test_image_folder_decodes_pngs_lazily_and_converts_channels(tmp_path):
@@ -248,12 +488,13 @@ def test_torchvision_dataset_class_in_its_own_format(tmp_path):
     assert data.train.images[:3].shape == (3, 3, 16, 16)
     native = load_dataset(DatasetParams(name="MNIST", root=str(tmp_path)))
     assert native.train.images[:1].shape == (1, 1, 28, 28)
-    with pytest.raises(FileNotFoundError, match="torchvision FashionMNIST not found under"):
+    with pytest.raises(FileNotFoundError, match="torchvision FashionMNIST.* not found under"):
         load_dataset(DatasetParams(name="FashionMNIST", root=str(tmp_path)))
     with pytest.raises(ConfigError, match=r"'Mnist' is not allowed.*nearest: .*MNIST"):
         validate({"dataset": {"name": "Mnist"}})
 
 
+@pytest.mark.slow
 def test_snakemake_runs_a_pretrained_torchvision_model_on_an_image_folder(tmp_path, monkeypatch):
     """Config to figures: resnet18's IMAGENET1K_V1 weights (a file placed in TORCH_HOME), an ImageFolder of PNGs
     without a test split, beside a torchvision model trained here on the same images."""

@@ -2,7 +2,9 @@
 
 layers: for every model of a config, every analysable node (what `extract.layers` may name or
 match) with its output shape, per-channel dimension D = H*W, whether `all` keeps it, and the
-graph stage's estimated time and peak memory at the configured N.
+graph stage's estimated time and peak memory at the N it will use (the training images after
+n_train and the validation hold-out, capped by extract.n_samples and graphs.n_samples); 4-D nodes
+that cannot be analysed (channel-last (N, H, W, C) outputs) are listed as such.
 """
 
 import argparse
@@ -48,12 +50,18 @@ def _size(mib):
 
 
 def layer_table(spec, n, k):
-    """Rows (name, (C, H, W), D, in `all`, seconds, MiB, streamed) of every analysable node of spec."""
-    from cwnnk.models import graph_nodes, layer_names, layer_nodes
+    """Rows of spec's nodes that may be analysed, and of the 4-D ones that may not, in depth order:
+    {name, shape (C, H, W), D, all (in `all`), seconds, mib, streamed}, or {name, why} for a node
+    that is not analysable (a channel-last (N, H, W, C) output: cwnnk.models.describe_output)."""
+    from cwnnk.models import describe_output, graph_nodes, layer_names, layer_nodes
 
     keep = set(layer_names(spec))
     if spec["arch"] in ("torchvision", "factory"):
-        shapes = {name: info["shape"] for name, info in graph_nodes(spec).items()}
+        nodes = graph_nodes(spec)
+        shapes = {name: info["shape"] for name, info in nodes.items()}
+        # 4-D outputs that are not (N, C, H, W): shown, so that a user sees why they cannot be named
+        refused = {name: describe_output(info) for name, info in nodes.items()
+                   if info["from_input"] and info["shape"] and len(info["shape"]) == 3 and not info["spatial"]}
     else:
         import torch
         from torchvision.models.feature_extraction import create_feature_extractor
@@ -61,51 +69,100 @@ def layer_table(spec, n, k):
         from cwnnk.models import build_model
 
         model = build_model(spec).eval()
-        nodes = layer_nodes(spec)
         with torch.no_grad():
-            out = create_feature_extractor(model, {node: name for name, node in nodes.items()})(
+            out = create_feature_extractor(model, {node: name for name, node in layer_nodes(spec).items()})(
                 torch.zeros(1, *spec["input_shape"]))
-        shapes = {name: tuple(value.shape[1:]) for name, value in out.items()}
+        shapes, refused, nodes = {name: tuple(value.shape[1:]) for name, value in out.items()}, {}, layer_nodes(spec)
     rows = []
-    for name in layer_nodes(spec):
-        C, H, W = shapes[name]
-        rows.append((name, (C, H, W), H * W, name in keep, *estimate(n, C, H * W, k)))
+    analysable = layer_nodes(spec)
+    for name in nodes:
+        if name in refused:
+            rows.append(dict(name=name, why=refused[name]))
+        elif name in analysable:
+            C, H, W = shapes[name]
+            seconds, mib, streamed = estimate(n, C, H * W, k)
+            rows.append(dict(name=name, shape=(C, H, W), D=H * W, all=name in keep, seconds=seconds, mib=mib,
+                             streamed=streamed))
     return rows
+
+
+def graph_samples(exp, model, sizes):
+    """(N, note): the number of images the graph stage uses for `model`: its training split (after
+    n_train and the validation hold-out) capped by extract.n_samples and graphs.n_samples. Where the
+    dataset cannot be read here N is the smaller cap (None without one) and note says why.
+    sizes caches each dataset's training-set size (or the error reading it)."""
+    from cwnnk.datasets import load_dataset
+
+    params = exp.extract(model)
+    caps = [cap for cap in (params.n_samples, exp.graphs.n_samples) if cap is not None]
+    key = repr(params.dataset)
+    if key not in sizes:
+        try:
+            sizes[key] = len(load_dataset(params.dataset).train)
+        except (OSError, ValueError, RuntimeError) as err:
+            sizes[key] = err
+    if isinstance(sizes[key], Exception):
+        return min(caps, default=None), f" (at most; dataset {params.dataset.name!r} not read: {sizes[key]})"
+    return min([sizes[key], *caps]), ""
+
+
+def _experiment(config):
+    """(Experiment, problem): the config's experiment, or where only its layer selection fails (a
+    typo, `all` on a model whose activations are channel-last) the experiment with every
+    analysable layer and that ConfigError, so that the listing still shows what may be named."""
+    from cwnnk.config import ConfigError, Experiment, validate
+
+    config = validate(config)
+    try:
+        return Experiment.from_config(config), None
+    except ConfigError as err:
+        if "extract.layers" not in str(err):
+            raise
+        every = dict(config, extract=dict(config["extract"], layers=["*"]),
+                     external=[{key: value for key, value in ext.items() if key != "layers"}
+                               for ext in config["external"]])
+        return Experiment.from_config(every), err
 
 
 def layers_command(args):
     import yaml
 
-    from cwnnk.config import ConfigError, Experiment, validate
+    from cwnnk.config import ConfigError
 
     config = {}
     for path in args.configfile:
         with open(path) as f:
             config.update(yaml.safe_load(f) or {})
     try:
-        exp = Experiment.from_config(validate(config))
+        exp, problem = _experiment(config)
     except ConfigError as err:
         sys.exit(f"cwnnk: {err}")
-    n = exp.graphs.n_samples or config["extract"]["n_samples"] or config["dataset"].get("n_train")
     k = exp.graphs.k
-    seen = set()
+    seen, sizes = set(), {}
     for model, entry in exp.models.items():
         spec = entry["spec"]
-        key = repr({key: value for key, value in spec.items() if key not in ("dropout", "normalize")})
+        n, note = graph_samples(exp, model, sizes)
+        key = repr(({key: value for key, value in spec.items() if key not in ("dropout", "normalize")}, n))
         if key in seen:
             continue
         seen.add(key)
         arch = spec.get("name") or spec.get("factory") or spec["arch"]
-        print(f"model {model} ({arch}, input {tuple(spec['input_shape'])}); graph stage at N = {n or '?'}, k = {k}, "
-              "2 CPU cores (scaled from docs/performance.md; rough)")
+        print(f"model {model} ({arch}, input {tuple(spec['input_shape'])}); graph stage at N = {n or '?'}{note}, "
+              f"k = {k}, 2 CPU cores (scaled from docs/performance.md; rough)")
         print(f"  {'node':40s} {'C x H x W':>16s} {'D':>7s} {'all':>4s} {'time':>9s} {'memory':>10s} {'read':>8s}")
-        for name, (C, H, W), D, in_all, seconds, mib, streamed in layer_table(spec, n or 1000, k):
-            extracted = " *" if name in exp.layers[model] else ""
-            print(f"  {name:40s} {f'{C} x {H} x {W}':>16s} {D:>7d} {'yes' if in_all else '':>4s} "
-                  f"{_duration(seconds) if n else '?':>9s} {_size(mib) if n else '?':>10s} "
-                  f"{'streamed' if streamed else 'whole':>8s}{extracted}")
+        for row in layer_table(spec, n or 1000, k):
+            if "why" in row:
+                print(f"  {row['name']:40s} not analysable: {row['why']}")
+                continue
+            C, H, W = row["shape"]
+            extracted = " *" if problem is None and row["name"] in exp.layers[model] else ""
+            print(f"  {row['name']:40s} {f'{C} x {H} x {W}':>16s} {row['D']:>7d} {'yes' if row['all'] else '':>4s} "
+                  f"{_duration(row['seconds']) if n else '?':>9s} {_size(row['mib']) if n else '?':>10s} "
+                  f"{'streamed' if row['streamed'] else 'whole':>8s}{extracted}")
         print("  (* = selected by extract.layers; read: the layer held whole, or streamed a block of channels "
               "at a time)")
+    if problem is not None:
+        sys.exit(f"cwnnk: {problem}")
 
 
 def main(argv=None):

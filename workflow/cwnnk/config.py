@@ -212,6 +212,19 @@ def _external_spec(model_cfg, dataset_cfg, weights):
                                                   "folder without dataset.test_root is not evaluated" if weights else
                                                   ", or set model.num_classes to the dataset's"))
     spec["num_classes"] = int(num_classes)
+    if arch == "factory":  # a torchvision model is built with num_classes; a factory's head is its own
+        from cwnnk.models import output_shape
+
+        width = output_shape(spec)
+        if width != (spec["num_classes"],):
+            source = ("model.num_classes" if model_cfg.get("num_classes") else
+                      f"the classes of dataset {dataset_cfg['name']!r}")
+            shown = f"(N, {', '.join(map(str, width))})" if isinstance(width, tuple) else f"a {width}"
+            raise ConfigError(f"config key 'model.factory': {spec['factory']} outputs {shown} on (N, "
+                              f"{', '.join(map(str, spec['input_shape']))}) images, but the model must predict "
+                              f"{spec['num_classes']} classes ({source}): make its head output one logit per class"
+                              + (", or set model.num_classes to its width (weights with other classes are analysed, "
+                                 "not evaluated, on a folder without dataset.test_root)" if weights else ""))
     return spec
 
 

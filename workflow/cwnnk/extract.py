@@ -41,13 +41,23 @@ def resolve_layers(spec, requested="all", model=None):
     ("layer*.*.relu", "features.*"; fnmatch syntax) matched against the layers that may be
     requested (cwnnk.models.layer_nodes: for torchvision and factory models every FX node with a
     (N, C, H, W) output). Raises UnknownLayerError naming a name or pattern that matches nothing,
-    or a node whose output is not (N, C, H, W), with the nearest valid names.
+    a node whose output is not (N, C, H, W) (e.g. channel-last (N, H, W, C)), or 'all' selecting
+    nothing, with the nearest valid names.
     """
-    from cwnnk.models import graph_nodes
+    from cwnnk.models import _nearest, channel_last, graph_nodes
 
-    if requested == "all":
-        return layer_names(spec)
     whose = f"model {model!r} ({spec['arch']})" if model else f"architecture {spec['arch']}"
+    if requested == "all":
+        names = layer_names(spec)
+        if not names:  # e.g. ConvNeXt, whose activations are all channel-last: never analyse nothing silently
+            skipped = [name for name, info in graph_nodes(spec).items() if info["activation"] and channel_last(info)]
+            why = (f"its {len(skipped)} activation nodes (e.g. {skipped[0]}) are channel-last (N, H, W, C)"
+                   if skipped else "it has no activation node with a (N, C, H, W) output")
+            near = _nearest(skipped[0] if skipped else "", list(layer_nodes(spec)))
+            raise UnknownLayerError(f"config key 'extract.layers': 'all' selects no layer of {whose}: {why}; name "
+                                    f"(N, C, H, W) nodes instead, e.g. {', '.join(near)} (`python -m cwnnk layers` "
+                                    "lists them)")
+        return names
     nodes = graph_nodes(spec) if spec["arch"] in ("torchvision", "factory") else {}
     return match_layers(list(layer_nodes(spec)), requested, nodes, whose)
 
@@ -60,7 +70,7 @@ def match_layers(valid, requested, nodes=None, whose="the model"):
     """
     import fnmatch
 
-    from cwnnk.models import _nearest
+    from cwnnk.models import _nearest, describe_output
 
     nodes = nodes or {}
     if isinstance(requested, str):
@@ -73,9 +83,8 @@ def match_layers(valid, requested, nodes=None, whose="the model"):
             continue
         unknown.append(item)
         if item in nodes:
-            shape = nodes[item]["shape"]
-            problems.append(f"node {item!r} outputs {('(N, ' + ', '.join(map(str, shape)) + ')') if shape else 'no tensor'}, "
-                            f"not (N, C, H, W); nearest valid: {', '.join(_nearest(item, valid))}")
+            problems.append(f"node {item!r} {describe_output(nodes[item])}; nearest valid: "
+                            f"{', '.join(_nearest(item, valid))}")
         else:
             kind = "pattern" if any(ch in item for ch in "*?[") else "layer"
             problems.append(f"{kind} {item!r} matches no layer; nearest valid: {', '.join(_nearest(item, valid))}")

@@ -26,6 +26,8 @@ from torch import nn
 from cwnnk.atomic import atomic_path
 
 ARCHS = ("convnet", "resnet18", "torchvision", "factory")
+# torchvision models whose auxiliary classifiers make training mode return a tuple of logits.
+AUX_LOGITS = ("googlenet", "inception_v3")
 CHECKPOINT_FORMAT = 1
 
 
@@ -196,6 +198,10 @@ class Wrapped(nn.Module):
         self.normalize = _normalize(spec)
         kwargs = dict(spec.get("kwargs") or {})
         if spec["arch"] == "torchvision":
+            if spec["name"] in AUX_LOGITS and not spec.get("weights"):
+                # Trained here: without the auxiliary heads training mode returns the logits alone
+                # (cross-entropy needs them); pretrained weights carry the heads' keys, so keep them there.
+                kwargs.setdefault("aux_logits", False)
             self.net = torchvision_builder(spec["name"])(weights=None, num_classes=spec["num_classes"], **kwargs)
         else:
             self.net = import_factory(spec["factory"])(**kwargs)
@@ -242,12 +248,99 @@ def _is_activation(model, node):
     return type(module).__name__ in _ACTIVATION_NAMES
 
 
-def trace_nodes(net, input_shape):
-    """Every FX node of an nn.Module in eval order: name -> {shape (per sample, or None), spatial
-    (output is (N, C, H, W)), all (an activation node, what `all` keeps)}.
+_PERMUTES = ("permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis")
+_RESHAPES = ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze")
 
-    input_shape: (C, H, W) of one image. Runs one forward pass of a single image on net's device
-    (a meta-device net costs nothing).
+
+def _moved_axis(op, args, axis, rank):
+    """Where op (one of _PERMUTES, with its arguments after the tensor) puts axis `axis` of a rank-`rank` tensor."""
+    if op in ("transpose", "swapaxes", "swapdims"):
+        a, b = (d % rank for d in args[:2])
+        return b if axis == a else a if axis == b else axis
+    if op == "permute":
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+        dims = [d % rank for d in dims]
+    else:  # movedim(source, destination): the moved axes at their places, the others in order around them
+        source, destination = ([v] if isinstance(v, int) else list(v) for v in args[:2])
+        dims = [None] * rank
+        for s, d in zip(source, destination):
+            dims[d % rank] = s % rank
+        rest = iter(d for d in range(rank) if d not in dims)
+        dims = [next(rest) if d is None else d for d in dims]
+    return dims.index(axis) if axis in dims else None
+
+
+def _reshaped_axis(axis, before, after):
+    """Position of axis `axis` of shape `before` in shape `after`: where the same elements precede it
+    and it keeps its size (a flatten of (N, C, H, W) to (N, C, H*W) keeps C at 1); else None."""
+    import math
+
+    for j in range(len(after)):
+        if after[j] == before[axis] and math.prod(after[:j]) == math.prod(before[:axis]):
+            return j
+    return None
+
+
+def _one_image(net, input_shape):
+    """A (1, C, H, W) input on net's device (uninitialised on the meta device, where it costs nothing)."""
+    param = next(iter(net.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    return (torch.empty if device.type == "meta" else torch.zeros)(1, *input_shape, device=device)
+
+
+def _channel_axes(fx, shapes, input_shape):
+    """{node name: position of the image's channel axis in its output, or None where not followed},
+    for the nodes computed from the input image (the others, e.g. a position-bias table, are left out).
+
+    The input's channels are axis 1. A permute or transpose moves the axis (ConvNeXt's blocks and Swin
+    compute on (N, H, W, C)), a reshape keeps it where its elements stay in place, a convolution puts
+    it back at 1, and any other op keeps it when its output has the rank of its input.
+    fx: create_feature_extractor's GraphModule returning every node; shapes: node name -> full shape
+    (batch axis included), input_shape: the input's.
+    """
+    output = next(node for node in fx.graph.nodes if node.op == "output")
+    name_of = {node: name for name, node in output.args[0].items()}
+    shape_of = {node: input_shape if node.op == "placeholder" else shapes.get(name_of.get(node))
+                for node in fx.graph.nodes}
+    axes = {}  # node -> axis, for the nodes computed from the input
+    for node in fx.graph.nodes:
+        shape = shape_of[node]
+        sources = [n for n in node.all_input_nodes if n in axes]
+        if node.op != "placeholder" and not sources:
+            continue
+        source = next((n for n in sources if axes[n] is not None), None)
+        axis = None if source is None else axes[source]
+        before = None if source is None else shape_of[source]
+        op = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        args = list(node.args[1:]) or list(node.kwargs.values())
+        module = fx.get_submodule(node.target) if node.op == "call_module" else None
+        first = module[0] if isinstance(module, nn.Sequential) and len(module) else module
+        if node.op == "placeholder" or isinstance(first, (nn.Conv2d, nn.ConvTranspose2d)):
+            axis = 1
+        elif axis is None or shape is None or before is None:
+            axis = None
+        elif type(module).__name__ == "Permute" and hasattr(module, "dims"):  # torchvision.ops.Permute
+            axis = _moved_axis("permute", [list(module.dims)], axis, len(before))
+        elif node.op in ("call_method", "call_function") and op in _PERMUTES:
+            axis = _moved_axis(op, args, axis, len(before))
+        elif node.op in ("call_method", "call_function") and op in _RESHAPES:
+            axis = _reshaped_axis(axis, before, shape)
+        elif len(shape) != len(before):
+            axis = None
+        axes[node] = axis
+    return {name: axes[node] for node, name in name_of.items() if node in axes}
+
+
+def trace_nodes(net, input_shape):
+    """Every FX node of an nn.Module in eval order: name -> {shape (per sample, or None),
+    from_input (computed from the image), channel_axis (where the image's channels are in the
+    output; None where not followed: _channel_axes), spatial (output is (N, C, H, W)), activation,
+    all (a spatial activation node, what `all` keeps)}.
+
+    A 4-D output whose channels are not on axis 1 (channel-last (N, H, W, C), as inside ConvNeXt's
+    blocks and throughout Swin), or not computed from the image, is not spatial: its rows would be
+    read as channels. input_shape: (C, H, W) of one image. Runs one forward pass of a single image
+    on net's device (a meta-device net costs nothing).
     """
     from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
@@ -255,32 +348,74 @@ def trace_nodes(net, input_shape):
     net.eval()
     try:
         nodes = get_graph_node_names(net)[1][1:]  # the first is the input placeholder
-        param = next(iter(net.parameters()), None)
-        device = param.device if param is not None else torch.device("cpu")
-        x = (torch.empty if device.type == "meta" else torch.zeros)(1, *input_shape, device=device)
+        x = _one_image(net, input_shape)
+        fx = create_feature_extractor(net, return_nodes=nodes)
         with torch.no_grad():
-            out = create_feature_extractor(net, return_nodes=nodes)(x)
+            out = fx(x)
     finally:
         net.train(training)
+    shapes = {name: tuple(value.shape) for name, value in out.items() if isinstance(value, torch.Tensor)}
+    axes = _channel_axes(fx, shapes, tuple(x.shape))
     info = OrderedDict()
     for name in nodes:
-        value = out.get(name)
-        shape = tuple(value.shape[1:]) if isinstance(value, torch.Tensor) else None
-        info[name] = dict(shape=shape, spatial=shape is not None and len(shape) == 3,
-                          all=shape is not None and len(shape) == 3 and _is_activation(net, name))
+        shape = shapes[name][1:] if name in shapes else None
+        maps = shape is not None and len(shape) == 3 and name in axes
+        activation = maps and _is_activation(net, name)
+        spatial = maps and axes[name] in (1, None)
+        info[name] = dict(shape=shape, from_input=name in axes, channel_axis=axes.get(name), spatial=spatial,
+                          activation=activation, all=spatial and activation)
     return info
+
+
+def channel_last(info):
+    """True for a node (trace_nodes' info) with a 4-D output whose channels are its last axis."""
+    return info["shape"] is not None and len(info["shape"]) == 3 and info["channel_axis"] == 3
+
+
+def describe_output(info):
+    """Why a node (trace_nodes' info) is not analysable, e.g. "outputs (N, 8, 8, 384): channel-last
+    (N, H, W, C), not (N, C, H, W)"."""
+    shape = info["shape"]
+    if shape is None:
+        return "outputs no tensor, not (N, C, H, W)"
+    if not info["from_input"]:
+        return "is not computed from the image"
+    text = f"outputs (N, {', '.join(map(str, shape))})"
+    if channel_last(info):
+        return text + ": channel-last (N, H, W, C), not (N, C, H, W)"
+    if len(shape) == 3 and info["channel_axis"] not in (1, None):
+        return text + f" with its channels on axis {info['channel_axis']}, not (N, C, H, W)"
+    return text + ", not (N, C, H, W)"
+
+
+def _bare_net(spec, probe):
+    """probe(spec's bare network), built on the meta device (no weights, no data), or on CPU
+    (weights=None) where building or probing needs an op without a meta kernel (e.g. regnet)."""
+    try:
+        with torch.device("meta"):
+            net = build_model(spec).net
+        return probe(net)
+    except Exception:  # noqa: BLE001 - any op without a meta kernel; a real error raises again on CPU
+        return probe(build_model(spec).net)
 
 
 def _graph_nodes(spec_json):
     import json
 
     spec = json.loads(spec_json)
-    with torch.device("meta"):
-        net = build_model(spec).net
-    try:
-        return trace_nodes(net, spec["input_shape"])
-    except Exception:  # noqa: BLE001 - an op without a meta kernel: trace on CPU (weights=None)
-        return trace_nodes(build_model(spec).net, spec["input_shape"])
+    return _bare_net(spec, lambda net: trace_nodes(net, spec["input_shape"]))
+
+
+def output_shape(spec):
+    """The per-image shape of a torchvision/factory spec's network output (e.g. (10,) for 10 logits),
+    or the type's name where it returns no tensor; from one forward pass of one image."""
+
+    def forward(net):  # net is built for this call alone: eval mode (no aux outputs) needs no undoing
+        with torch.no_grad():
+            out = net.eval()(_one_image(net, spec["input_shape"]))
+        return tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+
+    return _bare_net(spec, forward)
 
 
 _NODE_CACHE = {}
@@ -331,8 +466,9 @@ def initial_state_dict(spec, download=False):
 
     A torchvision weights name is read from the torch hub cache (TORCH_HOME/hub/checkpoints), offline
     unless download is true; when absent the error names the exact file to place and where. A file is
-    either a plain state dict or a checkpoint dict ({'state_dict': ...}, {'model': ...}; a cwnnk
-    checkpoint's 'net.' prefix is removed).
+    either a plain state dict or a checkpoint dict ({'state_dict': ...}, {'model': ...}); a wrapper's
+    key prefix (a cwnnk checkpoint's 'net.', nn.DataParallel's 'module.', a 'model.' wrapper) is
+    removed where every key has it and the keys then fit the architecture (strip_prefixes).
     """
     weights = spec.get("weights")
     if not weights:
@@ -358,9 +494,27 @@ def initial_state_dict(spec, download=False):
             break
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict or a checkpoint dict")
-    if any(k.startswith("net.") for k in obj):
-        obj = {k[len("net."):]: v for k, v in obj.items() if k.startswith("net.")}
-    return obj
+    return strip_prefixes(obj, _bare_net(spec, lambda net: set(net.state_dict())))
+
+
+# Prefixes that wrappers add to every key: a cwnnk checkpoint (beside its normalize.* buffers),
+# nn.DataParallel / DistributedDataParallel, and Lightning-style or EMA modules holding the model.
+_WRAPPER_PREFIXES = ("net.", "module.", "model.")
+
+
+def strip_prefixes(state, expected):
+    """state with wrapper prefixes removed (nested ones too, e.g. 'module.model.'), where every key has
+    the prefix and the stripped keys are exactly `expected` (the architecture's); else state unchanged,
+    so a network whose own keys start with 'model.' loads as it is and a mismatch is listed as found."""
+    if set(state) == set(expected):
+        return state
+    for prefix in _WRAPPER_PREFIXES:
+        keys = [key for key in state if not (prefix == "net." and key.startswith("normalize."))]
+        if keys and all(key.startswith(prefix) for key in keys):
+            stripped = strip_prefixes({key[len(prefix):]: state[key] for key in keys}, expected)
+            if set(stripped) == set(expected):
+                return stripped
+    return state
 
 
 def pretrained_model(spec, download=False):
