@@ -147,6 +147,23 @@ def test_tiny_run_overlap_table_has_every_documented_column(tiny_run):
     assert ((0 <= table["rho_hat_mean"]) & (table["rho_hat_mean"] <= 1)).all()
 
 
+def test_tiny_run_states_each_claim(tiny_run):
+    """claims.csv has a row per claim and sub-claim, each with a verdict; the tiny run (2 models,
+    2 manifold dimensions, no saved epochs) can decide none of them, and each row says why."""
+    from cwnnk.claims import COLUMNS
+    from cwnnk.tables import read_table
+
+    root, _ = tiny_run
+    claims = read_table(root / "results" / "tables" / "claims.csv")
+    assert list(claims) == list(COLUMNS) and set(claims) <= _documented_columns()
+    assert list(claims["claim"]) == ["C1", "C2", "C2", "C3", "C3"] + ["C4"] * 6 + ["early stopping"]
+    assert set(claims["verdict"]) == {"undefined"}
+    assert all(e.startswith("undefined: ") for e in claims["evidence"])
+    assert "needs 6 models" in claims["evidence"][3]  # C3 depth: a two-sided sign test over 2 models
+    assert "no training run with saved epochs" in claims["evidence"][-1]
+    assert set(read_table(root / "results" / "tables" / "generalization.csv")) <= _documented_columns()
+
+
 def _declared_closure():
     """Canonical names of the distributions that README's `pip install -e .` brings in: the
     project's dependencies (pyproject.toml, no extras) and theirs, recursively."""
@@ -222,6 +239,8 @@ def test_tiny_run_draws_every_figure_and_builds_the_report(tiny_run):
     assert "F3" in html and "overlap.csv" in html
     text = re.sub(r"(\\n|\s)+", " ", html)  # captions sit in JSON strings, line breaks as \n
     assert text.count("Claim tested") == 7 and "{{" not in html
+    assert text.count("This run's verdicts, claim by claim: claims.csv") == 1
+    assert "has no test split" not in text
     assert text.count("all 2 models of the run") == 3  # F1, F2, F3
     assert text.count(f"one model, {MODELS[0]}, of the 2 of the run") == 2  # F4, F6
 
