@@ -29,6 +29,8 @@ def test_defaults_are_filled_in():
         ({"sweep": {"epochs": [0]}}, ["sweep.epochs.0", ">= 1"]),
         ({"training": {"save_epochs": [0]}}, ["training.save_epochs.0", ">= 1"]),
         ({"training": {"save_epochs": "5"}}, ["training.save_epochs", "array"]),
+        ({"dataset": {"name": "EMNIST"}}, ["dataset.name", "'EMNIST'", "['split']", "folder"]),
+        ({"dataset": {"name": "VOCDetection"}}, ["dataset.name", "'VOCDetection'", "image classification"]),
     ],
 )
 def test_bad_config_names_key_value_and_allowed(bad, fragments):
@@ -129,3 +131,19 @@ def test_save_epoch_beyond_a_run_and_width_on_resnet_are_refused():
         DatasetParams(label_noise=1.5)
     with pytest.raises(ValueError, match="training.save_epochs"):
         TrainParams(epochs=5, save_epochs=(5,))
+
+
+@pytest.mark.parametrize("dataset, expected", [
+    ({"name": "digits"}, True),
+    ({"name": "CIFAR100"}, True),  # its train flag
+    ({"name": "SVHN"}, True),  # split="test"
+    ({"name": "EuroSAT"}, False),  # one split only
+    ({"name": "Caltech101"}, False),
+    ({"name": "folder", "root": "x"}, False),
+    ({"name": "folder", "root": "x", "test_root": "y"}, True),
+])
+def test_has_test_split_follows_the_dataset(dataset, expected):
+    """Whether accuracy (and claim C4) can be measured: the tables and captions say why not."""
+    from cwnnk.config import has_test_split
+
+    assert has_test_split(dataset) is expected

@@ -98,12 +98,16 @@ def _dataset_problems(dataset):
             return [f"config key 'dataset.root': {dataset.get('root')!r} is not a folder (dataset.name: folder "
                     "reads an ImageFolder tree: one sub-folder of images per class)"]
         return []
-    from cwnnk.datasets import dataset_classes
+    from cwnnk.datasets import dataset_classes, split_arguments
     from cwnnk.models import _nearest
 
     if name not in dataset_classes():
         return [f"config key 'dataset.name': {name!r} is not allowed; choose one of {list(DATASETS)} or a "
                 f"torchvision dataset class (nearest: {', '.join(_nearest(name, dataset_classes()))})"]
+    try:
+        split_arguments(name)
+    except ValueError as err:  # a torchvision class cwnnk cannot read as image classification
+        return [str(err)]
     return []
 
 
@@ -163,8 +167,18 @@ def _widen(spec, width):
 
 
 def has_test_split(dataset_cfg):
-    """Whether the dataset config has a test split (a folder needs test_root)."""
-    return dataset_cfg["name"] != "folder" or bool(dataset_cfg.get("test_root"))
+    """Whether the dataset config has a test split (a folder needs test_root; a torchvision class
+    its own test split)."""
+    from cwnnk.params import DATASETS
+
+    name = dataset_cfg["name"]
+    if name == "folder":
+        return bool(dataset_cfg.get("test_root"))
+    if name in DATASETS:
+        return True
+    from cwnnk.datasets import split_arguments
+
+    return split_arguments(name)[1] is not None
 
 
 def _external_spec(model_cfg, dataset_cfg, weights):

@@ -130,7 +130,8 @@ def _fmt(value):
     return "n/a" if value is None else f"{value:.4f}"
 
 
-NO_TEST = "no test split (dataset.test_root is null): test accuracy, the gap and claim C4 are skipped"
+NO_TEST = ("no test split (a folder without dataset.test_root, or a torchvision class with one split): test "
+           "accuracy, the gap and claim C4 are skipped")
 
 
 
