@@ -88,6 +88,21 @@ def test_bench_scale_builds_a_real_store_and_checks_the_memory_bound(capsys):
     assert main(args + ["--max-mib", "1"]) is False  # no process fits in 1 MiB: the check can fail
 
 
+def test_bench_scale_extract_only_checks_the_store_and_measures_the_stage(capsys):
+    """--extract-only: the store's samples agree with a direct forward pass, then the extract
+    stage's own time and peak (its images made on demand, never held) against the layer's size."""
+    args = ["scale", "--torchvision", "resnet18", "--image-size", "32", "--layer", "layer1.1.relu_1", "--n", "64",
+            "--threads", "1", "--extract-only"]
+    assert main(args) is True
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"agreement: layer1\.1\.relu_1 of 4 stored samples against a direct forward pass: largest "
+                        r"difference \S+ \(values up to \S+\)", lines[0])
+    # 64 images x 64 channels x 8 x 8 float32 = 1 MiB
+    assert re.search(r"extract stage \d+ s, peak RSS \d+ MiB = [\d.]+x the layer's float32 size \(1 MiB\)", lines[1])
+    assert not any(line.startswith("graphs stage") for line in lines)
+    assert main(args + ["--max-mib", "1"]) is False
+
+
 def test_bench_scale_streams_a_torchvision_layer_and_checks_it_without_holding_it(capsys):
     """`bench scale` on a torchvision model's node, streamed: the check reads the sampled channels
     alone and the aggregate's reference rows, and both agree."""

@@ -224,6 +224,12 @@ def load_cifar10(root="data/cifar10", download=False, classes=None, n_train=None
     )
 
 
+def synthetic_templates(num_classes, channels, image_size, gen):
+    """(num_classes, channels, image_size, image_size): each class's fixed random smooth pattern."""
+    coarse = torch.rand(num_classes, channels, 4, 4, generator=gen)
+    return F.interpolate(coarse, size=(image_size, image_size), mode="bicubic", align_corners=False)
+
+
 def load_synthetic(n_train=512, n_test=256, num_classes=4, image_size=12, channels=1, noise=0.3, seed=0):
     """A generated image task with real, learnable class structure.
 
@@ -232,8 +238,7 @@ def load_synthetic(n_train=512, n_test=256, num_classes=4, image_size=12, channe
     Deterministic by seed.
     """
     gen = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(num_classes, channels, 4, 4, generator=gen)
-    templates = F.interpolate(coarse, size=(image_size, image_size), mode="bicubic", align_corners=False)
+    templates = synthetic_templates(num_classes, channels, image_size, gen)
 
     def sample(n):
         labels = torch.arange(n) % num_classes

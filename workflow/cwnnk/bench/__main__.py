@@ -55,6 +55,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads of the stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-mib", type=float, default=4096, help="peak RSS the stage must stay under (exit 1 if not)")
+    p.add_argument("--extract-only", action="store_true",
+                   help="time the extract stage and measure its peak alone (the graphs stage is not run)")
     p.add_argument("--check-nodes", type=int, default=100,
                    help="channel nodes checked against the float64 reference (a tenth as many aggregate nodes)")
     p.set_defaults(func=bench_scale)
