@@ -68,11 +68,10 @@ def _num(table, column):
 
 
 def _text(table, column):
-    """A column as str, empty cells as '' (a column of empty cells reads back as NaN floats)."""
-    values = np.asarray(table[column])
-    if values.dtype.kind == "f":
-        return np.where(np.isnan(values), "", values.astype(str))
-    return values.astype(str)
+    """A column as str, empty cells as ''."""
+    from cwnnk.tables import text_column
+
+    return text_column(table[column])
 
 
 def _final(table):

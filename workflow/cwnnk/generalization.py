@@ -95,12 +95,6 @@ def _groups(overlap):
     yield "last", np.asarray(overlap["is_last"]) == 1
 
 
-def _text(values):
-    """str array, empty cells as '' (a column of empty cells reads back as NaN floats)."""
-    values = np.asarray(values)
-    return np.where(np.isnan(values), "", values.astype(str)) if values.dtype.kind == "f" else values.astype(str)
-
-
 def _column(overlap, name, n):
     return np.asarray(overlap[name], dtype=np.float64) if name in overlap else np.full(n, np.nan)
 
@@ -110,7 +104,9 @@ def accuracy_reason(overlap, mask=None):
     `accuracy_skipped` texts (e.g. no test split), or '' where the table gives none."""
     if "accuracy_skipped" not in overlap:
         return ""
-    reasons = _text(overlap["accuracy_skipped"])
+    from cwnnk.tables import text_column
+
+    reasons = text_column(overlap["accuracy_skipped"])
     return "; ".join(r for r in dict.fromkeys((reasons if mask is None else reasons[mask]).tolist()) if r)
 
 

@@ -114,6 +114,13 @@ def read_table(path, where=None):
     return {name: _column(list(cells)) for name, cells in zip(header, columns)}
 
 
+def text_column(values):
+    """A column read by read_table as str, empty cells as '' (read_table gives a column whose
+    cells are all empty as NaN floats)."""
+    values = np.asarray(values)
+    return np.where(np.isnan(values), "", values.astype(str)) if values.dtype.kind == "f" else values.astype(str)
+
+
 def n_rows(table):
     """Number of rows of a table read by read_table (0 for {})."""
     return len(next(iter(table.values()))) if table else 0
