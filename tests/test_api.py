@@ -53,6 +53,27 @@ def test_three_calls_on_a_tensor_and_a_store(tmp_path):
     assert np.array_equal(cwnnk.cw_nnk_graphs(engine, k=5, layout="CND").aggregate.indices, graphs.aggregate.indices)
 
 
+def test_a_dataset_of_unlabelled_images_is_read_without_labels():
+    """(image, None) items, as torchvision gives for unlabelled splits: the images are read, the
+    labels stored as 0, as for a dataset of bare images."""
+
+    class Unlabelled(torch.utils.data.Dataset):
+        def __init__(self, x):
+            self.x = x
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i], None
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=2)
+    x = torch.rand(6, 3, 32, 32)
+    from_items = cwnnk.activations_of(model, Unlabelled(x), ["layer1.0.relu"])["layer1.0.relu"]
+    assert np.array_equal(from_items, cwnnk.activations_of(model, x, ["layer1.0.relu"])["layer1.0.relu"])
+
+
 def test_ambiguous_and_bad_inputs_are_refused():
     acts = np.random.default_rng(0).random((20, 4, 9), dtype=np.float32)
     with pytest.raises(ValueError, match=r"expects one layer's activations as \(N, C, H, W\).*\(N, C, D\) or the "

@@ -45,8 +45,10 @@ def _as_split(images, labels=None):
             item = images[i]
             return item if tuples else (item, 0)
 
+    if labels is None and tuples:
+        labels = _labels_of(images)  # None where an image has no label (e.g. STL10's unlabeled split)
     if labels is None:
-        labels = _labels_of(images) if tuples else np.zeros(len(images), dtype=np.int64)
+        labels = np.zeros(len(images), dtype=np.int64)
     image = first[0] if tuples else first
     if not isinstance(image, torch.Tensor) or image.ndim != 3:
         raise TypeError(f"the dataset's images must be (C, H, W) tensors (give it a transform such as "
