@@ -101,7 +101,7 @@ def test_hand_worked_two_channels():
     mean_j = (1 / 3 + 0 + 0 + 1 + 1) / 5
     np.testing.assert_allclose(nm.pairwise, [[1, mean_j], [mean_j, 1]])
 
-    row, pairwise = layer_summary(ci, cw, cd, ai, aw, ad)
+    row, pairwise, _ = layer_summary(ci, cw, cd, ai, aw, ad)
     np.testing.assert_allclose(pairwise, nm.pairwise)
     assert row["n_nodes"] == 5 and row["n_channels"] == 2 and row["k"] == 4
     assert row["n_nodes_no_channel_neighbours"] == 1
@@ -244,8 +244,8 @@ def test_channel_permutation():
             for c in range(C + 1)]
     ci, cw, cd, ai, aw, ad = make_layer(sets[:C], sets[C], N=N, k=12)
     perm = rng.permutation(C)
-    row, P = layer_summary(ci, cw, cd, ai, aw, ad)
-    row_p, P_p = layer_summary(ci[perm], cw[perm], cd[perm], ai, aw, ad)
+    row, P, _ = layer_summary(ci, cw, cd, ai, aw, ad)
+    row_p, P_p, _ = layer_summary(ci[perm], cw[perm], cd[perm], ai, aw, ad)
     np.testing.assert_allclose(P_p, P[np.ix_(perm, perm)], rtol=1e-12)
     assert row.keys() == row_p.keys()
     for key in row:
@@ -266,7 +266,7 @@ def test_zero_degree_fraction():
 
 def test_every_column_is_documented():
     ci, cw, cd, ai, aw, ad = make_layer([HAND_A, HAND_B], HAND_AGG, N=5, k=4)
-    row, _ = layer_summary(ci, cw, cd, ai, aw, ad)
+    row, _, _ = layer_summary(ci, cw, cd, ai, aw, ad)
     documented = set(re.findall(r"^\| `([a-z0-9_{}]+)`", DOCS.read_text(), flags=re.M))
     expanded = {c.replace("{stat}", s) for c in documented for s in ov.STATS}
     missing = [key for key in row if key not in documented | expanded]
@@ -309,8 +309,8 @@ def test_dead_channels_are_counted_and_left_out():
     agg = random_sets(rng, N, 1, 2, 6)[0]
     sets = [live[0], empty, live[1], empty, live[2]]  # channels 1 and 3 dead
     dead = np.array([False, True, False, True, False])
-    row, P = layer_summary(*make_layer(sets, agg, N), dead=dead)
-    ref, P_live = layer_summary(*make_layer(live, agg, N))  # the same live channels alone
+    row, P, _ = layer_summary(*make_layer(sets, agg, N), dead=dead)
+    ref, P_live, _ = layer_summary(*make_layer(live, agg, N))  # the same live channels alone
     assert row["n_dead_channels"] == 2 and row["n_channels"] == 5 and ref["n_dead_channels"] == 0
     for name in ("rho_hat", "rho", "gamma", "pairwise_overlap", "degree_channel", "rho_hat_chance",
                  "pairwise_overlap_chance", "union", "kappa"):
@@ -320,12 +320,12 @@ def test_dead_channels_are_counted_and_left_out():
     assert np.allclose(P[np.ix_(~dead, ~dead)], P_live)
     assert np.all(P[dead][:, ~dead] == 0) and np.all(P[~dead][:, dead] == 0)
     # Without the mask the dead channels weigh in (the reason for leaving them out).
-    blind, P_blind = layer_summary(*make_layer(sets, agg, N))
+    blind, P_blind, _ = layer_summary(*make_layer(sets, agg, N))
     assert blind["pairwise_overlap_mean"] < row["pairwise_overlap_mean"]
     assert blind["degree_channel_mean"] < row["degree_channel_mean"]
     assert np.allclose(P_blind, P)
     # Fewer than two live channels: nothing to overlap.
-    one, _ = layer_summary(*make_layer([live[0], empty, empty], agg, N), dead=[False, True, True])
+    one, _, _ = layer_summary(*make_layer([live[0], empty, empty], agg, N), dead=[False, True, True])
     assert one["n_dead_channels"] == 2 and np.isnan(one["rho_hat_mean"]) and np.isnan(one["pairwise_overlap_mean"])
     assert one["degree_channel_mean"] == pytest.approx(np.mean([len(s) for s in live[0]]))
     with pytest.raises(ValueError, match="dead"):

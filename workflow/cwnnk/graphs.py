@@ -283,7 +283,7 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
                                   compressed=False)
         scipy.sparse.save_npz(tmp / "aggregate.npz", to_sparse(aggregate, params.symmetrize), compressed=False)
         np.savez(
-            tmp / "knn.npz", positions=positions, labels=store.labels[positions],
+            tmp / "knn.npz", positions=positions, labels=store.labels[positions], sample_index=store.indices[positions],
             channel_indices=channels.indices, channel_distances=channels.distances,
             channel_weights=channels.weights, channel_error=channels.error,
             agg_indices=aggregate.indices, agg_distances=aggregate.distances, agg_weights=aggregate.weights,
@@ -321,8 +321,8 @@ def load_layer_graphs(folder):
         raise FileNotFoundError(f"{folder}: missing channel graphs {absent[:5]}; rerun the graphs stage")
     with np.load(folder / "knn.npz") as data:
         arrays = dict(data)
-    lacking = [name for name in TWONN_ARRAYS if name not in arrays]
+    lacking = [name for name in (*TWONN_ARRAYS, "sample_index") if name not in arrays]
     if lacking:
-        raise ValueError(f"{folder}: knn.npz lacks {lacking} (written before TwoNN's duplicate policy, "
-                         "docs/overlap.md); rerun the graphs stage")
+        raise ValueError(f"{folder}: knn.npz lacks {lacking} (written by an older cwnnk, before TwoNN's duplicate "
+                         "policy or the images' sample_index, docs/overlap.md); rerun the graphs stage")
     return arrays, summary

@@ -18,11 +18,16 @@ from cwnnk.atomic import write_json
 from cwnnk.intrinsic_dim import twonn
 from cwnnk.loo import cw_loo, loo_columns
 from cwnnk.params import TOL, OverlapParams
+from cwnnk.redundancy import PairOverlap, interval
+
 STATS = ("mean", "std", "q25", "median", "q75")
 # Bounds on one block of nodes: C * block * k neighbour-list entries, block * N (node,
 # point) counters, and block * C * C channel pairs in the per-node intersection counts.
 _MAX_ENTRIES = 1 << 22
 _MAX_PAIRS = 1 << 21  # also keeps the dense path's (b, C, C) arrays in cache
+# rho_hat is flagged as saturated when random sets of the observed sizes already cover this share
+# of the other points: it has then almost no room above chance (docs/overlap.md).
+SATURATED = 0.9
 
 
 @dataclass(frozen=True, eq=False)
@@ -214,7 +219,8 @@ def chance_levels(degree_channel, degree_agg):
     d_c(i) of the M = N - 1 other points, independent across channels. Returns a dict of
     (N,) arrays: union_chance = E[U], rho_chance, rho_hat_chance, kappa_chance and
     pairwise_overlap_chance (exact expectations, derivations in docs/overlap.md), NaN on
-    the same nodes as the measured metric.
+    the same nodes as the measured metric; and pairwise_chance, the (C, C) mean over nodes of
+    E[J_ab(i)] (the chance level of the pairwise matrix, diagonal 1 like it).
     """
     degree = np.asarray(degree_channel, dtype=np.int64)
     C, N = degree.shape
@@ -232,12 +238,26 @@ def chance_levels(degree_channel, degree_agg):
     hist = hist.reshape(N, width).astype(np.float64)
     pair_sum = (np.einsum("nd,de,ne->n", hist, table, hist) - hist @ np.diag(table)) / 2
     return {
+        "pairwise_chance": _pairwise_chance(table, degree),
         "union_chance": union,
         "rho_chance": rho,
         "rho_hat_chance": rho / (1 - 1 / C),
         "kappa_chance": np.where(np.asarray(degree_agg) > 0, p_in_union, np.nan),
         "pairwise_overlap_chance": pair_sum / (C * (C - 1) / 2),
     }
+
+
+def _pairwise_chance(table, degree):
+    """(C, C) mean over nodes of table[d_a(i), d_b(i)], in blocks of nodes (never N x C x C)."""
+    C, N = degree.shape
+    total = np.zeros((C, C))
+    block = max(1, _MAX_PAIRS // (C * C))
+    for start in range(0, N, block):
+        d = degree[:, start:start + block].T  # (b, C)
+        total += table[d[:, :, None], d[:, None, :]].sum(axis=0)
+    total /= N
+    np.fill_diagonal(total, 1.0)
+    return total
 
 
 def zero_degree_fraction(degree_channel):
@@ -280,7 +300,8 @@ def dead_mask(dead, n_channels):
 
 
 def _live_layer_metrics(ch_indices, ch_weights, agg_indices, agg_weights, dead, tol):
-    """node_metrics and chance_levels over the live channels, and the (C, C) pairwise matrix.
+    """node_metrics and chance_levels over the live channels, the (C, C) pairwise matrix and the
+    live channels' PairOverlap (what the headline's interval resamples).
 
     A dead channel has no neighbour, so it adds nothing to U or S, but it would count in C
     (the normalisation of rho_hat and gamma) and as C - 1 pairs of J = 0. The metrics are
@@ -298,6 +319,8 @@ def _live_layer_metrics(ch_indices, ch_weights, agg_indices, agg_weights, dead, 
     if subset:
         pairwise = np.eye(C)
         pairwise[np.ix_(live, live)] = nm.pairwise
+    pairs = PairOverlap(nm.pairwise, chance.pop("pairwise_chance"), nm.pairwise_overlap,
+                        chance["pairwise_overlap_chance"])
     metrics = {name: getattr(nm, name) for name in ("degree_channel", "degree_agg", "union", "sum", "rho",
                                                      "rho_hat", "kappa", "gamma", "pairwise_overlap")}
     metrics.update(chance)
@@ -305,7 +328,9 @@ def _live_layer_metrics(ch_indices, ch_weights, agg_indices, agg_weights, dead, 
         metrics.update({name: np.full_like(metrics[name], np.nan, dtype=np.float64)
                         for name in _CHANNEL_SET_METRICS})
         metrics["degree_channel"] = nm.degree_channel[live]
-    return nm, metrics, pairwise
+        empty = np.full(pairs.node.shape, np.nan)
+        pairs = PairOverlap(np.zeros((0, 0)), np.zeros((0, 0)), empty, empty)
+    return nm, metrics, pairwise, pairs
 
 
 def dead_channels(zero_map_fraction):
@@ -315,7 +340,9 @@ def dead_channels(zero_map_fraction):
 
 def layer_summary(ch_indices, ch_weights, ch_distances, agg_indices, agg_weights,
                   agg_distances, tol=TOL, dead=None, ch_twonn=None, agg_twonn=None):
-    """One flat row of layer-level columns and the (C, C) pairwise overlap matrix.
+    """One flat row of layer-level columns, the (C, C) pairwise overlap matrix and the live
+    channels' PairOverlap (cwnnk.redundancy: what the headline's interval and a twin comparison
+    resample).
 
     dead: optional (C,) bool, the dead channels (all-zero maps on every sample; the overlap
     stage takes them from the graphs' zero_map_fraction). They are counted
@@ -327,10 +354,14 @@ def layer_summary(ch_indices, ch_weights, ch_distances, agg_indices, agg_weights
     C, N, k = _validate(ch_indices, ch_weights, agg_indices, agg_weights, ch_distances,
                         agg_distances)
     dead = dead_mask(dead, C)
-    nm, metrics, pairwise = _live_layer_metrics(ch_indices, ch_weights, agg_indices, agg_weights, dead, tol)
+    nm, metrics, pairwise, pairs = _live_layer_metrics(ch_indices, ch_weights, agg_indices, agg_weights, dead, tol)
     row = {"n_nodes": N, "n_channels": C, "k": k, "n_dead_channels": int(dead.sum())}
+    row.update(interval(pairs))
     for name, values in metrics.items():
         row.update(_stats_columns(name, values))
+    # rho_hat's room: the share of the other points a union of random sets of the same sizes covers.
+    row["union_saturation"] = float(np.nanmean(metrics["union_chance"]) / (N - 1))
+    row["rho_hat_saturated"] = int(row["union_saturation"] >= SATURATED)
     row["n_nodes_no_channel_neighbours"] = int(np.sum(nm.sum == 0))
     row["n_nodes_no_agg_neighbours"] = int(np.sum(nm.degree_agg == 0))
     degree = nm.degree_channel  # over every channel, dead ones included
@@ -346,11 +377,26 @@ def layer_summary(ch_indices, ch_weights, ch_distances, agg_indices, agg_weights
     row["id_layer_n"] = int(id_layer_n)
     id_channel = summarize(twonn(ch_distances if ch_twonn is None else ch_twonn)[0])
     row.update({f"id_channel_{stat}": id_channel[stat] for stat in (*STATS, "n")})
-    return row, pairwise
+    return row, pairwise, pairs
+
+
+@dataclass(frozen=True, eq=False)
+class LayerSummary:
+    """What the overlap stage and cwnnk.overlap_summary report for one layer.
+
+    row: the layer-level columns of docs/overlap.md; pairwise: the (C, C) mean Jaccard matrix;
+    pairs: the live channels' PairOverlap (the headline's interval, a twin comparison); loo:
+    cw_loo's result, or None without labels.
+    """
+
+    row: dict
+    pairwise: np.ndarray
+    pairs: PairOverlap
+    loo: dict | None
 
 
 def graphs_summary(arrays, zero_map_fraction, counts, aggregate_counts, tol=TOL):
-    """graphs of one layer -> (row, pairwise, loo): what the overlap stage and cwnnk.overlap_summary report.
+    """graphs of one layer -> LayerSummary: what the overlap stage and cwnnk.overlap_summary report.
 
     arrays: the layer's graph arrays under knn.npz's names: channel_indices, channel_weights,
     channel_distances (C, N, k), agg_indices, agg_weights, agg_distances (N, k), channel_twonn
@@ -358,11 +404,11 @@ def graphs_summary(arrays, zero_map_fraction, counts, aggregate_counts, tol=TOL)
     kNN distances) and labels (N,) int (absent or None: no LOO columns). zero_map_fraction: (C,) fraction
     of all-zero maps per channel (dead_channels gives layer_summary's `dead`). counts: {name:
     (C,)} and aggregate_counts {name: int}, the engine's degenerate counts (kkt_failed, not_pd).
-    Returns layer_summary's row plus zero_map_fraction_mean/max, kkt_failed, not_pd and, with labels,
-    the loo_* columns; the (C, C) pairwise matrix; cw_loo's result, or None without labels.
+    The row is layer_summary's plus zero_map_fraction_mean/max, kkt_failed, not_pd and, with labels,
+    the loo_* columns.
     """
     zero_maps = np.asarray(zero_map_fraction, dtype=np.float64)
-    row, pairwise = layer_summary(
+    row, pairwise, pairs = layer_summary(
         arrays["channel_indices"], arrays["channel_weights"], arrays["channel_distances"],
         arrays["agg_indices"], arrays["agg_weights"], arrays["agg_distances"], tol=tol,
         dead=dead_channels(zero_maps), ch_twonn=arrays.get("channel_twonn"), agg_twonn=arrays.get("agg_twonn"),
@@ -372,12 +418,39 @@ def graphs_summary(arrays, zero_map_fraction, counts, aggregate_counts, tol=TOL)
     row["kkt_failed"] = int(np.sum(counts["kkt_failed"]) + aggregate_counts["kkt_failed"])
     row["not_pd"] = int(np.sum(counts["not_pd"]) + aggregate_counts["not_pd"])
     labels = arrays.get("labels")
-    if labels is None:
-        return row, pairwise, None
-    loo = cw_loo(arrays["channel_indices"], arrays["channel_weights"], arrays["agg_indices"],
-                 arrays["agg_weights"], labels, tol=tol)
-    row.update(loo_columns(loo))
-    return row, pairwise, loo
+    loo = None
+    if labels is not None:
+        loo = cw_loo(arrays["channel_indices"], arrays["channel_weights"], arrays["agg_indices"],
+                     arrays["agg_weights"], labels, tol=tol)
+        row.update(loo_columns(loo))
+    return LayerSummary(row, pairwise, pairs, loo)
+
+
+def width_sweep(ch_indices, ch_weights, agg_indices, agg_weights, sizes, n_draws=10, seed=0, tol=TOL):
+    """The headline and rho_hat of random channel subsets of one layer: the saturation curve.
+
+    For each size in `sizes` (2 to C), n_draws seeded random subsets of that many channels (the
+    whole layer once at size C) are analysed alone. Returns one dict per subset: n_channels,
+    draw, redundancy, redundancy_chance, rho_hat, rho_hat_chance, union_saturation. The
+    headline's expectation does not move with the size; rho_hat's does once the union saturates.
+    """
+    C, N, _ = _validate(ch_indices, ch_weights, agg_indices, agg_weights)
+    sizes = sorted({int(s) for s in sizes})
+    if not sizes or sizes[0] < 2 or sizes[-1] > C:
+        raise ValueError(f"sizes must lie in [2, C] = [2, {C}], got {sizes}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size in sizes:
+        for draw in range(1 if size == C else n_draws):
+            pick = np.sort(rng.choice(C, size, replace=False))
+            nm = node_metrics(np.asarray(ch_indices)[pick], np.asarray(ch_weights)[pick], agg_indices, agg_weights,
+                              tol=tol)
+            chance = chance_levels(nm.degree_channel, nm.degree_agg)
+            rows.append(dict(n_channels=size, draw=draw, redundancy=float(nm.pairwise_overlap.mean()),
+                             redundancy_chance=float(chance["pairwise_overlap_chance"].mean()),
+                             rho_hat=float(np.nanmean(nm.rho_hat)), rho_hat_chance=float(np.nanmean(chance["rho_hat_chance"])),
+                             union_saturation=float(chance["union_chance"].mean() / (N - 1))))
+    return rows
 
 
 def analyse_layer(graph_dir, out_json, params=OverlapParams(), log=None):
@@ -395,18 +468,19 @@ def analyse_layer(graph_dir, out_json, params=OverlapParams(), log=None):
         C, N, k = arrays["channel_indices"].shape
         log(f"{graph_dir}: {C} channels x {N} nodes, k = {k}, read in {time.perf_counter() - start:.1f}s")
     zero_maps = np.asarray(summary["zero_map_fraction"])
-    row, pairwise, loo = graphs_summary(arrays, zero_maps, summary["counts"], summary["aggregate_counts"],
-                                        tol=params.tol)
+    result = graphs_summary(arrays, zero_maps, summary["counts"], summary["aggregate_counts"], tol=params.tol)
+    loo = result.loo
     dead = dead_channels(zero_maps)
     degree = (arrays["channel_weights"] > params.tol).sum(-1)
     channel_ids, _ = twonn(arrays["channel_twonn"])
     channels = [
-        dict(channel=c, degree_mean=float(degree[c].mean()), degree_agg_mean=row["degree_agg_mean"],
+        dict(channel=c, degree_mean=float(degree[c].mean()), degree_agg_mean=result.row["degree_agg_mean"],
              zero_map_fraction=float(zero_maps[c]), dead=int(dead[c]), id_twonn=float(channel_ids[c]),
              loo_error=float(loo["channel"][c]))
         for c in range(degree.shape[0])
     ]
-    write_json(out_json, dict(layer=summary["layer"], row=row, channels=channels, pairwise=pairwise.tolist(),
+    write_json(out_json, dict(layer=summary["layer"], row=result.row, channels=channels, pairwise=result.pairwise.tolist(),
+                              redundancy=result.pairs.to_dict(), sample_index=arrays["sample_index"].tolist(),
                               params=summary["params"]))
     if log:
         log(f"overlap metrics, chance levels and TwoNN done in {time.perf_counter() - start:.1f}s")
