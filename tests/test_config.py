@@ -56,8 +56,8 @@ def test_sweep_expands_to_readable_stable_names():
     cfg = validate({"sweep": {"dropout": [0.0, 0.2], "weight_decay": [0.0, 5e-4], "augment": ["none", "shift"],
                               "seeds": [1, 2]}})
     models = expand_models(cfg)
-    assert len(models) == 16
-    assert "convnet-d0.2-wd0-s1" in models
+    assert len(models) == 32  # 16 runs, each with its untrained twin
+    assert "convnet-d0.2-wd0-s1" in models and models["convnet-d0.2-wd0-s1"]["twin"] == "convnet-d0.2-wd0-s1-e0"
     assert "convnet-d0-wd0.0005-shift-s2" in models
     entry = models["convnet-d0.2-wd0-s1"]
     assert entry["dropout"] == 0.2 and entry["seed"] == 1 and entry["kind"] == "trained"
@@ -73,8 +73,13 @@ def test_external_checkpoints_join_the_models():
     cfg = validate({"sweep": {"dropout": [0.1], "seeds": [1]},
                     "external": [{"name": "theirs", "path": "x.pt", "model": {"arch": "resnet18"}}]})
     models = expand_models(cfg)
-    assert list(models) == ["convnet-d0.1-wd0-s1", "theirs"]
+    assert list(models) == ["convnet-d0.1-wd0-s1", "convnet-d0.1-wd0-s1-e0", "theirs", "theirs-untrained"]
     assert models["theirs"]["kind"] == "external" and models["theirs"]["spec"]["arch"] == "resnet18"
+    twin = models["theirs-untrained"]
+    assert twin["kind"] == "untrained" and twin["run"] == "theirs" and twin["seed"] == 0 and twin["path"] is None
+    assert twin["spec"] == models["theirs"]["spec"] and twin["twin"] is None and models["theirs"]["twin"] == twin["name"]
+    off = expand_models(validate({**cfg, "baseline": {"untrained": False}}))
+    assert list(off) == ["convnet-d0.1-wd0-s1", "theirs"] and off["theirs"]["twin"] is None
 
 
 def test_external_name_clash_is_refused():
@@ -98,8 +103,11 @@ def test_new_sweep_factors_are_named_only_when_used():
                     "training": {"epochs": 6, "save_epochs": [2, 4]}})
     models = expand_models(cfg)
     assert list(models) == ["convnet-d0-wd0-w0.5-s1", "convnet-d0-wd0-w0.5-s1-e2", "convnet-d0-wd0-w0.5-s1-e4",
-                            "convnet-d0-wd0-ln0.2-w0.5-s1", "convnet-d0-wd0-ln0.2-w0.5-s1-e2",
-                            "convnet-d0-wd0-ln0.2-w0.5-s1-e4"]
+                            "convnet-d0-wd0-w0.5-s1-e0", "convnet-d0-wd0-ln0.2-w0.5-s1",
+                            "convnet-d0-wd0-ln0.2-w0.5-s1-e2", "convnet-d0-wd0-ln0.2-w0.5-s1-e4",
+                            "convnet-d0-wd0-ln0.2-w0.5-s1-e0"]
+    twin = models["convnet-d0-wd0-ln0.2-w0.5-s1-e0"]
+    assert twin["kind"] == "untrained" and twin["epoch"] == 0 and twin["seed"] == 1 and twin["label_noise"] == 0.2
     snap = models["convnet-d0-wd0-ln0.2-w0.5-s1-e2"]
     assert snap["kind"] == "snapshot" and snap["run"] == "convnet-d0-wd0-ln0.2-w0.5-s1" and snap["epoch"] == 2
     assert [layer["channels"] for layer in snap["spec"]["layers"]] == [8, 8, 8, 8]  # 16 x 0.5
@@ -116,7 +124,8 @@ def test_experiment_hands_the_factors_to_train_and_extract():
     assert params.epochs == 5 and params.save_epochs == (3,)
     assert params.dataset.label_noise == 0.1 and params.dataset.n_train == 200
     assert exp.extract(f"{run}-e3").dataset == params.dataset
-    assert exp.snapshots(run) == [f"{run}-e3"]
+    assert exp.extract(f"{run}-e0").dataset == params.dataset  # the twin sees the run's images
+    assert exp.snapshots(run) == [f"{run}-e3", f"{run}-e0"] and params.untrained_twin
 
 
 def test_save_epoch_beyond_a_run_and_width_on_resnet_are_refused():

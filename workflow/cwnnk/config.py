@@ -275,11 +275,15 @@ def _weights_label(weights):
 def expand_models(config):
     """All models of the experiment, name -> entry, trained ones first (sweep order), then external.
 
-    entry: name, kind ('trained', 'snapshot' or 'external'), spec, and the settings that tables
-    and figures group by: dropout, weight_decay, augment, seed, label_noise, n_train, width,
-    epochs (the run's length), run (the training run: itself, or the run a snapshot was saved
-    from), epoch (the epoch analysed) and label. A snapshot is epoch E of a run
-    (training.save_epochs), analysed as a model of its own and written by the run's train job.
+    entry: name, kind ('trained', 'snapshot', 'external' or 'untrained'), spec, twin (the name of
+    its untrained twin, or None), and the settings that tables and figures group by: dropout,
+    weight_decay, augment, seed, label_noise, n_train, width, epochs (the run's length), run (the
+    training run: itself, or the run a snapshot or twin belongs to), epoch (the epoch analysed)
+    and label. A snapshot is epoch E of a run (training.save_epochs), analysed as a model of its
+    own and written by the run's train job. With baseline.untrained, a run's twin <run>-e0 is its
+    initial weights, also written by its train job, and an external model's twin
+    <name>-untrained is its architecture re-initialised with seed baseline.seed (rule
+    untrained_twin); twins follow the models they belong to.
     """
     models = OrderedDict()
     sweep = config["sweep"]
@@ -313,9 +317,12 @@ def expand_models(config):
             width=width, epochs=run_epochs, run=name, epoch=run_epochs,
             label=_label(dropout, wd, augment, noise, n_train, width),
         )
-        models[name] = entry
+        twin = f"{name}-e0" if config["baseline"]["untrained"] else None
+        models[name] = dict(entry, twin=twin)
         for e in save_epochs:
-            models[f"{name}-e{e}"] = dict(entry, name=f"{name}-e{e}", kind="snapshot", epoch=e)
+            models[f"{name}-e{e}"] = dict(entry, name=f"{name}-e{e}", kind="snapshot", epoch=e, twin=twin)
+        if twin:
+            models[twin] = dict(entry, name=twin, kind="untrained", epoch=0, twin=None)
     for i, ext in enumerate(config["external"]):
         if ext["name"] in models:
             raise ConfigError(f"config key 'external.{i}.name': {ext['name']!r} is already a model name")
@@ -335,6 +342,16 @@ def expand_models(config):
         )
         if ext.get("layers") is not None:
             models[ext["name"]]["layers"] = ext["layers"]
+    for name in [m for m, e in models.items() if e["kind"] == "external"]:
+        models[name]["twin"] = None
+        if config["baseline"]["untrained"]:
+            twin = f"{name}-untrained"
+            if twin in models or any(ext["name"] == twin for ext in config["external"]):
+                raise ConfigError(f"config key 'external': a model is named {twin!r}, the name of {name!r}'s untrained "
+                                  "twin; rename it or set baseline.untrained: false")
+            models[name]["twin"] = twin
+            models[twin] = dict(models[name], name=twin, kind="untrained", path=None, seed=config["baseline"]["seed"],
+                                epoch=0, twin=None, download=False)
     return models
 
 
@@ -389,20 +406,22 @@ class Experiment:
             pre = {key: value for key, value in spec.get("preprocess", {}).items() if key != "source"}
             dataset = dataset.replace(**{"channels": spec["input_shape"][0], "image_size": spec["input_shape"][1],
                                          **pre})
-        if entry["kind"] == "external":
+        if self.models[entry["run"]]["kind"] == "external":  # the model, or its twin
             return dataset
         size = {} if entry["n_train"] is None else {"n_train": entry["n_train"]}
         return dataset.replace(label_noise=entry["label_noise"], validation=self.config["training"]["validation"],
                                **size)
 
     def snapshots(self, model):
-        """Names of the saved-epoch models a run's train job writes, in epoch order."""
-        return [m for m, e in self.models.items() if e["kind"] == "snapshot" and e["run"] == model]
+        """Names of the models a run's train job writes besides the run: its saved epochs, then its
+        untrained twin (epoch 0)."""
+        return [m for m, e in self.models.items() if e["kind"] in ("snapshot", "untrained") and e["run"] == model
+                and self.models[model]["kind"] == "trained"]
 
     def train(self, model):
         """TrainParams of a trained model: the shared `training` settings and its sweep point."""
         entry = self.models[model]
-        training = dict(self.config["training"], epochs=entry["epochs"])
+        training = dict(self.config["training"], epochs=entry["epochs"], untrained_twin=entry["twin"] is not None)
         del training["validation"]  # part of the dataset (dataset_of), which extract sees as well
         return TrainParams(dataset=self.dataset_of(model), seed=entry["seed"], weight_decay=entry["weight_decay"],
                            augment=entry["augment"], device=self.config["device"], **training)

@@ -57,6 +57,7 @@ class ConvNet(nn.Module):
 
     def __init__(self, spec):
         super().__init__()
+        self.spec = spec
         in_ch, h, w = spec["input_shape"]
         self.normalize = _normalize(spec)
         blocks = OrderedDict()
@@ -94,6 +95,7 @@ class ResNet18(nn.Module):
         super().__init__()
         from torchvision.models import resnet18
 
+        self.spec = spec
         self.normalize = _normalize(spec)
         self.net = resnet18(weights=None, num_classes=spec["num_classes"])
         in_ch = spec["input_shape"][0]
@@ -216,6 +218,64 @@ class Wrapped(nn.Module):
 
     def forward(self, x):
         return self.net(self.normalize(x))
+
+
+def untrained_twin(model, seed=0):
+    """The untrained twin of `model`: the same architecture, seeded random weights, no training.
+
+    A cwnnk model (build_model, load_checkpoint: it carries its `spec`) is built anew from its spec
+    after torch.manual_seed(seed), input normalisation included: the workflow's twin, and for a run
+    trained here with seed s, untrained_twin(model, s) is its own initial state (epoch 0). A
+    torchvision classification model is built anew by the torchvision builder of its architecture
+    (weights=None, its number of classes) after torch.manual_seed(seed): its constructor's own
+    initialisation, and the same weights as the workflow's twin of that model. Any other nn.Module
+    is deep-copied and each submodule with reset_parameters() is re-initialised in module order
+    after torch.manual_seed(seed) (a constructor's own init scheme, if any, is not rerun). Eval mode.
+    """
+    import copy
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"untrained_twin needs a torch nn.Module, got {type(model).__name__}")
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, dict) and "arch" in spec:
+        torch.manual_seed(seed)
+        return build_model(spec).eval()
+    rebuild = _torchvision_rebuild(model)
+    if rebuild is not None:
+        torch.manual_seed(seed)
+        return rebuild().eval()
+    twin = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for module in twin.modules():
+        if callable(getattr(module, "reset_parameters", None)):
+            module.reset_parameters()
+    return twin.eval()
+
+
+def _torchvision_rebuild(model):
+    """A function that builds `model`'s torchvision architecture afresh, or None when it is not a
+    torchvision classification model that some builder (with its number of classes) reproduces key
+    for key and shape for shape."""
+    import functools
+
+    import torchvision
+
+    module = type(model).__module__
+    if not module.startswith("torchvision.models."):
+        return None
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    biases = [shape for key, shape in shapes.items() if key.endswith(".bias") and len(shape) == 1]
+    classes = biases[-1][0] if biases else 1000
+    for name in torchvision.models.list_models(module=torchvision.models):
+        builder = torchvision.models.get_model_builder(name)
+        if builder.__module__ != module:
+            continue
+        build = functools.partial(builder, weights=None, num_classes=classes)
+        with torch.device("meta"):  # shapes only: nothing allocated or initialised
+            candidate = build()
+        if {key: tuple(value.shape) for key, value in candidate.state_dict().items()} == shapes:
+            return build
+    return None
 
 
 def build_model(spec):

@@ -144,10 +144,13 @@ class TrainParams(_Params):
     epochs: int = 15
     batch_size: int = 64
     save_epochs: tuple = ()
+    untrained_twin: bool = False  # also save the initial weights (epoch 0): the run's untrained twin
     device: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "dataset", DatasetParams.from_dict(self.dataset))
+        if not isinstance(self.untrained_twin, bool):
+            _refuse("baseline.untrained", self.untrained_twin, "true or false")
         object.__setattr__(self, "save_epochs", tuple(self.save_epochs))
         _integer("sweep.seeds[]", self.seed, 0)
         _number("sweep.weight_decay[]", self.weight_decay, 0)

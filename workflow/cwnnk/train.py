@@ -69,6 +69,8 @@ def train_model(spec, dataset, params, log=print, on_epoch=None):
     clean = dataset.clean_train_labels
     clean = None if clean is None or torch.equal(clean, train.labels) else Split(train.images, clean, train.indices)
     history = []
+    if params.untrained_twin and on_epoch is not None:  # the initial weights: the run's untrained twin
+        on_epoch(0, model, [_epoch_row(model, dataset, clean, device, 0, time.perf_counter())])
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         model.train()
@@ -89,14 +91,9 @@ def train_model(spec, dataset, params, log=print, on_epoch=None):
             opt.step()
         if sched:
             sched.step()
-        train_loss, train_acc = evaluate(model, train, device)
-        test_loss, test_acc = evaluate(model, dataset.test, device)
-        row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
-                   seconds=time.perf_counter() - start)
-        if clean is not None:
-            row["train_acc_clean"] = evaluate(model, clean, device)[1]
-        if dataset.validation is not None:
-            row["val_loss"], row["val_acc"] = evaluate(model, dataset.validation, device)
+        row = _epoch_row(model, dataset, clean, device, epoch, start)
+        train_loss, train_acc = row["train_loss"], row["train_acc"]
+        test_loss, test_acc = row["test_loss"], row["test_acc"]
         history.append(row)
         left = (epochs - epoch) * sum(r["seconds"] for r in history) / epoch
         val = "" if dataset.validation is None else f"  val loss {_fmt(row['val_loss'])} acc {_fmt(row['val_acc'])}"
@@ -106,6 +103,19 @@ def train_model(spec, dataset, params, log=print, on_epoch=None):
         if on_epoch is not None:
             on_epoch(epoch, model, history)
     return model.eval(), history
+
+
+def _epoch_row(model, dataset, clean, device, epoch, start):
+    """One epoch's row of the history: losses and accuracies of every split the dataset has."""
+    train_loss, train_acc = evaluate(model, dataset.train, device)
+    test_loss, test_acc = evaluate(model, dataset.test, device)
+    row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
+               seconds=time.perf_counter() - start)
+    if clean is not None:
+        row["train_acc_clean"] = evaluate(model, clean, device)[1]
+    if dataset.validation is not None:
+        row["val_loss"], row["val_acc"] = evaluate(model, dataset.validation, device)
+    return row
 
 
 def summarize_history(history):
@@ -154,7 +164,8 @@ def run_train(entry, params, checkpoint_path, metrics_path, log=print, snapshots
     """The `train` stage: train one sweep entry with TrainParams `params`; write its checkpoint
     and metrics.json. snapshots: (entry, checkpoint_path, metrics_path) of each saved epoch
     (entry["epoch"] in params.save_epochs), written when training passes that epoch, with the
-    history up to it."""
+    history up to it; with params.untrained_twin also of epoch 0, the initial weights (evaluated,
+    never trained)."""
     from cwnnk.atomic import write_json
     from cwnnk.datasets import load_dataset
     from cwnnk.models import save_checkpoint
@@ -171,8 +182,10 @@ def run_train(entry, params, checkpoint_path, metrics_path, log=print, snapshots
     if params.dataset.validation:  # the config key training.validation (it lives in DatasetParams)
         training["validation"] = params.dataset.validation
     saved = {snap["epoch"]: (snap, ckpt, metrics) for snap, ckpt, metrics in snapshots}
-    if sorted(saved) != sorted(params.save_epochs):
-        raise ValueError(f"snapshots for epochs {sorted(saved)} but training.save_epochs is {list(params.save_epochs)}")
+    expected = sorted({*params.save_epochs, *((0,) if params.untrained_twin else ())})
+    if sorted(saved) != expected:
+        raise ValueError(f"snapshots for epochs {sorted(saved)} but training.save_epochs and the untrained twin "
+                         f"(epoch 0) give {expected}")
 
     def on_epoch(epoch, model, history):
         if epoch in saved:
@@ -188,12 +201,27 @@ def run_train(entry, params, checkpoint_path, metrics_path, log=print, snapshots
                                       training=training))
 
 
+def run_twin(entry, params, source_checkpoint, checkpoint_path, metrics_path, log=print):
+    """The `untrained_twin` stage: the untrained twin of an imported model (cwnnk.models.untrained_twin
+    with seed entry["seed"]): its architecture and input normalisation from source_checkpoint, seeded
+    random weights, evaluated on the dataset like the model and written in this project's format."""
+    from cwnnk.models import load_checkpoint, untrained_twin
+    from cwnnk.provenance import sha256_file
+
+    start = time.perf_counter()
+    model, spec = load_checkpoint(source_checkpoint)
+    twin = untrained_twin(model, entry["seed"])
+    log(f"untrained twin of {entry['run']}: {spec.get('name') or spec.get('factory') or spec['arch']} "
+        f"re-initialised with seed {entry['seed']}")
+    _evaluate_and_save(entry, twin, spec, params, checkpoint_path, metrics_path, start, log,
+                       source=str(source_checkpoint), source_sha256=sha256_file(source_checkpoint),
+                       init_seed=entry["seed"])
+
+
 def run_import(entry, params, checkpoint_path, metrics_path, log=print):
     """The `import_checkpoint` stage: validate an external checkpoint against its declared
     architecture, evaluate it on the dataset and write it in this project's format."""
-    from cwnnk.atomic import write_json
-    from cwnnk.datasets import load_dataset
-    from cwnnk.models import load_checkpoint, save_checkpoint
+    from cwnnk.models import load_checkpoint
     from cwnnk.provenance import sha256_file
 
     start = time.perf_counter()
@@ -208,10 +236,20 @@ def run_import(entry, params, checkpoint_path, metrics_path, log=print):
     else:
         model, spec = load_checkpoint(entry["path"], spec)
         source = label = entry["path"]
+    log(f"imported {label}")
+    _evaluate_and_save(entry, model, spec, params, checkpoint_path, metrics_path, start, log, source=str(source),
+                       source_sha256=sha256_file(source))
+
+
+def _evaluate_and_save(entry, model, spec, params, checkpoint_path, metrics_path, start, log, **extra):
+    """Evaluate a model that is not trained here on the dataset; write its checkpoint and metrics.json."""
+    from cwnnk.atomic import write_json
+    from cwnnk.datasets import load_dataset
+    from cwnnk.models import save_checkpoint
+
     dataset = load_dataset(params.dataset)
     device = resolve_device(params.device)
     model.to(device)
-    extra = {}
     if dataset.num_classes == spec["num_classes"]:
         train_loss, train_acc = evaluate(model, dataset.train, device)
         test_loss, test_acc = evaluate(model, dataset.test, device)
@@ -221,7 +259,6 @@ def run_import(entry, params, checkpoint_path, metrics_path, log=print):
                                      f"{dataset.num_classes}; {NO_TEST}")
     history = [dict(epoch=0, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
                     seconds=time.perf_counter() - start)]
-    log(f"imported {label}: train acc {_fmt(train_acc)}, test acc {_fmt(test_acc)}")
+    log(f"{entry['name']}: train acc {_fmt(train_acc)}, test acc {_fmt(test_acc)}")
     save_checkpoint(checkpoint_path, model.cpu(), spec)
-    write_json(metrics_path, _metrics(entry, spec, dataset, history, time.perf_counter() - start, device,
-                                      source=str(source), source_sha256=sha256_file(source), **extra))
+    write_json(metrics_path, _metrics(entry, spec, dataset, history, time.perf_counter() - start, device, **extra))

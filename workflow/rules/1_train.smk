@@ -1,13 +1,17 @@
 # Stage 1 (cwnnk.train): a checkpoint and metrics.json per model, trained here or imported.
-# A run's saved epochs (training.save_epochs) are models of their own, <run>-e<epoch>, written
-# by the run's train job: their files are extra outputs of it.
+# A run's saved epochs (training.save_epochs) and its untrained twin (epoch 0, baseline.untrained)
+# are models of their own, <run>-e<epoch>, written by the run's train job: their files are extra
+# outputs of it. An imported model's twin, <name>-untrained, is written by rule untrained_twin.
+
+# Every run writes the same epochs besides its last: the saved ones, then its twin's epoch 0.
+SNAPSHOT_EPOCHS = [*config["training"]["save_epochs"], *([0] if config["baseline"]["untrained"] else [])]
 
 
 rule train:
     output:
         checkpoint=f"{R}/models/{{model}}/checkpoint.pt",
         metrics=f"{R}/models/{{model}}/metrics.json",
-        snapshots=[f"{R}/models/{{model}}-e{e}/{name}" for e in config["training"]["save_epochs"]
+        snapshots=[f"{R}/models/{{model}}-e{e}/{name}" for e in SNAPSHOT_EPOCHS
                    for name in ("checkpoint.pt", "metrics.json")],
     wildcard_constraints:
         model=_names_regex(TRAINED),
@@ -51,3 +55,27 @@ rule import_checkpoint:
         "../../envs/torch.yaml"
     script:
         "../scripts/import_checkpoint.py"
+
+
+rule untrained_twin:
+    input:
+        f"{R}/models/{{run}}/checkpoint.pt",
+    output:
+        checkpoint=f"{R}/models/{{run}}-untrained/checkpoint.pt",
+        metrics=f"{R}/models/{{run}}-untrained/metrics.json",
+    wildcard_constraints:
+        run=_names_regex(EXTERNAL),
+    params:
+        entry=lambda wildcards: MODELS[f"{wildcards.run}-untrained"],
+        evaluate=lambda wildcards: EXP.import_(f"{wildcards.run}-untrained").to_dict(),
+    log:
+        f"{R}/logs/untrained_twin/{{run}}.log",
+    benchmark:
+        f"{R}/benchmarks/untrained_twin/{{run}}.tsv"
+    threads: config["threads"]
+    resources:
+        **job_resources("import_checkpoint"),
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/untrained_twin.py"

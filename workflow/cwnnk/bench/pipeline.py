@@ -27,7 +27,8 @@ def _stage(name, config, workdir, timings):
     ckpt, store = work / "checkpoint.pt", work / "store.zarr"
     start = time.perf_counter()
     if name == "train":
-        run_train(entry, exp.train(model).replace(save_epochs=()), ckpt, work / "metrics.json", quiet)  # no snapshots: one run timed
+        run_train(entry, exp.train(model).replace(save_epochs=(), untrained_twin=False), ckpt, work / "metrics.json",
+                  quiet)  # no snapshots, no twin: one run timed
     elif name == "extract":
         run_extract(entry, ckpt, store, exp.extract(model), quiet)
     elif name == "graphs":
