@@ -393,10 +393,11 @@ def f1_degree(channels, prefix, levels=None, k=None):
 # ---------------------------------------------------------------------------- F2
 
 F2_PANELS = (
-    ("rho_hat_mean", "rho_hat_chance_mean", "redundancy $\\hat\\rho$ (0-1)", "(a) normalised redundancy"),
-    ("pairwise_overlap_mean", "pairwise_overlap_chance_mean", "pairwise overlap $J$ (0-1)",
-     "(b) pairwise channel overlap"),
+    ("redundancy", "redundancy_chance", "redundancy: mean pairwise overlap $J$ (0-1)",
+     "(a) redundancy (width-robust headline)"),
+    ("rho_hat_mean", "rho_hat_chance_mean", "$\\hat\\rho$ (0-1)", "(b) union-based $\\hat\\rho$ (saturates with width)"),
 )
+TWIN_COLOUR = "0.15"
 
 
 def _by_level_depth(table, column, lev, depths):
@@ -410,13 +411,15 @@ def _by_level_depth(table, column, lev, depths):
     return out
 
 
-def f2_redundancy_depth(overlap, prefix, levels=None):
-    """F2: rho_hat and pairwise overlap (layer means over nodes) versus depth; per level the
-    mean over seeds (line) and the min-max over seeds (band); the chance level of every model
-    in grey (dotted mean, hatched min-max), apart from the levels' colours (C2, C3).
+def f2_redundancy_depth(overlap, prefix, levels=None, twins=None):
+    """F2: the headline redundancy and the union-based rho_hat (layer means over nodes) versus
+    depth; per level the mean over seeds (line) and the min-max over seeds (band); the chance
+    level of every model in grey (dotted mean, hatched min-max), apart from the levels' colours
+    (C2, C3); with twins, the untrained twins' headline as a dark dashed line (mean) and band
+    (min-max): what architecture and data give without training.
 
-    overlap: overlap.csv (label, depth, rho_hat_mean, pairwise_overlap_mean and their
-    *_chance_mean columns).
+    overlap: overlap.csv rows of the analysed models (label, depth, redundancy, rho_hat_mean and
+    their chance columns); twins: overlap.csv rows of the untrained twins, or None.
     """
     title = "F2 redundancy versus depth"
     if n_rows(overlap) == 0:
@@ -440,6 +443,8 @@ def f2_redundancy_depth(overlap, prefix, levels=None):
                 elif ok.sum() == 1:
                     ax.errorbar(x, mean[ok], yerr=[mean[ok] - lo[ok], hi[ok] - mean[ok]], color=colour,
                                 elinewidth=0.8, capsize=2, fmt="none", zorder=2)
+            if column == "redundancy" and n_rows(twins or {}):
+                _twins(ax, twins, depths)
             _chance(ax, overlap, chance, depths)
             _depth_axis(ax, overlap, depths)
             ax.set_ylabel(ylabel)
@@ -450,10 +455,26 @@ def f2_redundancy_depth(overlap, prefix, levels=None):
                           label=f"{names[lev]} ({_n_models(overlap, label, lev)})") for lev in levels]
         if any(len(set(models[label == lev].tolist())) > 1 for lev in levels):
             handles.append(Patch(facecolor="0.6", alpha=0.35, label="min-max over seeds"))
+        if n_rows(twins or {}):
+            handles.append(Line2D([], [], color=TWIN_COLOUR, linestyle="--",
+                                  label=f"untrained twins ({len(set(_text(twins['model']).tolist()))}), mean and min-max"))
         handles.append(_chance_handle())
         fig.legend(handles=handles, loc="outside upper center", ncol=_legend_columns(handles, DOUBLE),
                    title=_level_title(common))
         return _save(fig, prefix)
+
+
+def _twins(ax, twins, depths):
+    """The untrained twins' headline per depth: dashed mean over twins, light min-max band."""
+    out = np.full((3, len(depths)), np.nan)
+    for i, d in enumerate(depths):
+        values = _finite(_col(twins, "redundancy")[twins["depth"] == d])
+        if values.size:
+            out[:, i] = values.mean(), values.min(), values.max()
+    ok = np.isfinite(out[0])
+    x = np.asarray(depths, dtype=np.float64)[ok]
+    ax.plot(x, out[0, ok], color=TWIN_COLOUR, linestyle="--", linewidth=1.0, zorder=2)
+    ax.fill_between(x, out[1, ok], out[2, ok], color=TWIN_COLOUR, alpha=0.08, linewidth=0, zorder=1)
 
 
 CHANCE_COLOUR = "0.4"
@@ -995,6 +1016,46 @@ def _prefixes(outputs):
     return prefixes
 
 
+def width_sweep_figure(rows, prefix, title="width sweep"):
+    """The saturation curve (cwnnk.width_sweep's rows): the headline redundancy and rho_hat against
+    the number of channels sampled, mean over the draws (line), min-max (band), each with its chance
+    level (dotted). The headline stays level; rho_hat falls to its chance level as the union saturates."""
+    table = {key: np.array([r[key] for r in rows], dtype=float) for key in rows[0]} if rows else {}
+    if not table:
+        return _placeholder(prefix, title, "no channel subsets")
+    sizes = np.unique(table["n_channels"])
+    with matplotlib.rc_context(STYLE):
+        fig = _new_figure(SINGLE, 2.6)
+        ax = fig.add_subplot()
+        for (column, chance, label), colour in zip(WIDTH_SERIES, PALETTE):
+            stats = np.array([[f(table[c][table["n_channels"] == n]) for c in (column, chance)
+                               for f in (np.mean, np.min, np.max)] for n in sizes])
+            ax.plot(sizes, stats[:, 0], color=colour, marker="o", markersize=3, label=label)
+            ax.fill_between(sizes, stats[:, 1], stats[:, 2], color=colour, alpha=0.2, linewidth=0)
+            ax.plot(sizes, stats[:, 3], color=colour, linestyle=":", linewidth=1.0, label=f"{label}: chance")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [f"{n:g}" for n in sizes])
+        ax.set_xlabel("channels sampled (random subsets of the layer)")
+        ax.set_ylabel("value (0-1)")
+        ax.set_ylim(0, 1)
+        ax.set_title(title, loc="left")
+        ax.legend(loc="best")
+        return _save(fig, prefix)
+
+
+WIDTH_SERIES = (("redundancy", "redundancy_chance", "redundancy (headline)"),
+                ("rho_hat", "rho_hat_chance", "$\\hat\\rho$ (union-based)"))
+
+
+def _split_twins(table):
+    """(rows of the analysed models, rows of their untrained twins) of a table with a `kind` column:
+    twins are drawn only as F2's baseline, never pooled with the trained models of their label."""
+    if not n_rows(table) or "kind" not in table:
+        return table, {}
+    twin = _text(table["kind"]) == "untrained"
+    return select(table, ~twin), select(table, twin)
+
+
 def draw_all(tables, outputs, params=FigureParams()):
     """Draw F1-F7 from the tables into the files `outputs` (F1.pdf, F1.png, ..., F7.png).
 
@@ -1018,14 +1079,14 @@ def draw_all(tables, outputs, params=FigureParams()):
     solvers = _read(tables, "solvers")
     if solver_model and n_rows(solvers):
         _pick_model(solvers, solver_model, "solvers.csv", "solver_model")
-    overlap = _read(tables, "overlap")
+    overlap, twins = _split_twins(_read(tables, "overlap"))
     levels = level_order(overlap) if n_rows(overlap) else None
     k = _unique_number(overlap, "k") if n_rows(overlap) else None
     for prefix in prefixes.values():
         prefix.parent.mkdir(parents=True, exist_ok=True)
-    channels = _read(tables, "channels")
+    channels, _ = _split_twins(_read(tables, "channels"))
     f1_degree(channels, prefixes["F1"], levels=levels, k=k)
-    f2_redundancy_depth(overlap, prefixes["F2"], levels=levels)
+    f2_redundancy_depth(overlap, prefixes["F2"], levels=levels, twins=twins)
     f3_generalization(overlap, prefixes["F3"], levels=levels)
     f4_heatmaps(pairwise, prefixes["F4"], model=model, channels=channels)
     f5_manifolds(_read(tables, "manifolds"), prefixes["F5"])

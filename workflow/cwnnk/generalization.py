@@ -2,7 +2,7 @@
 (generalization.csv), and early stopping from the CW-NNK LOO error.
 
 One model is one point (a saved epoch counts as a model of its own; the `final` subset leaves
-snapshots out, so that no run counts twice). For each layer (by name, plus `last`: each
+snapshots out, so that no run counts twice; untrained twins are left out altogether). For each layer (by name, plus `last`: each
 model's deepest analysed layer), measure and target: Pearson and Spearman with p-values, a
 percentile bootstrap 95% interval of Pearson r over models, and the partial Pearson
 correlation given the training accuracy (both variables' linear dependence on train_acc
@@ -155,9 +155,11 @@ GENERALIZATION_COLUMNS = ("subset", "layer", "measure", "target", "n_models", *E
 
 def write_generalization(overlap_csv, out_csv, early_csv=None):
     """The `generalization` job: generalization.csv (and early_stopping.csv) from overlap.csv."""
-    from cwnnk.tables import read_table, write_table
+    from cwnnk.tables import read_table, select, text_column, write_table
 
     overlap = read_table(overlap_csv)
+    if overlap and "kind" in overlap:  # untrained twins are baselines, not models whose generalization is measured
+        overlap = select(overlap, text_column(overlap["kind"]) != "untrained")
     rows = generalization_rows(overlap)
     write_table(out_csv, rows, GENERALIZATION_COLUMNS)
     if early_csv is not None:

@@ -143,26 +143,52 @@ def _model_context(entry, metrics):
     return context
 
 
+def twin_columns(model, layer, info, twin, twin_info):
+    """The columns comparing a model's layer with the same layer of its untrained twin: the twin's
+    headline with its interval, the difference (model minus twin) with its 95% interval, and
+    training_effect ('raised', 'lowered' or 'none beyond the interval'). Both layers must hold the
+    same images (the overlap stage's sample_index)."""
+    from cwnnk.redundancy import PairOverlap, compare
+
+    if info["sample_index"] != twin_info["sample_index"]:
+        raise ValueError(f"model {model!r} layer {layer!r} and its untrained twin {twin!r} were analysed on "
+                         "different images (sample_index differs); rerun extract for both")
+    row = twin_info["row"]
+    diff = compare(PairOverlap.from_dict(info["redundancy"]), PairOverlap.from_dict(twin_info["redundancy"]))
+    return dict(twin=twin, redundancy_twin=row["redundancy"], redundancy_twin_ci_lo=row["redundancy_ci_lo"],
+                redundancy_twin_ci_hi=row["redundancy_ci_hi"], redundancy_vs_twin=diff["difference"],
+                redundancy_vs_twin_ci_lo=diff["difference_ci_lo"], redundancy_vs_twin_ci_hi=diff["difference_ci_hi"],
+                training_effect=diff["effect"])
+
+
 def collect_tables(models, metrics, layers, overlap, out):
     """The `tables` job: write overlap.csv, channels.csv and pairwise.csv.
 
     models: name -> model entry (cwnnk.config.expand_models); metrics: name -> its metrics.json;
     layers: name -> its analysed layers in depth order; overlap: name -> the overlap stage's
     JSON of each of those layers, same order; out: {"overlap": path, "channels": path,
-    "pairwise": path}.
+    "pairwise": path}. A model with an untrained twin (entry["twin"]) gets twin_columns on each
+    of its overlap rows.
     """
+    infos = {}
+    for name in models:
+        if len(overlap[name]) != len(layers[name]):
+            raise ValueError(f"model {name!r}: {len(layers[name])} layers but {len(overlap[name])} overlap files")
+        for layer, path in zip(layers[name], overlap[name]):
+            info = json.loads(Path(path).read_text())
+            if info["layer"] != layer:
+                raise ValueError(f"{path}: holds layer {info['layer']!r}, expected {layer!r}")
+            infos[name, layer] = info
     overlap_rows, channels, pairwise = [], [], []
     for name, entry in models.items():
         context = _model_context(entry, json.loads(Path(metrics[name]).read_text()))
-        if len(overlap[name]) != len(layers[name]):
-            raise ValueError(f"model {name!r}: {len(layers[name])} layers but {len(overlap[name])} overlap files")
-        for depth, (layer, path) in enumerate(zip(layers[name], overlap[name])):
-            layer_info = json.loads(Path(path).read_text())
-            if layer_info["layer"] != layer:
-                raise ValueError(f"{path}: holds layer {layer_info['layer']!r}, expected {layer!r}")
+        twin = entry.get("twin")
+        for depth, layer in enumerate(layers[name]):
+            layer_info = infos[name, layer]
             where = dict(layer=layer, depth=depth, n_layers=len(layers[name]), is_last=int(depth == len(layers[name]) - 1))
-            overlap_rows.append({**context, **where, **layer_info["row"]})
-            short = {key: context[key] for key in ("model", "label", "dropout", "seed")}
+            compared = twin_columns(name, layer, layer_info, twin, infos[twin, layer]) if twin else {}
+            overlap_rows.append({**context, **where, **layer_info["row"], **compared})
+            short = {key: context[key] for key in ("model", "kind", "label", "dropout", "seed")}
             channels += [{**short, "layer": layer, "depth": depth, **ch} for ch in layer_info["channels"]]
             matrix = layer_info["pairwise"]
             pairwise += [

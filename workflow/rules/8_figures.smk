@@ -17,7 +17,9 @@ rule figures:
     params:
         figures=EXP.figures.to_dict(),
         # for the report's captions (workflow/report/F*.rst): how many models each figure rests on
-        n_models=len(MODELS),
+        n_models=sum(e["kind"] != "untrained" for e in MODELS.values()),
+        # F2: the untrained twins drawn as the baseline
+        n_twins=sum(e["kind"] == "untrained" for e in MODELS.values()),
         # F7: the training runs with saved epochs, and their models (saved epochs and final ones)
         n_runs_epochs=len(RUNS_WITH_EPOCHS),
         n_epoch_models=sum(e["kind"] == "snapshot" or m in RUNS_WITH_EPOCHS for m, e in MODELS.items()),
