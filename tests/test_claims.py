@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from cwnnk.claims import (COLUMNS, NOT_SUPPORTED, SUPPORTED, UNDEFINED, c1_degree_dimension, c2_above_chance,
-                          c3_depth, c3_regularization, c4_correlations, claims_rows, early_stopping_claim,
+from cwnnk.claims import (COLUMNS, NOT_SUPPORTED, SUPPORTED, UNDEFINED, c1_degree_dimension, c2_redundancy,
+                          c2_training, c3_depth, c3_regularization, c4_correlations, claims_rows, early_stopping_claim,
                           write_claims)
 from conftest import REPO
 
@@ -67,10 +67,11 @@ def test_c1_reads_the_configured_solver():
 
 # ---------------------------------------------------------------------------- C2 and C3
 
-def overlap(values, chance=None, layers=("conv1", "conv2"), labels=None, kind=None):
-    """Rows model by model, layer by layer: values[m][l] is model m's rho_hat_mean at layer l."""
-    rows = {"model": [], "layer": [], "depth": [], "is_last": [], "label": [], "kind": [], "rho_hat_mean": [],
-            "rho_hat_chance_mean": []}
+def overlap(values, chance=None, layers=("conv1", "conv2"), labels=None, kind=None, **columns):
+    """Rows model by model, layer by layer: values[m][l] is model m's headline redundancy at layer l.
+    columns: more per-row columns, each given as [m][l] like values (e.g. redundancy_excess)."""
+    rows = {"model": [], "layer": [], "depth": [], "is_last": [], "label": [], "kind": [], "redundancy": [],
+            "redundancy_chance": [], **{name: [] for name in columns}}
     for m, per_layer in enumerate(values):
         for depth, layer in enumerate(layers):
             rows["model"].append(f"m{m}")
@@ -79,38 +80,65 @@ def overlap(values, chance=None, layers=("conv1", "conv2"), labels=None, kind=No
             rows["is_last"].append(int(depth == len(layers) - 1))
             rows["label"].append(labels[m] if labels else "d0 wd0 none")
             rows["kind"].append(kind[m] if kind else "trained")
-            rows["rho_hat_mean"].append(per_layer[depth])
-            rows["rho_hat_chance_mean"].append(0.2 if chance is None else chance[m][depth])
-    return {key: np.array(v, dtype=float if key in ("depth", "is_last", "rho_hat_mean", "rho_hat_chance_mean")
-                          else str) for key, v in rows.items()}
+            rows["redundancy"].append(per_layer[depth])
+            rows["redundancy_chance"].append(0.2 if chance is None else chance[m][depth])
+            for name, given in columns.items():
+                rows[name].append(given[m][depth])
+    text = ("model", "layer", "label", "kind", "training_effect")
+    return {key: np.array(v, dtype=str if key in text else float) for key, v in rows.items()}
 
 
-def test_c2_every_row_above_chance_is_supported():
-    # 3 models x 2 layers, all 6 rows above the chance 0.2: one-sided sign test p = 0.5^6 = 1/64.
-    row = c2_above_chance(overlap([[0.8, 0.6], [0.7, 0.5], [0.9, 0.4]]))
-    assert row["verdict"] == SUPPORTED and row["n"] == 6 and row["n_models"] == 3
-    assert row["value"] == 1.0 and row["p_value"] == pytest.approx(1 / 64)
-    assert "conv1 0.80 vs 0.20; conv2 0.50 vs 0.20" in row["evidence"]
+def excess_table(excess, lo, hi, kind=None, effect=None, diff=None):
+    """C2 rows: per model and layer the excess over chance and its interval (and the twin comparison)."""
+    extra = {} if effect is None else {"training_effect": effect, "redundancy_vs_twin": diff}
+    return overlap([[0.5, 0.5]] * len(excess), kind=kind, redundancy_excess=excess, redundancy_excess_ci_lo=lo,
+                   redundancy_excess_ci_hi=hi, **extra)
 
 
-def test_c2_a_layer_whose_mean_is_below_chance_fails_the_rule():
-    # 4 models x 2 layers: 7 of 8 rows above chance (one-sided p = (1 + 8) / 256 = 0.035 < 0.05), but
-    # one conv2 row is far below its chance level.
-    chance = [[0.2, 0.2], [0.2, 0.2], [0.2, 0.2], [0.2, 0.95]]
-    row = c2_above_chance(overlap([[0.8, 0.25], [0.8, 0.25], [0.8, 0.25], [0.8, 0.1]], chance=chance))
-    # conv2: mean measured (0.25 * 3 + 0.1) / 4 = 0.2125, mean chance (0.2 * 3 + 0.95) / 4 = 0.3875
-    assert row["p_value"] == pytest.approx(9 / 256) and row["value"] == pytest.approx(7 / 8)
-    assert row["verdict"] == NOT_SUPPORTED
+def test_c2_every_row_above_the_minimum_effect_is_supported():
+    row = c2_redundancy(excess_table([[0.12, 0.08], [0.10, 0.09]], [[0.08, 0.06], [0.07, 0.03]],
+                                     [[0.16, 0.10], [0.13, 0.15]]))
+    assert row["verdict"] == SUPPORTED and row["n"] == 4 and row["n_models"] == 2
+    # the weakest row is the one with the lowest lower bound: m1 conv2, 0.09 [0.03, 0.15]
+    assert (row["value"], row["ci_lo"], row["ci_hi"]) == (0.09, 0.03, 0.15)
+    assert "4 of 4 rows of 2 models pass" in row["evidence"] and "m1 conv2 0.090 [0.030, 0.150]" in row["evidence"]
+    assert "no untrained twins analysed" in row["evidence"]
 
 
-def test_c2_leaves_saved_epochs_out_and_needs_five_rows():
-    # The snapshot's rows are below chance but are not counted; 2 final models x 2 layers = 4 rows,
-    # and a one-sided sign test on 4 rows cannot go below 0.5^4 = 0.0625.
-    row = c2_above_chance(overlap([[0.8, 0.6], [0.7, 0.5], [0.1, 0.1]], kind=["trained", "trained", "snapshot"]))
-    assert row["verdict"] == UNDEFINED and row["n"] == 4 and "needs 5 rows" in row["evidence"]
-    assert c2_above_chance({})["verdict"] == UNDEFINED
-    no_chance = {k: v for k, v in overlap([[0.8, 0.6]] * 6).items() if k != "rho_hat_chance_mean"}
-    assert c2_above_chance(no_chance)["verdict"] == UNDEFINED
+@pytest.mark.parametrize("excess, lo", [
+    (0.04, 0.01),  # significant, but below the minimum effect 0.05
+    (0.20, -0.01),  # large, but its interval holds 0
+])
+def test_c2_one_weak_or_uncertain_row_fails_the_rule(excess, lo):
+    row = c2_redundancy(excess_table([[0.12, 0.10], [0.10, excess]], [[0.08, 0.06], [0.07, lo]],
+                                     [[0.16, 0.14], [0.13, 0.3]]))
+    assert row["verdict"] == NOT_SUPPORTED and "3 of 4 rows" in row["evidence"]
+    assert row["ci_lo"] == lo
+
+
+def test_c2_leaves_twins_and_saved_epochs_out_and_reports_the_twins():
+    # The twin (m2) and the snapshot (m3) fail the rule but are not counted; the twin's excess is given.
+    table = excess_table([[0.1, 0.1], [0.1, 0.1], [0.3, 0.01], [0.0, 0.0]], [[0.06, 0.06]] * 2 + [[0.2, -0.1], [0, 0]],
+                         [[0.2, 0.2]] * 4, kind=["trained", "trained", "untrained", "snapshot"],
+                         effect=[["none beyond the interval"] * 2] * 2 + [["", ""]] * 2, diff=[[0.01, -0.02]] * 2 + [[np.nan] * 2] * 2)
+    row = c2_redundancy(table)
+    assert row["verdict"] == SUPPORTED and row["n"] == 4
+    assert "untrained twins: median 0.155 (0.010 to 0.300) over 2 (model, layer) rows" in row["evidence"]
+    assert "what architecture and data give, not what training did" in row["evidence"]
+    assert c2_redundancy({})["verdict"] == UNDEFINED
+
+
+def test_c2_training_majority_of_rows_beyond_the_interval():
+    effect = [["raised", "raised"], ["lowered", "none beyond the interval"]]
+    row = c2_training(excess_table([[0.1, 0.1]] * 2, [[0.05, 0.05]] * 2, [[0.2, 0.2]] * 2, effect=effect,
+                                   diff=[[0.2, 0.1], [-0.1, 0.0]]))
+    assert row["verdict"] == SUPPORTED and row["n"] == 4 and row["value"] == pytest.approx(0.05)
+    assert "raised in 2, lowered in 1, no change beyond the interval in 1 of 4 rows" in row["evidence"]
+    half = [["raised", "none beyond the interval"], ["none beyond the interval", "lowered"]]
+    row = c2_training(excess_table([[0.1, 0.1]] * 2, [[0.05, 0.05]] * 2, [[0.2, 0.2]] * 2, effect=half,
+                                   diff=[[0.2, 0.0], [0.0, -0.1]]))
+    assert row["verdict"] == NOT_SUPPORTED  # 2 of 4 is not more than half
+    assert c2_training(overlap([[0.5, 0.5]]))["verdict"] == UNDEFINED  # no twins
 
 
 def test_c3_depth_sign_test():
@@ -287,9 +315,9 @@ def test_claims_on_an_overlap_table_without_test_accuracy(tmp_path):
     assert all(e == f"undefined: {NO_TEST}" for e in claims["evidence"][c4])
     # no saved epochs here: early stopping is undefined for that reason first
     assert "no training run with saved epochs" in evidence["early stopping"]
-    # C2: 12 rows, every one above chance (0.2 and 0.02): p = 0.5^12; C3 depth: rho_hat falls by
+    # C2: 12 rows, every excess at least 0.25 with an interval above 0; C3 depth: the redundancy falls by
     # 0.05 in each of the 6 models: p = 2 * 0.5^6 = 1/32.
-    assert verdict["C2", "rho_hat_mean above rho_hat_chance_mean"] == "supported"
-    assert verdict["C3", "rho_hat_mean changes with depth"] == "supported"
+    assert verdict["C2", "redundancy above chance by at least 0.05 in every layer"] == "supported"
+    assert verdict["C3", "redundancy changes with depth"] == "supported"
     assert verdict["C1", "mean NNK degree increases with intrinsic dimension (synthetic manifolds, exact solver)"] \
         == "undefined"

@@ -137,7 +137,11 @@ def _overlap_without_test_split(n_models=4, snapshots=False):
                                  is_last=depth, train_acc=0.9 + 0.01 * m, test_acc=None, gap_acc=None,
                                  accuracy_skipped=NO_TEST, rho_hat_mean=0.5 + 0.1 * m - 0.05 * depth,
                                  rho_hat_chance_mean=0.2, pairwise_overlap_mean=0.3 + 0.02 * m,
-                                 pairwise_overlap_chance_mean=0.02, loo_error_layer=0.3 - 0.01 * (m + 1) * epoch))
+                                 pairwise_overlap_chance_mean=0.02, loo_error_layer=0.3 - 0.01 * (m + 1) * epoch,
+                                 redundancy=0.5 + 0.1 * m - 0.05 * depth, redundancy_chance=0.2,
+                                 redundancy_excess=0.3 + 0.1 * m - 0.05 * depth,
+                                 redundancy_excess_ci_lo=0.25 + 0.1 * m - 0.05 * depth,
+                                 redundancy_excess_ci_hi=0.35 + 0.1 * m - 0.05 * depth))
     return rows
 
 
