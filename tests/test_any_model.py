@@ -151,8 +151,10 @@ def test_weights_by_name_load_offline_from_torch_home(tmp_path, monkeypatch):
     cfg = validate({"dataset": {"name": "folder", "root": str(tmp_path / "train")},
                     "model": {"arch": "torchvision", "name": "resnet18", "weights": "IMAGENET1K_V1"}})
     exp = Experiment.from_config(cfg)
-    (name, entry), = exp.models.items()
+    (name, entry), (twin, twin_entry) = exp.models.items()
     assert name == "resnet18-IMAGENET1K_V1" and entry["kind"] == "external"
+    assert twin == entry["twin"] == "resnet18-IMAGENET1K_V1-untrained" and twin_entry["kind"] == "untrained"
+    assert twin_entry["spec"] == entry["spec"] and exp.dataset_of(twin) == exp.dataset_of(name)
     spec = entry["spec"]
     assert spec["num_classes"] == 1000 and spec["input_shape"] == [3, 224, 224]  # the weights' own
     assert spec["normalize"]["mean"] == [0.485, 0.456, 0.406]
@@ -175,7 +177,7 @@ def test_weights_file_and_class_mismatch(tmp_path):
     dataset = {"name": "folder", "root": str(tmp_path / "train"), "test_root": str(tmp_path / "test"), "image_size": 32}
     cfg = validate({"dataset": dataset, "model": {"arch": "torchvision", "name": "mobilenet_v3_small",
                                                   "weights": str(tmp_path / "mine.pth")}})
-    (name, entry), = Experiment.from_config(cfg).models.items()
+    (name, entry), _twin = Experiment.from_config(cfg).models.items()
     assert name == "mobilenet_v3_small-mine" and entry["path"] == str(tmp_path / "mine.pth")
     model = pretrained_model(entry["spec"])
     assert torch.equal(model.net.features[0][0].weight, net.features[0][0].weight)
@@ -200,7 +202,7 @@ def test_imported_weights_file_is_evaluated_on_a_test_split(tmp_path):
                                 "image_size": 32},
                     "model": {"arch": "torchvision", "name": "mobilenet_v3_small", "weights": str(tmp_path / "dog.pth")}})
     exp = Experiment.from_config(cfg)
-    (name, entry), = exp.models.items()
+    (name, entry), _twin = exp.models.items()
     run_import(entry, exp.import_(name), tmp_path / "model.pt", tmp_path / "metrics.json", log=lambda *a: None)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     final = metrics["final"]
@@ -242,7 +244,7 @@ def test_weights_file_prefixes_are_stripped_only_where_they_fit(tmp_path, monkey
     write_folder(tmp_path / "train")
     cfg = validate({"dataset": {"name": "folder", "root": str(tmp_path / "train"), "image_size": 16},
                     "model": {"arch": "factory", "factory": "my_factories:Holder", "weights": str(tmp_path / "held.pth")}})
-    (name, entry), = Experiment.from_config(cfg).models.items()
+    (name, entry), _twin = Experiment.from_config(cfg).models.items()
     model = pretrained_model(entry["spec"])
     assert torch.equal(model.net.model[0].weight, held.model[0].weight)
     assert torch.equal(model.net.model[7].bias, held.model[7].bias)
@@ -268,7 +270,8 @@ def test_torchvision_model_trained_from_scratch(tmp_path, name):
     cfg = validate({"dataset": {"name": "synthetic", "n_train": 16, "n_test": 8, "num_classes": 2, "image_size": 32,
                                 "channels": 3},
                     "model": {"arch": "torchvision", "name": name, "weights": None},
-                    "training": {"epochs": 1, "batch_size": 8}, "sweep": {"seeds": [1]}, "device": "cpu"})
+                    "training": {"epochs": 1, "batch_size": 8}, "sweep": {"seeds": [1]}, "device": "cpu",
+                    "baseline": {"untrained": False}})
     exp = Experiment.from_config(cfg)
     (run, entry), = exp.models.items()
     assert entry["kind"] == "trained"
@@ -497,11 +500,12 @@ def test_torchvision_dataset_class_in_its_own_format(tmp_path):
 def test_snakemake_runs_a_pretrained_torchvision_model_on_an_image_folder(tmp_path, monkeypatch):
     """Config to figures: resnet18's IMAGENET1K_V1 weights (a file placed in TORCH_HOME), an ImageFolder of PNGs
     without a test split, beside the tiny ConvNet trained here on the same images; every table says why
-    accuracy and C4 are missing."""
+    accuracy and C4 are missing. The weights file holds random weights (seed 7): the twin comparison must
+    show it, and the library, run as a user would on the same folder, gives the workflow's numbers."""
     from conftest import TINY_CONFIG, snakemake
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
-    place_weights(tmp_path / "th")
+    place_weights(tmp_path / "th", seed=7)
     write_folder(tmp_path / "train", per_class=8)
     config = dict(TINY_CONFIG, results=str(tmp_path / "results"),
                   dataset={"name": "folder", "root": str(tmp_path / "train"), "image_size": 12},
@@ -536,3 +540,27 @@ def test_snakemake_runs_a_pretrained_torchvision_model_on_an_image_folder(tmp_pa
     for name in ("overlap", "generalization", "early_stopping", "claims"):
         columns = set(read_table(results / "tables" / f"{name}.csv"))
         assert columns <= _documented_columns(), f"{name}.csv: undocumented {columns - _documented_columns()}"
+
+    # Random weights look like trained ones by their name; the twin (r18-untrained, seed 0) tells them apart.
+    r18 = table["model"] == "r18"
+    assert (table["twin"][r18] == "r18-untrained").all()
+    assert (table["training_effect"][r18] == "none beyond the interval").all()
+    assert "what architecture and data give, not what training did" in claims["evidence"][claims["claim"] == "C2"][0]
+
+    # The library on the same folder, as a user writes it, gives the workflow's numbers.
+    import cwnnk
+
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    images = torchvision.datasets.ImageFolder(tmp_path / "train", transform=weights.transforms())
+    model = torchvision.models.resnet18(weights=weights)
+    library = cwnnk.redundancy_vs_untrained(model, images, ["layer4.*.relu"], k=4, n_samples=12, seed=0)
+    assert list(library) == ["layer4.0.relu", "layer4.1.relu"]
+    for layer, got in library.items():
+        at = int(np.flatnonzero(r18 & (table["layer"] == layer))[0])
+        for name, value in (("redundancy", got.redundancy), ("redundancy_ci_lo", got.redundancy_ci[0]),
+                            ("redundancy_ci_hi", got.redundancy_ci[1]), ("redundancy_chance", got.redundancy_chance),
+                            ("redundancy_twin", got.untrained), ("redundancy_vs_twin", got.difference),
+                            ("redundancy_vs_twin_ci_lo", got.difference_ci[0]),
+                            ("redundancy_vs_twin_ci_hi", got.difference_ci[1])):
+            assert value == pytest.approx(table[name][at], abs=1e-9), (layer, name)
+        assert got.effect == table["training_effect"][at]

@@ -22,12 +22,22 @@ def test_readme_example_runs_verbatim(tmp_path, monkeypatch, capsys):
     code = readme_example()
     assert len(code.strip().splitlines()) <= 5
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
-    place_weights(tmp_path / "th")
+    place_weights(tmp_path / "th", seed=7)  # random weights of another seed than the twin's (0)
     write_folder(tmp_path / "my_images", per_class=8)
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
-    rho_hat = float(capsys.readouterr().out.strip().splitlines()[-1])
-    assert 0 <= rho_hat <= 1
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    # The weights file placed here is random (place_weights): the model and its untrained twin are two
+    # random initialisations, so training cannot have changed anything beyond the interval.
+    number = r"([0-9.]+) \[([0-9.]+), ([0-9.]+)\]"
+    found = re.fullmatch(rf"layer4\.1\.relu_1: redundancy {number} \(chance ([0-9.]+)\); untrained twin {number}; "
+                         r"trained - twin ([-+][0-9.]+) \[([-+][0-9.]+), ([-+][0-9.]+)\]: training changed nothing "
+                         r"beyond the interval: this redundancy is what architecture and data give", line)
+    assert found, line
+    value, lo, hi, chance, twin, twin_lo, twin_hi, diff, diff_lo, diff_hi = map(float, found.groups())
+    assert 0 <= lo <= value <= hi <= 1 and 0 <= twin_lo <= twin <= twin_hi <= 1 and chance < value
+    assert diff_lo <= 0 <= diff_hi and diff == pytest.approx(value - twin, abs=2e-3)
+    assert line in (REPO / "README.md").read_text()  # the README shows what the example prints
 
 
 def test_three_calls_on_a_tensor_and_a_store(tmp_path):
@@ -119,6 +129,10 @@ def _stage_row(tmp_path, values, labels, k):
     return json.loads((tmp_path / "relu.json").read_text())
 
 
+# overlap_summary's entries beside the stage's row: the matrix, the PairOverlap and the intervals as pairs
+EXTRAS = {"pairwise", "pairs", "redundancy_ci", "redundancy_excess_ci"}
+
+
 def _same(a, b):
     return (np.isnan(a) and np.isnan(b)) if isinstance(a, float) and np.isnan(a) else abs(a - b) <= 1e-12
 
@@ -130,7 +144,8 @@ def test_library_summary_equals_the_overlap_stage(tmp_path):
     stage = _stage_row(tmp_path, values, labels, k=6)
     row = stage["row"]
     summary = cwnnk.overlap_summary(cwnnk.cw_nnk_graphs(values, k=6, labels=labels, device="cpu"))
-    assert set(summary) == set(row) | {"pairwise"}
+    assert set(summary) == set(row) | EXTRAS
+    assert summary["redundancy_ci"] == (row["redundancy_ci_lo"], row["redundancy_ci_hi"])
     differ = {key: (summary[key], row[key]) for key in row if not _same(summary[key], row[key])}
     assert not differ
     np.testing.assert_allclose(summary["pairwise"], stage["pairwise"], rtol=0, atol=1e-12)
@@ -141,7 +156,7 @@ def test_library_summary_equals_the_overlap_stage(tmp_path):
     assert summary["id_layer_n"] == int(0.9 * 37)
     unlabelled = cwnnk.overlap_summary(cwnnk.cw_nnk_graphs(values, k=6, device="cpu"))
     assert set(summary) - set(unlabelled) == {key for key in row if key.startswith("loo_")}
-    assert all(_same(unlabelled[key], row[key]) for key in unlabelled if key != "pairwise")
+    assert all(_same(unlabelled[key], row[key]) for key in unlabelled if key not in EXTRAS)
 
 
 def test_dead_channel_is_left_out_of_the_channel_metrics():
@@ -171,4 +186,4 @@ def test_a_streamed_layer_gives_the_same_summary(monkeypatch):
     streamed = cwnnk.overlap_summary(cwnnk.cw_nnk_graphs(values, k=6, labels=labels, device="cpu"))
     assert set(streamed) == set(whole) and streamed["id_layer_n"] == int(0.9 * 37)
     assert all(abs(streamed[key] - whole[key]) <= 1e-9 or _same(streamed[key], whole[key])
-               for key in whole if key != "pairwise")
+               for key in whole if key not in EXTRAS)

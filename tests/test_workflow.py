@@ -18,7 +18,7 @@ def test_default_config_dry_run(tmp_path):
     proc = snakemake("-n", "--cores", "2", "--config", f"results={tmp_path / 'results'}")
     counts = _job_counts(proc.stdout)
     assert counts["train"] == 16  # 2 dropout rates x 2 label-noise levels x 2 training-set sizes x 2 seeds
-    assert counts["extract"] == 32  # each run also at its saved epoch 5
+    assert counts["extract"] == 48  # each run also at its saved epoch 5 and as its untrained twin (epoch 0)
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
@@ -139,7 +139,7 @@ def test_tiny_run_overlap_table_has_every_documented_column(tiny_run):
     table = read_table(root / "results" / "tables" / "overlap.csv")
     columns = _documented_columns()
     assert set(table) <= columns, f"undocumented columns: {sorted(set(table) - columns)}"
-    assert len(table["model"]) == 4  # 2 models x 2 layers
+    assert len(table["model"]) == 8  # (2 models + their 2 untrained twins) x 2 layers
     assert sorted(set(table["is_last"])) == [0, 1] and set(table["depth"]) == {0, 1}
     for column in ("rho_hat_mean", "pairwise_overlap_mean", "kappa_mean", "gamma_mean", "degree_agg_mean",
                    "rho_hat_chance_mean", "id_layer", "test_acc", "gap_acc"):
@@ -148,8 +148,10 @@ def test_tiny_run_overlap_table_has_every_documented_column(tiny_run):
 
 
 def test_tiny_run_states_each_claim(tiny_run):
-    """claims.csv has a row per claim and sub-claim, each with a verdict; the tiny run (2 models,
-    2 manifold dimensions, no saved epochs) can decide none of them, and each row says why."""
+    """claims.csv has a row per claim and sub-claim, each with a verdict; the tiny run (2 models and their
+    twins, 2 manifold dimensions, no saved epochs) can decide only C2, and each other row says why."""
+    import numpy as np
+
     from cwnnk.claims import COLUMNS
     from cwnnk.tables import read_table
 
@@ -157,8 +159,12 @@ def test_tiny_run_states_each_claim(tiny_run):
     claims = read_table(root / "results" / "tables" / "claims.csv")
     assert list(claims) == list(COLUMNS) and set(claims) <= _documented_columns()
     assert list(claims["claim"]) == ["C1", "C2", "C2", "C3", "C3"] + ["C4"] * 6 + ["early stopping"]
-    assert set(claims["verdict"]) == {"undefined"}
-    assert all(e.startswith("undefined: ") for e in claims["evidence"])
+    # C2 rests on every (model, layer) row's interval and its twin's, which 2 models have: decided
+    assert set(claims["verdict"][1:3]) <= {"supported", "not supported"} and claims["n"][1] == 4
+    assert "untrained twins: median" in claims["evidence"][1]
+    others = np.r_[0, 3:len(claims["claim"])]
+    assert set(claims["verdict"][others]) == {"undefined"}
+    assert all(e.startswith("undefined: ") for e in claims["evidence"][others])
     assert "needs 6 models" in claims["evidence"][3]  # C3 depth: a two-sided sign test over 2 models
     assert "no training run with saved epochs" in claims["evidence"][-1]
     assert set(read_table(root / "results" / "tables" / "generalization.csv")) <= _documented_columns()
@@ -242,6 +248,7 @@ def test_tiny_run_draws_every_figure_and_builds_the_report(tiny_run):
     assert text.count("This run's verdicts, claim by claim: claims.csv") == 1
     assert "has no test split" not in text
     assert text.count("all 2 models of the run") == 3  # F1, F2, F3
+    assert text.count("beside their 2 untrained twins") == 1  # F2
     assert text.count(f"one model, {MODELS[0]}, of the 2 of the run") == 2  # F4, F6
 
 
@@ -280,7 +287,8 @@ def test_changing_k_reruns_graphs_and_downstream_only(tiny_run):
     finally:
         write_config(config, root / "results")
     assert "train" not in counts and "extract" not in counts
-    assert counts["graphs"] == 4 and counts["overlap"] == 4 and counts["tables"] == 1 and counts["figures"] == 1
+    # 2 models and their 2 twins x 2 layers
+    assert counts["graphs"] == 8 and counts["overlap"] == 8 and counts["tables"] == 1 and counts["figures"] == 1
 
 
 @pytest.mark.parametrize("level, new", [
@@ -300,16 +308,17 @@ def test_adding_a_factor_level_runs_only_the_new_models(tiny_run, level, new):
         write_config(config, root / "results")
     counts = _job_counts(out)
     jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    wildcards: model=([^,\s]+)", out, re.M)
-    for stage in ("train", "extract", "graphs", "overlap"):
-        assert {model for rule, model in jobs if rule == stage} == new, stage
-    assert counts["train"] == counts["extract"] == 2 and counts["graphs"] == counts["overlap"] == 4
+    analysed = new | {f"{model}-e0" for model in new}  # each new run's untrained twin comes from its train job
+    for stage, models in (("train", new), ("extract", analysed), ("graphs", analysed), ("overlap", analysed)):
+        assert {model for rule, model in jobs if rule == stage} == models, stage
+    assert counts["train"] == 2 and counts["extract"] == 4 and counts["graphs"] == counts["overlap"] == 8
     assert counts["tables"] == counts["generalization"] == counts["figures"] == 1
     assert "solvers" not in counts and "manifolds" not in counts
 
 
-@pytest.mark.parametrize("preset, jobs", [("cifar10-paper", {"train": 18, "graphs": 72}),
-                                          ("cifar10-resnet18", {"train": 4, "graphs": 68}),
-                                          ("generalization", {"train": 36, "graphs": 432})])
+@pytest.mark.parametrize("preset, jobs", [("cifar10-paper", {"train": 18, "graphs": 144}),
+                                          ("cifar10-resnet18", {"train": 4, "graphs": 136}),
+                                          ("generalization", {"train": 36, "graphs": 576})])
 def test_presets_validate_and_dry_run(preset, jobs, tmp_path):
     import yaml
 
@@ -361,15 +370,46 @@ def test_validation_split_through_snakemake(tmp_path):
     expected = 1 if not error[1] < error[0] else 2 if not error[2] < error[1] else 3
     assert early["val_epoch"] == expected
     overlap = read_table(results / "tables" / "overlap.csv")
-    last = overlap["is_last"] == 1
+    last = (overlap["is_last"] == 1) & (overlap["kind"] != "untrained")  # the twin (epoch 0) is no stopping point
     at = dict(zip(overlap["epoch"][last].tolist(), overlap["test_acc"][last].tolist()))
     assert early["val_test_acc"] == at[expected]
     assert overlap["val_acc"][last].tolist() == [val_acc[int(e) - 1] for e in overlap["epoch"][last]]
     assert {"val_acc", "val_loss"} <= set(overlap) and set(overlap) <= _documented_columns()
     assert set(read_table(results / "tables" / "early_stopping.csv")) <= _documented_columns()
     # The stores hold only images trained on: none of the held-out ones.
-    for model in (run, f"{run}-e1"):
+    for model in (run, f"{run}-e1", f"{run}-e0"):
         store = open_activations(results / "activations" / f"{model}.zarr")
         held = load_dataset(store.attrs["dataset"]["config"]).validation.indices
         assert len(held) == 19 and not set(held.tolist()) & set(store.indices.tolist())
         assert len(store) == 60
+
+
+def test_tiny_run_compares_every_model_with_its_untrained_twin(tiny_run):
+    """Each run's twin <run>-e0 is its seeded initial state, analysed on the same images and layers; the
+    model's rows carry the twin's headline and trained minus twin with an interval that holds it."""
+    import numpy as np
+    import torch
+
+    from cwnnk.activations import open_activations
+    from cwnnk.models import build_model, load_checkpoint
+    from cwnnk.tables import read_table
+
+    root, _ = tiny_run
+    results = root / "results"
+    table = read_table(results / "tables" / "overlap.csv")
+    for model in MODELS:
+        twin = f"{model}-e0"
+        net, spec = load_checkpoint(results / "models" / twin / "checkpoint.pt")
+        torch.manual_seed(1)  # the run's seed
+        assert all(torch.equal(net.state_dict()[k], v) for k, v in build_model(spec).state_dict().items())
+        stores = [open_activations(results / "activations" / f"{m}.zarr") for m in (model, twin)]
+        assert np.array_equal(stores[0].indices, stores[1].indices)  # the same images
+        rows = table["model"] == model
+        twin_rows = table["model"] == twin
+        assert (table["twin"][rows] == twin).all() and (table["kind"][twin_rows] == "untrained").all()
+        assert np.array_equal(table["redundancy_twin"][rows], table["redundancy"][twin_rows])
+        diff = table["redundancy_vs_twin"][rows]
+        assert np.allclose(diff, table["redundancy"][rows] - table["redundancy"][twin_rows])
+        assert (table["redundancy_vs_twin_ci_lo"][rows] <= diff).all() and (diff <= table["redundancy_vs_twin_ci_hi"][rows]).all()
+        assert set(table["training_effect"][rows]) <= {"raised", "lowered", "none beyond the interval"}
+        assert (table["redundancy_ci_lo"][rows] <= table["redundancy"][rows]).all()

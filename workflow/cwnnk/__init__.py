@@ -16,6 +16,9 @@ _LAZY = {
     "activations_of": "cwnnk.api",
     "cw_nnk_graphs": "cwnnk.api",
     "overlap_summary": "cwnnk.api",
+    "redundancy_vs_untrained": "cwnnk.api",
+    "untrained_twin": "cwnnk.models",
+    "width_sweep": "cwnnk.api",
     "model_layers": "cwnnk.api",
     "LayerGraphs": "cwnnk.api",
 }

@@ -1,4 +1,7 @@
-"""Command line: `python -m cwnnk layers --configfile my.yaml`.
+"""Command line: `python -m cwnnk layers --configfile my.yaml`, `python -m cwnnk width-sweep GRAPHS_DIR`.
+
+width-sweep: the saturation curve of one analysed layer (a graphs folder of the workflow): the
+headline redundancy and rho_hat of random channel subsets, as a table on stdout, a CSV and a figure.
 
 layers: for every model of a config, every analysable node (what `extract.layers` may name or
 match) with its output shape, per-channel dimension D = H*W, whether `all` keeps it, and the
@@ -165,14 +168,46 @@ def layers_command(args):
         sys.exit(f"cwnnk: {problem}")
 
 
+def width_sweep_command(args):
+    from pathlib import Path
+
+    from cwnnk.api import width_sweep
+    from cwnnk.figures import width_sweep_figure
+    from cwnnk.tables import write_table
+
+    folder = Path(args.graphs)
+    try:
+        rows = width_sweep(folder, sizes=args.sizes, n_draws=args.draws, seed=args.seed)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"cwnnk: {err}")
+    print(f"{'channels':>8s} {'redundancy':>11s} {'chance':>7s} {'rho_hat':>8s} {'chance':>7s} {'union saturation':>17s}")
+    for n in dict.fromkeys(r["n_channels"] for r in rows):
+        at = [r for r in rows if r["n_channels"] == n]
+        mean = {key: sum(r[key] for r in at) / len(at) for key in at[0]}
+        print(f"{n:>8d} {mean['redundancy']:>11.4f} {mean['redundancy_chance']:>7.4f} {mean['rho_hat']:>8.4f} "
+              f"{mean['rho_hat_chance']:>7.4f} {mean['union_saturation']:>17.3f}")
+    out = Path(args.out or f"width-sweep-{folder.parent.name}-{folder.name}")
+    write_table(out.with_name(out.name + ".csv"), rows)
+    width_sweep_figure(rows, out, title=f"{folder.parent.name} {folder.name}")
+    print(f"wrote {out}.csv, {out}.pdf and {out}.png (means over {args.draws} draws per size)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cwnnk", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     layers = sub.add_parser("layers", help="list each model's analysable layers with shapes and graph-stage cost")
     layers.add_argument("--configfile", nargs="+", default=["config.yaml"], help="config file(s), later ones win")
+    sweep = sub.add_parser("width-sweep", help="headline redundancy and rho_hat of random channel subsets of a layer")
+    sweep.add_argument("graphs", help="a graphs folder of the workflow, results/graphs/MODEL/LAYER")
+    sweep.add_argument("--sizes", type=int, nargs="+", help="channel counts (default 2, 4, 8, ... and all live)")
+    sweep.add_argument("--draws", type=int, default=10, help="random subsets per size (default 10)")
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--out", help="path prefix of the CSV and figures (default width-sweep-MODEL-LAYER)")
     args = parser.parse_args(argv)
     if args.command == "layers":
         layers_command(args)
+    elif args.command == "width-sweep":
+        width_sweep_command(args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
     acts = cwnnk.activations_of(model, images, ["layer4.1.relu_1"])        # {layer: (N, C, H, W)}
     graphs = cwnnk.cw_nnk_graphs(acts["layer4.1.relu_1"], k=25)           # every channel + aggregate
-    summary = cwnnk.overlap_summary(graphs)                                # rho_hat, Jaccard, coverage...
+    summary = cwnnk.overlap_summary(graphs)             # redundancy, its 95% interval, chance level...
+    cwnnk.redundancy_vs_untrained(model, images, ["layer4.1.relu_1"])      # beside the untrained twin
 
 The same code as the workflow's stages (cwnnk.extract, cwnnk.graphs, cwnnk.overlap), without
 Snakemake. Layer names are the model's own FX node names
@@ -213,12 +214,15 @@ def overlap_summary(graphs, tol=TOL):
     The overlap stage's own code (cwnnk.overlap.graphs_summary), so the numbers are its `row`'s
     on the same activations: dead channels (zero_map_fraction 1) are counted (n_dead_channels) and
     left out of the channel metrics, TwoNN follows the duplicate policy (docs/overlap.md).
-    Returns a dict of the layer-level columns of docs/overlap.md (rho_hat_mean and its other
-    statistics, pairwise_overlap_* (mean pairwise Jaccard), kappa_* (coverage of the aggregate),
-    the *_chance levels, degree_channel_*, degree_agg_*, id_layer and id_channel_* (TwoNN),
-    zero_map_fraction_*, kkt_failed, not_pd, ...) plus "pairwise": the (C, C) mean Jaccard overlap
-    matrix. The loo_* columns (LOO error) come only where the graphs hold labels
-    (cw_nnk_graphs(..., labels=...)); the stage's per-channel rows are not returned.
+    Returns a dict of the layer-level columns of docs/overlap.md, headed by the width-robust
+    `redundancy` (mean pairwise Jaccard overlap of the live channels) with `redundancy_ci` (its 95%
+    interval, (low, high)), `redundancy_chance`, `redundancy_excess` and `redundancy_excess_ci`;
+    then rho_hat_* (union-based, saturates with width: see union_saturation), pairwise_overlap_*,
+    kappa_* (coverage of the aggregate), the *_chance levels, degree_channel_*, degree_agg_*,
+    id_layer and id_channel_* (TwoNN), zero_map_fraction_*, kkt_failed, not_pd, ...; plus
+    "pairwise": the (C, C) mean Jaccard overlap matrix and "pairs": the PairOverlap that
+    cwnnk.redundancy.compare takes. The loo_* columns (LOO error) come only where the graphs hold
+    labels (cw_nnk_graphs(..., labels=...)); the stage's per-channel rows are not returned.
     """
     from cwnnk.overlap import graphs_summary
 
@@ -226,5 +230,106 @@ def overlap_summary(graphs, tol=TOL):
     arrays = dict(channel_indices=ch.indices, channel_weights=ch.weights, channel_distances=ch.distances,
                   agg_indices=agg.indices, agg_weights=agg.weights, agg_distances=agg.distances,
                   channel_twonn=graphs.channel_twonn, agg_twonn=graphs.agg_twonn, labels=graphs.labels)
-    row, pairwise, _ = graphs_summary(arrays, graphs.zero_map_fraction, ch.counts, agg.counts, tol=tol)
-    return {**row, "pairwise": pairwise}
+    result = graphs_summary(arrays, graphs.zero_map_fraction, ch.counts, agg.counts, tol=tol)
+    row = result.row
+    return {**row, "redundancy_ci": (row["redundancy_ci_lo"], row["redundancy_ci_hi"]),
+            "redundancy_excess_ci": (row["redundancy_excess_ci_lo"], row["redundancy_excess_ci_hi"]),
+            "pairwise": result.pairwise, "pairs": result.pairs}
+
+
+@dataclass(frozen=True, eq=False)
+class TwinComparison:
+    """One layer's headline redundancy beside its untrained twin's (redundancy_vs_untrained).
+
+    Intervals are 95% (low, high). difference = redundancy - untrained; effect: 'raised', 'lowered' or
+    'none beyond the interval'. trained and twin: the two overlap_summary dicts. str() reads it out.
+    """
+
+    layer: str
+    redundancy: float
+    redundancy_ci: tuple
+    redundancy_chance: float
+    untrained: float
+    untrained_ci: tuple
+    difference: float
+    difference_ci: tuple
+    effect: str
+    trained: dict
+    twin: dict
+
+    def __str__(self):
+        lo, hi = self.difference_ci
+        verdict = {"raised": "training raised it", "lowered": "training lowered it"}.get(
+            self.effect, "training changed nothing beyond the interval: this redundancy is what architecture and data "
+                         "give")
+        return (f"{self.layer}: redundancy {self.redundancy:.3f} [{self.redundancy_ci[0]:.3f}, "
+                f"{self.redundancy_ci[1]:.3f}] (chance {self.redundancy_chance:.3f}); untrained twin "
+                f"{self.untrained:.3f} [{self.untrained_ci[0]:.3f}, {self.untrained_ci[1]:.3f}]; trained - twin "
+                f"{self.difference:+.3f} [{lo:+.3f}, {hi:+.3f}]: {verdict}")
+
+
+def redundancy_vs_untrained(model, images, layers="all", *, k=25, twin_seed=0, n_samples=None, seed=0, labels=None,
+                            batch_size=64, device="cpu", log=None, **options):
+    """Each layer's headline redundancy beside its untrained twin's, in one call.
+
+    The twin is cwnnk.models.untrained_twin(model, twin_seed): the same architecture with seeded random
+    weights (for a cwnnk model, exactly the workflow's twin). Both models see the same images (the same
+    stratified subset: n_samples, seed) and the same layers; k and options go to cw_nnk_graphs.
+    Returns {layer: TwinComparison} in depth order: redundancy with its 95% interval and chance level,
+    the twin's (untrained), the difference (model minus twin) with its 95% interval (images resampled
+    paired, each model's channels apart) and effect ('raised', 'lowered' or 'none beyond the interval':
+    what training did beyond architecture and data); print one to read it.
+    """
+    from cwnnk.models import untrained_twin
+    from cwnnk.redundancy import compare
+
+    twin = untrained_twin(model, twin_seed)
+    runs = {}
+    for name, net in (("trained", model), ("twin", twin)):
+        acts = activations_of(net, images, layers, n_samples=n_samples, seed=seed, labels=labels,
+                              batch_size=batch_size, device=device, log=log)
+        runs[name] = {layer: overlap_summary(cw_nnk_graphs(values, k, log=log, **options))
+                      for layer, values in acts.items()}
+    out = OrderedDict()
+    for layer, trained in runs["trained"].items():
+        other = runs["twin"][layer]
+        diff = compare(trained["pairs"], other["pairs"])
+        out[layer] = TwinComparison(
+            layer=layer, redundancy=trained["redundancy"], redundancy_ci=trained["redundancy_ci"],
+            redundancy_chance=trained["redundancy_chance"], untrained=other["redundancy"],
+            untrained_ci=other["redundancy_ci"], difference=diff["difference"],
+            difference_ci=(diff["difference_ci_lo"], diff["difference_ci_hi"]), effect=diff["effect"],
+            trained=trained, twin=other)
+    return out
+
+
+def width_sweep(graphs, sizes=None, n_draws=10, seed=0, tol=TOL):
+    """The saturation curve of one layer: the headline redundancy and rho_hat of random channel subsets.
+
+    graphs: LayerGraphs (cw_nnk_graphs) or a graphs folder of the workflow (results/graphs/MODEL/LAYER).
+    Subsets are drawn from the live channels (dead ones never count, as in the summaries); sizes:
+    channel counts, default 2, 4, 8, ... up to the number of live channels, which is always included.
+    Returns cwnnk.overlap.width_sweep's rows (n_channels, draw, redundancy, redundancy_chance,
+    rho_hat, rho_hat_chance, union_saturation), n_draws seeded subsets per size.
+    """
+    from cwnnk.overlap import dead_channels
+    from cwnnk.overlap import width_sweep as subsets
+
+    if isinstance(graphs, LayerGraphs):
+        ci, cw = graphs.channels.indices, graphs.channels.weights
+        ai, aw = graphs.aggregate.indices, graphs.aggregate.weights
+        zero_maps = graphs.zero_map_fraction
+    else:
+        from cwnnk.graphs import load_layer_graphs
+
+        arrays, summary = load_layer_graphs(graphs)
+        ci, cw, ai, aw = (arrays[name] for name in ("channel_indices", "channel_weights", "agg_indices", "agg_weights"))
+        zero_maps = summary["zero_map_fraction"]
+    live = ~dead_channels(zero_maps)
+    if live.sum() < 2:
+        raise ValueError(f"width_sweep needs two live channels; {graphs!s:.200} has {int(live.sum())} "
+                         f"of {len(live)} (the others' maps are all zero)")
+    n_live = int(live.sum())
+    if sizes is None:
+        sizes = [*(2**p for p in range(1, n_live.bit_length()) if 2**p < n_live), n_live]
+    return subsets(np.asarray(ci)[live], np.asarray(cw)[live], ai, aw, sizes, n_draws=n_draws, seed=seed, tol=tol)
