@@ -135,6 +135,20 @@ def test_identical_channels_have_redundancy_one_and_a_degenerate_interval():
     assert r["redundancy_excess"] == pytest.approx(1 - r["redundancy_chance"])
 
 
+def test_pair_overlap_survives_json_with_and_without_live_channels():
+    """The overlap stage stores PairOverlap in JSON; a layer whose channels are all dead stores a 0 x 0 matrix,
+    which must read back as one (the tables stage compares it with its twin: NaN, not a crash)."""
+    import json
+
+    pairs = pairs_of(synthetic_layer(np.random.default_rng(2), 30, 4))
+    back = PairOverlap.from_dict(json.loads(json.dumps(pairs.to_dict())))
+    assert np.array_equal(back.pairwise, pairs.pairwise) and np.array_equal(back.node_chance, pairs.node_chance)
+    empty = PairOverlap(np.zeros((0, 0)), np.zeros((0, 0)), np.full(30, np.nan), np.full(30, np.nan))
+    dead = PairOverlap.from_dict(json.loads(json.dumps(empty.to_dict())))
+    assert dead.pairwise.shape == (0, 0) and dead.node.shape == (30,)
+    assert np.isnan(compare(pairs, dead)["difference"]) and compare(dead, pairs)["effect"] == ""
+
+
 def test_interval_is_seeded_and_undefined_below_two_channels():
     pairs = pairs_of(synthetic_layer(np.random.default_rng(5), 40, 6))
     assert interval(pairs) == interval(pairs)

@@ -315,6 +315,7 @@ def width_sweep(graphs, sizes=None, n_draws=10, seed=0, tol=TOL):
     from cwnnk.overlap import dead_channels
     from cwnnk.overlap import width_sweep as subsets
 
+    source = "the layer" if isinstance(graphs, LayerGraphs) else str(graphs)
     if isinstance(graphs, LayerGraphs):
         ci, cw = graphs.channels.indices, graphs.channels.weights
         ai, aw = graphs.aggregate.indices, graphs.aggregate.weights
@@ -327,8 +328,8 @@ def width_sweep(graphs, sizes=None, n_draws=10, seed=0, tol=TOL):
         zero_maps = summary["zero_map_fraction"]
     live = ~dead_channels(zero_maps)
     if live.sum() < 2:
-        raise ValueError(f"width_sweep needs two live channels; {graphs!s:.200} has {int(live.sum())} "
-                         f"of {len(live)} (the others' maps are all zero)")
+        raise ValueError(f"width_sweep needs two live channels; {source} has {int(live.sum())} of {len(live)} "
+                         "(the others' maps are all zero)")
     n_live = int(live.sum())
     if sizes is None:
         sizes = [*(2**p for p in range(1, n_live.bit_length()) if 2**p < n_live), n_live]

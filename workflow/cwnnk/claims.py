@@ -41,6 +41,8 @@ import warnings
 import numpy as np
 from scipy import stats
 
+from cwnnk.redundancy import EFFECTS
+
 ALPHA = 0.05
 # C2's minimum effect: the headline (a mean Jaccard index) at least this far above its chance level,
 # fixed in docs/method.md section 8 before any result was looked at.
@@ -183,7 +185,7 @@ def _training_text(overlap, keep):
     effect = effect[effect != ""]
     if not effect.size:
         return "no untrained twins analysed (baseline.untrained: false)"
-    moved = int((effect != "none beyond the interval").sum())
+    moved = int((effect != EFFECTS[2]).sum())
     if moved == 0:
         return (f"trained minus twin lies within its 95% interval in all {effect.size} rows: the redundancy measured "
                 "is what architecture and data give, not what training did")
@@ -231,13 +233,13 @@ def c2_training(overlap):
     keep = _final(overlap) & np.isfinite(diff) & (effect != "")
     if not keep.any():
         return _undefined(row, "no final model has a defined comparison with its twin")
-    counts = {name: int((effect[keep] == name).sum()) for name in ("raised", "lowered", "none beyond the interval")}
-    moved = counts["raised"] + counts["lowered"]
+    raised, lowered, unchanged = (int((effect[keep] == name).sum()) for name in EFFECTS)
+    moved = raised + lowered
     row.update(value=float(np.median(diff[keep])), n=int(keep.sum()),
                n_models=len(set(_text(overlap, "model")[keep].tolist())),
                verdict=SUPPORTED if moved > keep.sum() / 2 else NOT_SUPPORTED)
-    row["evidence"] = (f"raised in {counts['raised']}, lowered in {counts['lowered']}, no change beyond the interval "
-                       f"in {counts['none beyond the interval']} of {row['n']} rows; median trained minus twin "
+    row["evidence"] = (f"raised in {raised}, lowered in {lowered}, no change beyond the interval "
+                       f"in {unchanged} of {row['n']} rows; median trained minus twin "
                        f"{row['value']:+.3f} ({np.min(diff[keep]):+.3f} to {np.max(diff[keep]):+.3f})")
     return row
 

@@ -466,11 +466,7 @@ def f2_redundancy_depth(overlap, prefix, levels=None, twins=None):
 
 def _twins(ax, twins, depths):
     """The untrained twins' headline per depth: dashed mean over twins, light min-max band."""
-    out = np.full((3, len(depths)), np.nan)
-    for i, d in enumerate(depths):
-        values = _finite(_col(twins, "redundancy")[twins["depth"] == d])
-        if values.size:
-            out[:, i] = values.mean(), values.min(), values.max()
+    out = _depth_stats(twins, "redundancy", depths)
     ok = np.isfinite(out[0])
     x = np.asarray(depths, dtype=np.float64)[ok]
     ax.plot(x, out[0, ok], color=TWIN_COLOUR, linestyle="--", linewidth=1.0, zorder=2)
@@ -480,14 +476,20 @@ def _twins(ax, twins, depths):
 CHANCE_COLOUR = "0.4"
 
 
-def _chance(ax, table, column, depths):
-    """The chance level of every model as one grey dotted line (mean over models) in a hatched
-    band (min-max over models), labelled at its right end: apart from the coloured levels."""
+def _depth_stats(table, column, depths):
+    """(3, depths): mean, min and max of `column` over every row of the table at each depth (NaN where none)."""
     out = np.full((3, len(depths)), np.nan)
     for i, d in enumerate(depths):
         values = _finite(_col(table, column)[table["depth"] == d])
         if values.size:
             out[:, i] = values.mean(), values.min(), values.max()
+    return out
+
+
+def _chance(ax, table, column, depths):
+    """The chance level of every model as one grey dotted line (mean over models) in a hatched
+    band (min-max over models), labelled at its right end: apart from the coloured levels."""
+    out = _depth_stats(table, column, depths)
     ok = np.isfinite(out[0])
     if not ok.any():
         return

@@ -66,8 +66,9 @@ class PairOverlap:
 
     @classmethod
     def from_dict(cls, d):
-        return cls(**{name: np.asarray(d[name], dtype=np.float64).reshape(np.shape(d[name]))
-                      for name in ("pairwise", "pairwise_chance", "node", "node_chance")})
+        L = len(d["pairwise"])  # JSON keeps no shape: a layer without two live channels stores [] (0 x 0)
+        return cls(**{name: np.asarray(d[name], dtype=np.float64).reshape(L, L) for name in ("pairwise", "pairwise_chance")},
+                   **{name: np.asarray(d[name], dtype=np.float64) for name in ("node", "node_chance")})
 
 
 def _pair_means(matrix, counts):

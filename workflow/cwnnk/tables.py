@@ -178,6 +178,9 @@ def collect_tables(models, metrics, layers, overlap, out):
             info = json.loads(Path(path).read_text())
             if info["layer"] != layer:
                 raise ValueError(f"{path}: holds layer {info['layer']!r}, expected {layer!r}")
+            if "redundancy" not in info:
+                raise ValueError(f"{path}: written by an older cwnnk, without the headline redundancy "
+                                 "(docs/overlap.md); rerun it: snakemake --forcerun overlap")
             infos[name, layer] = info
     overlap_rows, channels, pairwise = [], [], []
     for name, entry in models.items():
