@@ -56,6 +56,7 @@ def test_headline_does_not_move_with_width_where_rho_hat_saturates():
     assert mean("redundancy", 512) > 2 * mean("redundancy_chance", 512)
     summary = cwnnk.overlap_summary(graphs)
     assert summary["rho_hat_saturated"] == 1 and summary["redundancy"] == pytest.approx(mean("redundancy", 512))
+    assert summary["redundancy"] == pytest.approx(summary["pairwise_overlap_mean"], abs=1e-12)  # one number, two names
     lo, hi = summary["redundancy_ci"]
     assert lo < summary["redundancy"] < hi
 

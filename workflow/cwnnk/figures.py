@@ -15,6 +15,7 @@ one level or one layer.
 
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -393,11 +394,11 @@ def f1_degree(channels, prefix, levels=None, k=None):
 # ---------------------------------------------------------------------------- F2
 
 F2_PANELS = (
-    ("redundancy", "redundancy_chance", "redundancy: mean pairwise overlap $J$ (0-1)",
-     "(a) redundancy (width-robust headline)"),
+    ("redundancy", "redundancy_chance", "mean pairwise overlap $J$ (0-1)", "(a) redundancy (width-robust headline)"),
     ("rho_hat_mean", "rho_hat_chance_mean", "$\\hat\\rho$ (0-1)", "(b) union-based $\\hat\\rho$ (saturates with width)"),
 )
-TWIN_COLOUR = "0.15"
+TWIN_COLOUR = "0.3"
+TWIN_LINE = dict(color=TWIN_COLOUR, linestyle=(0, (4, 2)), linewidth=2.0)
 
 
 def _by_level_depth(table, column, lev, depths):
@@ -456,7 +457,7 @@ def f2_redundancy_depth(overlap, prefix, levels=None, twins=None):
         if any(len(set(models[label == lev].tolist())) > 1 for lev in levels):
             handles.append(Patch(facecolor="0.6", alpha=0.35, label="min-max over seeds"))
         if n_rows(twins or {}):
-            handles.append(Line2D([], [], color=TWIN_COLOUR, linestyle="--",
+            handles.append(Line2D([], [], **TWIN_LINE,
                                   label=f"untrained twins ({len(set(_text(twins['model']).tolist()))}), mean and min-max"))
         handles.append(_chance_handle())
         fig.legend(handles=handles, loc="outside upper center", ncol=_legend_columns(handles, DOUBLE),
@@ -469,8 +470,8 @@ def _twins(ax, twins, depths):
     out = _depth_stats(twins, "redundancy", depths)
     ok = np.isfinite(out[0])
     x = np.asarray(depths, dtype=np.float64)[ok]
-    ax.plot(x, out[0, ok], color=TWIN_COLOUR, linestyle="--", linewidth=1.0, zorder=2)
-    ax.fill_between(x, out[1, ok], out[2, ok], color=TWIN_COLOUR, alpha=0.08, linewidth=0, zorder=1)
+    ax.plot(x, out[0, ok], zorder=4, **TWIN_LINE)
+    ax.fill_between(x, out[1, ok], out[2, ok], color=TWIN_COLOUR, alpha=0.12, linewidth=0, zorder=1)
 
 
 CHANCE_COLOUR = "0.4"
@@ -510,8 +511,8 @@ def _chance_handle():
 
 # ---------------------------------------------------------------------------- F3
 
-F3_Y = (("rho_hat_mean", "last-layer redundancy $\\hat\\rho$"),
-        ("pairwise_overlap_mean", "last-layer pairwise overlap $J$"),
+F3_Y = (("rho_hat_mean", "last-layer union-based $\\hat\\rho$"),
+        ("pairwise_overlap_mean", "last-layer redundancy (mean pairwise $J$)"),
         ("loo_error_layer", "last-layer CW-NNK LOO error"))
 F3_X = (("test_acc", "test accuracy (%)"), ("gap_acc", "generalization gap (train - test, % points)"))
 F3_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -854,7 +855,7 @@ def f6_solvers(solvers, prefix, model=None, channels=None):
 F7_PANELS = (
     ("test_error", "test error (%)", "(a) test error"),
     ("loo_error", "last-layer CW-NNK LOO error (%)", "(b) last-layer LOO error"),
-    ("rho_hat", "last-layer redundancy $\\hat\\rho$", "(c) last-layer redundancy"),
+    ("rho_hat", "last-layer union-based $\\hat\\rho$", "(c) last-layer $\\hat\\rho$"),
 )
 SEED_LINES = ("-", "--", ":", "-.")
 LOO_PICK = dict(marker="o", markersize=8, markerfacecolor="none", markeredgewidth=1.0, linestyle="none")
@@ -1040,7 +1041,7 @@ def width_sweep_figure(rows, prefix, title="width sweep"):
         ax.set_xlabel("channels sampled (random subsets of the layer)")
         ax.set_ylabel("value (0-1)")
         ax.set_ylim(0, 1)
-        ax.set_title(title, loc="left")
+        ax.set_title("\n".join(textwrap.wrap(title, 45)), loc="left")
         ax.legend(loc="best")
         return _save(fig, prefix)
 
