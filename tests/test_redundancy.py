@@ -207,7 +207,11 @@ def test_untrained_twin_of_any_module_reinitialises_every_layer():
     with torch.no_grad():
         net[0].weight.fill_(7.0)
         net[2].weight.fill_(7.0)
+    torch.manual_seed(42)
+    expected = torch.rand(3)
+    torch.manual_seed(42)
     a, b = untrained_twin(net, 1), untrained_twin(net, 1)
+    assert torch.equal(torch.rand(3), expected)  # the caller's random state is left as it was
     assert net[0].weight.eq(7).all()  # the model itself is untouched
     assert not a[0].weight.eq(7).any() and a[2].weight.eq(1).all()
     assert torch.equal(a[0].weight, b[0].weight)

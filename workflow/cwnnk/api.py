@@ -315,12 +315,13 @@ def width_sweep(graphs, sizes=None, n_draws=10, seed=0, tol=TOL):
     from cwnnk.overlap import dead_channels
     from cwnnk.overlap import width_sweep as subsets
 
-    source = "the layer" if isinstance(graphs, LayerGraphs) else str(graphs)
     if isinstance(graphs, LayerGraphs):
+        source = "the layer"
         ci, cw = graphs.channels.indices, graphs.channels.weights
         ai, aw = graphs.aggregate.indices, graphs.aggregate.weights
         zero_maps = graphs.zero_map_fraction
     else:
+        source = str(graphs)
         from cwnnk.graphs import load_layer_graphs
 
         arrays, summary = load_layer_graphs(graphs)

@@ -237,19 +237,19 @@ def untrained_twin(model, seed=0):
     if not isinstance(model, nn.Module):
         raise TypeError(f"untrained_twin needs a torch nn.Module, got {type(model).__name__}")
     spec = getattr(model, "spec", None)
-    if isinstance(spec, dict) and "arch" in spec:
+    rebuild = _torchvision_rebuild(model) if not (isinstance(spec, dict) and "arch" in spec) else None
+    # The seed is set inside a fork of the CPU generator: the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(spec).eval()
-    rebuild = _torchvision_rebuild(model)
-    if rebuild is not None:
-        torch.manual_seed(seed)
-        return rebuild().eval()
-    twin = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    for module in twin.modules():
-        if callable(getattr(module, "reset_parameters", None)):
-            module.reset_parameters()
-    return twin.eval()
+        if isinstance(spec, dict) and "arch" in spec:
+            return build_model(spec).eval()
+        if rebuild is not None:
+            return rebuild().eval()
+        twin = copy.deepcopy(model)
+        for module in twin.modules():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+        return twin.eval()
 
 
 def _torchvision_rebuild(model):
