@@ -10,6 +10,7 @@ sys.path.insert(0, _LIB)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [_LIB, os.environ.get("PYTHONPATH")])))
 
 import cwnnk.config
+import cwnnk.cpu
 import cwnnk.preflight
 from cwnnk.products import FIGURE_FORMATS, FIGURES, TABLES
 
@@ -23,6 +24,10 @@ try:
     cwnnk.preflight.check(EXP)
 except cwnnk.config.ConfigError as err:
     sys.exit(f"cwnnk: {err}")
+
+# Jobs run torch's AVX2 kernels whatever the processor offers, so that their numbers repeat on other x86
+# machines (cwnnk.cpu); jobs inherit this environment, locally and on SLURM.
+os.environ.update(cwnnk.cpu.code_path_environment(config["cpu_code_path"]))
 
 R = config["results"]
 # Each entry's keys sorted, so that the config's key order never changes a rule's params.

@@ -9,6 +9,7 @@ from cwnnk.bench.gpu import bench_gpu
 from cwnnk.bench.nnk import bench_nnk
 from cwnnk.bench.pipeline import bench_pipeline
 from cwnnk.bench.scale import bench_scale
+from cwnnk.bench.train import bench_train
 
 
 def main(argv=None):
@@ -69,12 +70,12 @@ def main(argv=None):
     p.add_argument("--cpu-n", type=int, default=1000, help="nodes of the CPU timing, scaled to --n")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     p.set_defaults(func=bench_gpu)
+
+    p = commands.add_parser("train", help="one training run on each CPU code path and thread count (cwnnk.cpu)")
+    p.add_argument("--config", default="config.yaml", help="the experiment whose first model is trained")
+    p.set_defaults(func=bench_train)
     args = parser.parse_args(argv)
     return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(0 if main() is not False else 1)
 
 
 if __name__ == "__main__":
