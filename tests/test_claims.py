@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cwnnk.claims import (COLUMNS, NOT_SUPPORTED, SUPPORTED, UNDEFINED, c1_degree_dimension, c2_redundancy,
-                          c2_training, c3_depth, c3_regularization, c4_correlations, claims_rows, early_stopping_claim,
+                          c2_training, c3_depth, c3_factor, c3_factors, c4_correlations, claims_rows, early_stopping_claim,
                           write_claims)
 from conftest import REPO
 
@@ -157,22 +157,53 @@ def test_c3_depth_sign_test():
     assert c3_depth(overlap(falls, layers=("conv1",)))["verdict"] == UNDEFINED  # one layer: no change
 
 
-def test_c3_regularization_kruskal_wallis_with_bonferroni():
-    # One layer, levels A (0.1 0.2 0.3) and B (0.7 0.8 0.9): ranks 1-3 and 4-6, rank sums 6 and 15,
-    # H = 12 / (6 * 7) * (6^2 / 3 + 15^2 / 3) - 3 * 7 = 27 / 7 = 3.857, chi2(1) p = 0.04953.
-    labels = ["A", "A", "A", "B", "B", "B"]
-    values = [[0.1], [0.2], [0.3], [0.7], [0.8], [0.9]]
-    row = c3_regularization(overlap(values, chance=values, layers=("conv1",), labels=labels))
-    assert row["value"] == pytest.approx(27 / 7) and row["p_value"] == pytest.approx(0.049535, abs=1e-5)
-    assert row["verdict"] == SUPPORTED and row["n"] == 6
-    # The same on two layers: the smallest p times 2 layers is 0.099.
-    row = c3_regularization(overlap([v * 2 for v in values], chance=[v * 2 for v in values], labels=labels))
-    assert row["p_value"] == pytest.approx(2 * 0.049535, abs=1e-5) and row["verdict"] == NOT_SUPPORTED
-    # No level with two models (one seed each), or a single level: nothing to test.
-    row = c3_regularization(overlap([[0.1], [0.9]], chance=[[0.1], [0.9]], layers=("conv1",), labels=["A", "B"]))
-    assert row["verdict"] == UNDEFINED and "two models (seeds)" in row["evidence"]
-    row = c3_regularization(overlap(values, chance=values, layers=("conv1",), labels=["A"] * 6))
-    assert row["verdict"] == UNDEFINED
+def sweep(values, layers=("conv1",), **factors):
+    """overlap rows of a sweep: values[m] per layer; factors: column -> one level per model."""
+    table = overlap(values, chance=values, layers=layers)
+    table.update({name: np.repeat(np.asarray(levels, dtype=str), len(layers)) for name, levels in factors.items()})
+    return table
+
+
+def test_c3_factor_is_tested_within_blocks_with_an_exact_p():
+    # 3 label-noise blocks of 4 models; in each, dropout 0 holds the two lowest values. A block's 6 ways to
+    # place the two dropout-0 labels give H = 2.4, 0.6 or 0 with probability 1/3 each (hand-worked from the
+    # ranks), so the sum of H is at its maximum with p = (1/3)^3 = 1/27.
+    dropout = ["0.0", "0.0", "0.5", "0.5"] * 3
+    noise = ["0.0"] * 4 + ["0.2"] * 4 + ["0.4"] * 4
+    values = [[v] for v in (0.1, 0.2, 0.7, 0.8, 0.3, 0.4, 0.5, 0.9, 0.0, 0.1, 0.2, 0.3)]
+    row = c3_factor(sweep(values, dropout=dropout, label_noise=noise), "dropout", "regularization")
+    assert row["factor"] == "dropout" and "regularization" in row["test"]
+    assert row["value"] == pytest.approx(3 * 2.4) and row["p_value"] == pytest.approx(1 / 27)
+    assert row["verdict"] == SUPPORTED and row["n"] == 12 and "exact permutation" in row["method"]
+    # The same on two layers: Holm doubles the smallest p, and 2/27 is the least this design can give.
+    two = [[v[0], v[0]] for v in values]
+    row = c3_factor(sweep(two, layers=("conv1", "conv2"), dropout=dropout, label_noise=noise), "dropout",
+                    "regularization")
+    assert row["p_adjusted"] == pytest.approx(2 / 27) and row["verdict"] == UNDEFINED
+    assert "cannot reach p < 0.05" in row["evidence"]
+
+
+def test_c3_factors_separate_a_confounded_sweep():
+    """The redundancy follows the training-set size only; dropout interleaves within each size. Unblocked, the
+    8 'levels' of a label column mix both; blocked, dropout shows nothing and n_train everything."""
+    base = [0.30, 0.31, 0.33, 0.32, 0.35, 0.34]  # dropout 0, 0.5 alternating: ranks interleave
+    values = [[v] for v in base] + [[v + 0.3] for v in base]
+    dropout = ["0.0", "0.5"] * 6
+    n_train = [""] * 6 + ["400"] * 6  # empty: the full training set
+    rows = {r["factor"]: r for r in c3_factors(sweep(values, dropout=dropout, n_train=n_train))}
+    assert list(rows) == ["dropout", "weight_decay", "augment", "n_train"]  # regularization always, others if varied
+    assert rows["dropout"]["verdict"] == NOT_SUPPORTED and rows["dropout"]["p_value"] > 0.5
+    # n_train: 2 dropout blocks of 6, each fully separated by size: p = (2 / C(6, 3))^2 = 1/100.
+    assert rows["n_train"]["p_value"] == pytest.approx(1 / 100) and rows["n_train"]["verdict"] == SUPPORTED
+    assert "data factor" in rows["n_train"]["test"]
+    assert rows["weight_decay"]["verdict"] == UNDEFINED and "holds weight_decay" in rows["weight_decay"]["evidence"]
+
+
+def test_c3_factor_needs_two_models_that_differ_in_it_alone():
+    # dropout and label noise change together: no block holds two dropout levels.
+    row = c3_factor(sweep([[0.1], [0.2], [0.7], [0.8]], dropout=["0.0", "0.0", "0.5", "0.5"],
+                          label_noise=["0.0", "0.0", "0.4", "0.4"]), "dropout", "regularization")
+    assert row["verdict"] == UNDEFINED and "differ in dropout alone" in row["evidence"]
 
 
 # ---------------------------------------------------------------------------- C4
@@ -192,55 +223,71 @@ def generalization(**by_measure_target):
             for key in rows[0]}
 
 
-def test_c4_verdicts():
+def test_c4_verdicts_with_holm_across_the_rows():
     nan, why = np.nan, "no test split (dataset.test_root is null)"
     table = generalization(
-        rho_hat_mean__test_acc=(10, 0.8, 0.005, 0.7, 0.02, 0.4, 0.95, 0.6, 0.04, ""),  # every condition met
-        rho_hat_mean__gap_acc=(10, -0.7, 0.02, -0.6, 0.06, -0.9, -0.2, 0.3, 0.04, ""),  # partial flips sign
-        pairwise_overlap_mean__test_acc=(10, 0.7, 0.02, 0.6, 0.06, -0.1, 0.9, 0.6, 0.03, ""),  # interval has 0
-        pairwise_overlap_mean__gap_acc=(10, 0.7, 0.02, 0.6, 0.06, 0.2, 0.9, 0.5, 0.08, ""),  # partial p 0.08
+        rho_hat_mean__test_acc=(12, 0.8, 0.005, 0.7, 0.02, 0.4, 0.95, 0.6, 0.01, ""),  # row p max(0.005, 0.01)
+        pairwise_overlap_mean__test_acc=(12, 0.7, 0.02, 0.6, 0.06, 0.1, 0.9, 0.6, 0.03, ""),  # row p 0.03
         loo_error_layer__test_acc=(0, nan, nan, nan, nan, nan, nan, nan, nan, why),
-        loo_error_layer__gap_acc=(3, 0.99, 0.01, 1.0, 0.0, 0.9, 1.0, nan, nan, ""),  # partial needs 4 models
+        rho_hat_mean__gap_acc=(12, -0.9, 1e-6, -0.9, 1e-6, -0.95, -0.8, -0.6, 0.01, ""),  # never read
     )
-    rows = {(r["test"].split("(")[1].split(")")[0], r["test"].split("(")[-1].rstrip(")")): r
-            for r in c4_correlations(table)}
-    assert len(rows) == 6 and all(r["claim"] == "C4" for r in rows.values())
-    good = rows["rho_hat_mean", "test_acc"]
-    assert good["verdict"] == SUPPORTED and good["n"] == good["n_models"] == 10
+    rows = {r["test"].split("(")[1].split(")")[0]: r for r in c4_correlations(table)}
+    assert list(rows) == ["rho_hat_mean", "pairwise_overlap_mean", "loo_error_layer"]
+    assert all(r["claim"] == "C4" and "test_acc" in r["test"] for r in rows.values())
+    # Holm over the 2 defined rows: 0.01 x 2 = 0.02, then max(0.02, 0.03 x 1) = 0.03.
+    good, second = rows["rho_hat_mean"], rows["pairwise_overlap_mean"]
+    assert good["p_adjusted"] == pytest.approx(0.02) and second["p_adjusted"] == pytest.approx(0.03)
+    assert good["verdict"] == second["verdict"] == SUPPORTED and good["n"] == good["n_models"] == 12
     assert (good["value"], good["p_value"], good["ci_lo"], good["ci_hi"], good["partial_r"]) == (0.8, 0.005, 0.4,
                                                                                                   0.95, 0.6)
-    assert rows["rho_hat_mean", "gap_acc"]["verdict"] == NOT_SUPPORTED
-    assert rows["pairwise_overlap_mean", "test_acc"]["verdict"] == NOT_SUPPORTED
-    assert rows["pairwise_overlap_mean", "gap_acc"]["verdict"] == NOT_SUPPORTED
-    skipped = rows["loo_error_layer", "test_acc"]
+    assert "minus this one" in good["evidence"]
+    skipped = rows["loo_error_layer"]
     assert skipped["verdict"] == UNDEFINED and skipped["evidence"] == f"undefined: {why}"
-    assert rows["loo_error_layer", "gap_acc"]["verdict"] == UNDEFINED
+    # p 0.03 and 0.04 each pass alone but not after Holm (0.06, 0.06); a partial r of the other sign and an
+    # interval holding 0 fail whatever the p.
+    table = generalization(
+        rho_hat_mean__test_acc=(12, 0.8, 0.03, 0.7, 0.02, 0.4, 0.95, 0.6, 0.03, ""),
+        pairwise_overlap_mean__test_acc=(12, 0.7, 0.04, 0.6, 0.06, 0.1, 0.9, 0.6, 0.04, ""))
+    assert [r["verdict"] for r in c4_correlations(table)[:2]] == [NOT_SUPPORTED, NOT_SUPPORTED]
+    table = generalization(rho_hat_mean__test_acc=(12, 0.8, 0.001, 0.7, 0.02, 0.4, 0.95, -0.6, 0.001, ""),
+                           pairwise_overlap_mean__test_acc=(12, 0.7, 0.001, 0.6, 0.06, -0.1, 0.9, 0.6, 0.001, ""))
+    assert [r["verdict"] for r in c4_correlations(table)[:2]] == [NOT_SUPPORTED, NOT_SUPPORTED]
+    # Below the BCa minimum the row is undefined, whatever its p.
+    table = generalization(rho_hat_mean__test_acc=(8, 0.9, 0.001, 0.9, 0.001, 0.5, 0.99, 0.8, 0.001, ""))
+    row = c4_correlations(table)[0]
+    assert row["verdict"] == UNDEFINED and "needs 10" in row["evidence"]
     assert all(r["verdict"] == UNDEFINED for r in c4_correlations({}))
 
 
 # ---------------------------------------------------------------------------- early stopping
 
-def early(loo, val, **extra):
+def early(loo, val, last=None, **extra):
     n = len(loo)
     table = {"run": np.array([f"r{i}" for i in range(n)]), "n_epochs": np.full(n, 3.0),
              "loo_epoch": np.array([5.0, 10.0] * n)[:n], "val_epoch": np.full(n, 10.0),
              "best_test_epoch": np.full(n, 10.0), "loo_test_acc": np.array(loo, float),
-             "val_test_acc": np.array(val, float)}
+             "val_test_acc": np.array(val, float), "final_test_acc": np.array(val if last is None else last, float),
+             "best_test_acc": np.maximum(np.array(loo, float), np.array(val, float))}
     return dict(table, **extra)
 
 
-def test_early_stopping_claim():
-    row = early_stopping_claim(early([0.8, 0.9], [0.8, 0.85]))  # differences 0 and +0.05: mean +2.5 points
-    assert row["verdict"] == SUPPORTED and row["value"] == pytest.approx(2.5) and row["n"] == 2
-    assert row["n_models"] == 6 and "best-test epoch picked in 1 (LOO) and 2 (validation) of 2 runs" in row["evidence"]
-    row = early_stopping_claim(early([0.7, 0.9], [0.8, 0.9]))  # mean -5 points
-    assert row["verdict"] == NOT_SUPPORTED and row["value"] == pytest.approx(-5.0)
-    row = early_stopping_claim(early([0.8, 0.9], [0.8, 0.9]))  # same picks: no loss, p = 1
-    assert row["verdict"] == SUPPORTED and row["p_value"] == 1.0
-    # Wilcoxon, hand-worked: differences +1, +2, +3, +4, +5 points, all positive: exact two-sided
-    # p = 2 / 2^5 = 0.0625.
-    row = early_stopping_claim(early([0.81, 0.82, 0.83, 0.84, 0.85], [0.8] * 5))
-    assert row["p_value"] == pytest.approx(0.0625) and row["value"] == pytest.approx(3.0)
+def test_early_stopping_claim_against_validation_and_never_stopping():
+    # LOO ties validation and beats the last epoch in all 5 runs: exact one-sided p = 1/32.
+    row = early_stopping_claim(early([0.81, 0.82, 0.83, 0.84, 0.85], [0.81, 0.82, 0.83, 0.84, 0.85], [0.8] * 5))
+    assert row["verdict"] == SUPPORTED and row["p_value"] == 1.0 and row["n"] == 5 and row["value"] == 0
+    assert "picks differ in 5 runs (one-sided p of LOO better 0.031)" in row["evidence"]
+    assert row["method"].startswith("exact Wilcoxon")
+    # LOO worse than validation by 1 to 5 points in all 5 runs: one-sided p = 1/32: not supported.
+    row = early_stopping_claim(early([0.80] * 5, [0.81, 0.82, 0.83, 0.84, 0.85], [0.7] * 5))
+    assert row["verdict"] == NOT_SUPPORTED and row["p_value"] == pytest.approx(1 / 32)
+    assert row["value"] == pytest.approx(-3.0)
+    # Worse in 4 runs (p = 1/16) is not significantly worse, but LOO must still beat never stopping, which it
+    # does not where the last epoch is better (mean -2 points).
+    row = early_stopping_claim(early([0.80] * 5, [0.81, 0.82, 0.83, 0.84, 0.80], [0.82] * 5))
+    assert row["p_value"] == pytest.approx(1 / 16) and row["verdict"] == NOT_SUPPORTED
+    # The picks differ from the last epoch in 3 runs only: an exact one-sided test needs 5.
+    row = early_stopping_claim(early([0.9, 0.9, 0.9, 0.8, 0.8], [0.9, 0.9, 0.9, 0.8, 0.8], [0.8] * 5))
+    assert row["verdict"] == UNDEFINED and "needs 5" in row["evidence"]
 
 
 def test_early_stopping_claim_undefined_with_the_reason():
@@ -259,14 +306,15 @@ def test_claims_rows_order_and_write(tmp_path):
     from cwnnk.tables import read_table, write_table
 
     rows = claims_rows({}, {}, {}, {})
-    assert [r["claim"] for r in rows] == ["C1", "C2", "C2", "C3", "C3"] + ["C4"] * 6 + ["early stopping"]
+    assert [r["claim"] for r in rows] == ["C1", "C2", "C2", "C3", "C3", "C3", "C3"] + ["C4"] * 3 + ["early stopping"]
+    assert [r["factor"] for r in rows[4:7]] == ["dropout", "weight_decay", "augment"]
     assert all(r["verdict"] == UNDEFINED and r["evidence"].startswith("undefined: ") for r in rows)
     for name in ("overlap", "manifolds", "generalization", "early"):
         write_table(tmp_path / f"{name}.csv", [])
     write_claims(*(tmp_path / f"{n}.csv" for n in ("overlap", "manifolds", "generalization", "early")),
                  tmp_path / "claims.csv")
     table = read_table(tmp_path / "claims.csv")
-    assert list(table) == list(COLUMNS) and len(table["claim"]) == 12
+    assert list(table) == list(COLUMNS) and len(table["claim"]) == 11
 
 
 def _documented(section):
@@ -311,7 +359,7 @@ def test_claims_on_an_overlap_table_without_test_accuracy(tmp_path):
     verdict = dict(zip(zip(claims["claim"], claims["test"]), claims["verdict"]))
     evidence = dict(zip(claims["claim"], claims["evidence"]))  # the last row of each claim
     c4 = claims["claim"] == "C4"
-    assert c4.sum() == 6 and (claims["verdict"][c4] == "undefined").all()
+    assert c4.sum() == 3 and (claims["verdict"][c4] == "undefined").all()
     assert all(e == f"undefined: {NO_TEST}" for e in claims["evidence"][c4])
     # no saved epochs here: early stopping is undefined for that reason first
     assert "no training run with saved epochs" in evidence["early stopping"]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cwnnk.generalization import correlate, generalization_rows, partial_correlation
+from cwnnk.exact import partial_correlation
+from cwnnk.generalization import correlate, generalization_rows
 
 
 def test_correlate_matches_scipy_and_bootstrap_brackets_r():
@@ -25,7 +26,7 @@ def test_partial_correlation_removes_a_shared_cause():
     z = rng.normal(size=200)  # e.g. training accuracy, moved by label noise
     x, y = z + 0.3 * rng.normal(size=200), z + 0.3 * rng.normal(size=200)
     assert stats.pearsonr(x, y).statistic > 0.8
-    r, p = partial_correlation(x, y, z)
+    r, p, _ = partial_correlation(x, y, z)
     assert abs(r) < 0.2 and p > 0.01
     c = np.corrcoef([x, y, z])  # the textbook formula
     assert r == pytest.approx((c[0, 1] - c[0, 2] * c[1, 2]) / np.sqrt((1 - c[0, 2] ** 2) * (1 - c[1, 2] ** 2)))
@@ -67,6 +68,39 @@ def test_stop_epoch_with_patience():
     assert stop_epoch(epochs, loo, patience=2) == 4
     assert stop_epoch(epochs, [0.5, 0.5, 0.5], patience=5) == 1  # ties do not improve
     assert stop_epoch([1, 2], [np.nan, np.nan]) is None
+
+
+def test_patience_stop_names_where_it_stopped():
+    from cwnnk.generalization import patience_stop
+
+    epochs = [1, 2, 3, 4, 5, 6]
+    assert patience_stop(epochs, [0.5, 0.4, 0.45, 0.46, 0.3, 0.2], patience=2) == (2, 4)
+    assert patience_stop(epochs, [0.5, 0.4, 0.3, 0.2, 0.1, 0.05], patience=2) == (6, None)  # never ran out
+    assert patience_stop([1, 2, 3], [0.3, 0.3, 0.3], patience=2) == (1, 3)  # an equal error does not improve
+    assert patience_stop([1, 2], [np.nan, np.nan], patience=1) == (None, None)
+
+
+def test_channel_stopping_rows_on_a_hand_made_trajectory():
+    """The authors' per-channel rule on channels.csv: each channel of the last layer stops on its own."""
+    from cwnnk.generalization import channel_stopping_rows
+
+    trajectories = {0: [0.5, 0.4, 0.45, 0.46, 0.3, 0.2], 1: [0.5, 0.4, 0.3, 0.2, 0.1, 0.05],
+                    2: [np.nan] * 6}
+    rows = []
+    for epoch in range(1, 7):
+        for c, errors in trajectories.items():
+            rows.append(dict(run="r", kind="snapshot" if epoch < 6 else "trained", epoch=epoch, layer="conv4",
+                             depth=3, channel=c, loo_error=errors[epoch - 1]))
+            rows.append(dict(run="r", kind="snapshot" if epoch < 6 else "trained", epoch=epoch, layer="conv1",
+                             depth=0, channel=c, loo_error=0.9))  # not the last layer: ignored
+        rows.append(dict(run="r", kind="untrained", epoch=0, layer="conv4", depth=3, channel=0, loo_error=0.0))
+    table = {key: np.array([r[key] for r in rows]) for key in rows[0]}
+    out = {r["channel"]: r for r in channel_stopping_rows(table, patience=2)}
+    assert set(out) == {0, 1, 2} and all(r["layer"] == "conv4" and r["n_epochs"] == 6 for r in out.values())
+    assert (out[0]["stop_epoch"], out[0]["best_epoch"], out[0]["best_loo_error"]) == (4, 2, 0.4)
+    assert out[0]["final_loo_error"] == 0.2
+    assert (out[1]["stop_epoch"], out[1]["best_epoch"], out[1]["best_loo_error"]) == (None, 6, 0.05)
+    assert (out[2]["stop_epoch"], out[2]["best_epoch"], out[2]["best_loo_error"]) == (None, None, None)
 
 
 def test_early_stopping_rows_from_the_overlap_table():

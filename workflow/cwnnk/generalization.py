@@ -3,9 +3,9 @@
 
 One model is one point (a saved epoch counts as a model of its own; the `final` subset leaves
 snapshots out, so that no run counts twice; untrained twins are left out altogether). For each layer (by name, plus `last`: each
-model's deepest analysed layer), measure and target: Pearson and Spearman with p-values, a
-percentile bootstrap 95% interval of Pearson r over models, and the partial Pearson
-correlation given the training accuracy (both variables' linear dependence on train_acc
+model's deepest analysed layer), measure and target: Pearson and Spearman with permutation p-values, the
+BCa bootstrap 95% interval of Pearson r over models (from 10 models), and the partial Pearson
+correlation given the training accuracy with a permutation p-value (both variables' linear dependence on train_acc
 removed), so that a factor that moves the training fit (label noise) cannot make the
 correlation alone. A row whose statistics are undefined says why in `skipped` (no test split,
 fewer than 3 models, constant data).
@@ -15,75 +15,38 @@ ones and the final one), the epoch the CW-NNK LOO error picks, the epoch a held-
 split picks with the same rule (training.validation), and the epoch of best test accuracy.
 """
 
-import warnings
-
 import numpy as np
-from scipy import stats
+
+from cwnnk.exact import N_BOOT, bca_pearson, partial_correlation, permutation_correlation
 
 MEASURES = ("rho_hat_mean", "pairwise_overlap_mean", "loo_error_layer", "loo_error_agg", "loo_error_channel_mean")
 TARGETS = ("test_acc", "gap_acc")
 CONTROL = "train_acc"
-N_BOOT = 2000
 EMPTY = dict(pearson_r=np.nan, pearson_p=np.nan, spearman_rho=np.nan, spearman_p=np.nan, boot_lo=np.nan,
              boot_hi=np.nan, partial_r=np.nan, partial_p=np.nan)
 
 
-def _pearson(x, y):
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return np.nan, np.nan
-    result = stats.pearsonr(x, y)
-    return float(result.statistic), float(result.pvalue)
-
-
-def partial_correlation(x, y, z):
-    """Pearson r of x and y after regressing each on z (with intercept), and its p-value
-    (t test with n - 3 degrees of freedom). NaN when undefined (n < 4 or a constant residual)."""
-    x, y, z = (np.asarray(v, dtype=np.float64) for v in (x, y, z))
-    n = len(x)
-    if n < 4:
-        return np.nan, np.nan
-    design = np.column_stack([np.ones(n), z])
-    rx = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
-    ry = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
-    scale = max(np.abs(x).max(), np.abs(y).max(), 1.0) * 1e-12
-    if np.ptp(rx) <= scale or np.ptp(ry) <= scale:
-        return np.nan, np.nan
-    r = float(np.clip(np.corrcoef(rx, ry)[0, 1], -1, 1))
-    dof = n - 3
-    t = r * np.sqrt(dof / max(1e-300, 1 - r * r))
-    return r, float(2 * stats.t.sf(abs(t), dof))
-
-
 def correlate(x, y, control=None, n_boot=N_BOOT, seed=0):
-    """Every C4 statistic of x against y over the models where all are finite.
+    """Every C4 statistic of x against y over the models where all are finite (cwnnk.exact).
 
-    Returns dict n_models, pearson_r, pearson_p, spearman_rho, spearman_p, boot_lo, boot_hi
-    (percentile 95% interval of Pearson r over n_boot resamples of the models, seeded;
-    resamples with a constant variable are skipped) and, when control is given, partial_r,
-    partial_p. An undefined statistic is NaN (fewer than 3 models, or constant data).
+    Returns dict n_models; pearson_r and spearman_rho with two-sided permutation p-values (exact up
+    to 7 models); boot_lo, boot_hi: the BCa 95% interval of Pearson r over n_boot seeded resamples of
+    the models (NaN below cwnnk.exact.BCA_MIN_N models; n_boot = 0 skips it); and, when control is
+    given, partial_r and partial_p, the partial correlation given control with a permutation p. An
+    undefined statistic is NaN (fewer than 3 models, or constant data).
     """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     z = np.zeros_like(x) if control is None else np.asarray(control, dtype=np.float64)
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
     x, y, z = x[ok], y[ok], z[ok]
     out = dict(EMPTY, n_models=int(ok.sum()))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out["pearson_r"], out["pearson_p"] = _pearson(x, y)
-        if np.isfinite(out["pearson_r"]):
-            s = stats.spearmanr(x, y)
-            out["spearman_rho"], out["spearman_p"] = float(s.statistic), float(s.pvalue)
-            rng = np.random.default_rng(seed)
-            picks = rng.integers(0, len(x), size=(n_boot, len(x)))
-            xb, yb = x[picks], y[picks]
-            xb, yb = xb - xb.mean(1, keepdims=True), yb - yb.mean(1, keepdims=True)
-            den = np.sqrt((xb**2).sum(1) * (yb**2).sum(1))
-            good = den > 0
-            r = (xb * yb).sum(1)[good] / den[good]
-            if r.size:
-                out["boot_lo"], out["boot_hi"] = (float(v) for v in np.quantile(r, [0.025, 0.975]))
-        if control is not None:
-            out["partial_r"], out["partial_p"] = partial_correlation(x, y, z)
+    out["pearson_r"], out["pearson_p"], _ = permutation_correlation(x, y, seed=seed)
+    if np.isfinite(out["pearson_r"]):
+        out["spearman_rho"], out["spearman_p"], _ = permutation_correlation(x, y, ranks=True, seed=seed)
+        if n_boot:
+            out["boot_lo"], out["boot_hi"] = bca_pearson(x, y, n_boot=n_boot, seed=seed)
+    if control is not None:
+        out["partial_r"], out["partial_p"], _ = partial_correlation(x, y, z, seed=seed)
     return out
 
 
@@ -153,8 +116,10 @@ def generalization_rows(overlap, measures=MEASURES, targets=TARGETS, n_boot=N_BO
 GENERALIZATION_COLUMNS = ("subset", "layer", "measure", "target", "n_models", *EMPTY, "skipped")
 
 
-def write_generalization(overlap_csv, out_csv, early_csv=None):
-    """The `generalization` job: generalization.csv (and early_stopping.csv) from overlap.csv."""
+def write_generalization(overlap_csv, out_csv, early_csv=None, channels_csv=None, channel_early_csv=None,
+                         patience=1):
+    """The `generalization` job: generalization.csv from overlap.csv; early_stopping.csv from it too, and
+    early_stopping_channels.csv (the authors' channel-wise rule) from channels.csv, with `patience`."""
     from cwnnk.tables import read_table, select, text_column, write_table
 
     overlap = read_table(overlap_csv)
@@ -163,17 +128,21 @@ def write_generalization(overlap_csv, out_csv, early_csv=None):
     rows = generalization_rows(overlap)
     write_table(out_csv, rows, GENERALIZATION_COLUMNS)
     if early_csv is not None:
-        write_table(early_csv, early_stopping_rows(overlap), EARLY_COLUMNS)
+        write_table(early_csv, early_stopping_rows(overlap, patience), EARLY_COLUMNS)
+    if channel_early_csv is not None:
+        write_table(channel_early_csv, channel_stopping_rows(read_table(channels_csv), patience), CHANNEL_COLUMNS)
     return rows
 
 
-def stop_epoch(epochs, values, patience=1):
-    """The epoch a "stop when it stops improving" rule picks from a criterion to minimise.
+def patience_stop(epochs, values, patience=1):
+    """A "stop when it stops improving" rule on a criterion to minimise, evaluated at `epochs` (ascending).
 
-    epochs ascending, values the criterion at each (e.g. the last layer's LOO error at each
-    saved epoch). Training stops once `patience` consecutive evaluations fail to improve on
-    the best so far (strictly lower); the pick is the best epoch seen up to then (earliest on
-    ties). NaN values never improve. Returns None when no value is finite.
+    An evaluation improves when its value is strictly below the best so far (NaN never does), as in the
+    authors' code (github.com/STAC-USC/CW-DeepNNK_Early_Stopping, main.py: `best_val <= error` counts
+    against patience). Training stops at the evaluation where `patience` consecutive evaluations have
+    failed to improve. Returns (best, stopped): the epoch of the best value up to the stop (earliest
+    on ties), or None when no value is finite; and the epoch the rule stopped at, or None when patience
+    never ran out within the epochs given.
     """
     best, best_value, waited = None, np.inf, 0
     for epoch, value in zip(epochs, values):
@@ -182,8 +151,49 @@ def stop_epoch(epochs, values, patience=1):
         else:
             waited += 1
             if best is not None and waited >= patience:
-                break
-    return best
+                return best, epoch
+    return best, None
+
+
+def stop_epoch(epochs, values, patience=1):
+    """The epoch `patience_stop` picks: the best one up to the stop."""
+    return patience_stop(epochs, values, patience)[0]
+
+
+CHANNEL_COLUMNS = ("run", "layer", "channel", "n_epochs", "patience", "stop_epoch", "best_epoch", "best_loo_error",
+                   "final_loo_error")
+
+
+def channel_stopping_rows(channels, patience=1):
+    """The authors' channel-wise early stopping (CW-DeepNNK), read from the saved epochs: per run and channel
+    of each run's last analysed layer, the epoch its own LOO error stops it (patience_stop over the run's
+    saved epochs and its last one; empty when patience never ran out), the best epoch up to then and its
+    error. channels: channels.csv as read by read_table (columns run, epoch, kind, depth, layer, channel,
+    loo_error). Runs with fewer than two evaluated epochs are left out."""
+    from cwnnk.tables import text_column
+
+    if not channels or "loo_error" not in channels or "run" not in channels:
+        return []
+    run, kind, layer = (text_column(channels[c]) for c in ("run", "kind", "layer"))
+    epoch, depth = np.asarray(channels["epoch"], dtype=float), np.asarray(channels["depth"], dtype=float)
+    channel, error = np.asarray(channels["channel"], dtype=float), np.asarray(channels["loo_error"], dtype=float)
+    rows = []
+    for name in dict.fromkeys(run[kind != "untrained"].tolist()):
+        mine = (run == name) & (kind != "untrained")
+        last = mine & (depth == depth[mine].max())
+        epochs = np.unique(epoch[last])
+        if epochs.size < 2:
+            continue
+        for c in np.unique(channel[last]):
+            at = last & (channel == c)
+            order = np.argsort(epoch[at], kind="stable")
+            e, v = epoch[at][order], error[at][order]
+            best, stopped = patience_stop(e, v, patience)
+            rows.append(dict(run=name, layer=layer[at][0], channel=int(c), n_epochs=int(e.size), patience=patience,
+                             stop_epoch=stopped, best_epoch=best,
+                             best_loo_error=None if best is None else float(v[e == best][0]),
+                             final_loo_error=float(v[-1])))
+    return rows
 
 
 EARLY_COLUMNS = ("run", "n_epochs", "patience", "loo_epoch", "loo_test_acc", "val_epoch", "val_test_acc",

@@ -4,9 +4,10 @@ The Snakefile's targets, the tables and figures stages and the report take their
 """
 
 # {name}.csv, by the stage that writes it: tables (the first three), solvers, manifolds,
-# generalization (C4 across models and early stopping, from overlap.csv) and claims (each claim's
-# verdict, from overlap, manifolds, generalization and early_stopping).
-TABLES = ("overlap", "channels", "pairwise", "solvers", "manifolds", "generalization", "early_stopping", "claims")
+# generalization (C4 across models and early stopping, from overlap.csv and channels.csv) and claims
+# (each claim's verdict, from overlap, manifolds, generalization and early_stopping).
+TABLES = ("overlap", "channels", "pairwise", "solvers", "manifolds", "generalization", "early_stopping",
+          "early_stopping_channels", "claims")
 
 # {name}.pdf and {name}.png: what each figure shows (docs/method.md section 5).
 FIGURES = {

@@ -191,7 +191,7 @@ def collect_tables(models, metrics, layers, overlap, out):
             where = dict(layer=layer, depth=depth, n_layers=len(layers[name]), is_last=int(depth == len(layers[name]) - 1))
             compared = twin_columns(name, layer, layer_info, twin, infos[twin, layer]) if twin else {}
             overlap_rows.append({**context, **where, **layer_info["row"], **compared})
-            short = {key: context[key] for key in ("model", "kind", "label", "dropout", "seed")}
+            short = {key: context[key] for key in ("model", "kind", "label", "dropout", "seed", "run", "epoch")}
             channels += [{**short, "layer": layer, "depth": depth, **ch} for ch in layer_info["channels"]]
             matrix = layer_info["pairwise"]
             pairwise += [

@@ -32,14 +32,18 @@ rule tables:
 
 rule generalization:
     input:
-        f"{R}/tables/overlap.csv",
+        overlap=f"{R}/tables/overlap.csv",
+        channels=f"{R}/tables/channels.csv",
     output:
         generalization=report(f"{R}/tables/generalization.csv", caption="../report/generalization.rst",
                               category="Tables"),
         early_stopping=report(f"{R}/tables/early_stopping.csv", caption="../report/early_stopping.rst",
                               category="Tables"),
+        early_stopping_channels=report(f"{R}/tables/early_stopping_channels.csv",
+                                       caption="../report/early_stopping_channels.rst", category="Tables"),
     params:
         test_split=TEST_SPLIT,
+        patience=config["early_stopping"]["patience"],
     log:
         f"{R}/logs/generalization.log",
     benchmark:
