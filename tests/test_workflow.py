@@ -158,7 +158,8 @@ def test_tiny_run_states_each_claim(tiny_run):
     root, _ = tiny_run
     claims = read_table(root / "results" / "tables" / "claims.csv")
     assert list(claims) == list(COLUMNS) and set(claims) <= _documented_columns()
-    assert list(claims["claim"]) == ["C1", "C2", "C2", "C3", "C3"] + ["C4"] * 6 + ["early stopping"]
+    assert list(claims["claim"]) == ["C1", "C2", "C2", "C3", "C3", "C3", "C3"] + ["C4"] * 3 + ["early stopping"]
+    assert list(claims["factor"][4:7]) == ["dropout", "weight_decay", "augment"]
     # C2 rests on every (model, layer) row's interval and its twin's, which 2 models have: decided
     assert set(claims["verdict"][1:3]) <= {"supported", "not supported"} and claims["n"][1] == 4
     assert "untrained twins: median" in claims["evidence"][1]
@@ -167,7 +168,26 @@ def test_tiny_run_states_each_claim(tiny_run):
     assert all(e.startswith("undefined: ") for e in claims["evidence"][others])
     assert "needs 6 models" in claims["evidence"][3]  # C3 depth: a two-sided sign test over 2 models
     assert "no training run with saved epochs" in claims["evidence"][-1]
+    # dropout 0 and 0.3 with one seed: one block of two models, whose test cannot reach p < 0.05
+    assert "cannot reach p < 0.05" in claims["evidence"][4] and "holds weight_decay" in claims["evidence"][5]
     assert set(read_table(root / "results" / "tables" / "generalization.csv")) <= _documented_columns()
+
+
+def test_claims_stability_on_the_tiny_runs_tables(tiny_run):
+    """claims_stability recomputes the claims from the run's own tables (the unperturbed copy gives claims.csv's
+    verdicts) and from copies moved by 1 % noise, and names the rows whose verdict changes."""
+    from cwnnk.claims import claims_stability
+    from cwnnk.tables import read_table
+
+    root, _ = tiny_run
+    tables = root / "results" / "tables"
+    rows = claims_stability(tables, scale=0.01, copies=2)
+    assert [r["verdict"] for r in rows] == list(read_table(tables / "claims.csv")["verdict"])
+    assert all(len(r["verdicts"]) == 2 and r["fragile"] == (set(r["verdicts"]) != {r["verdict"]}) for r in rows)
+    fragile = [r["test"] for r in rows if r["fragile"]]
+    assert not fragile, f"verdicts a 1 % move of the measured columns flips: {fragile}"
+    # Noise as large as the values themselves moves the decided C2 rows' evidence, not the table's shape.
+    assert len(claims_stability(tables, scale=1.0, copies=1)) == len(rows)
 
 
 def _declared_closure():
@@ -317,8 +337,10 @@ def test_adding_a_factor_level_runs_only_the_new_models(tiny_run, level, new):
 
 
 @pytest.mark.parametrize("preset, jobs", [("cifar10-paper", {"train": 18, "graphs": 144}),
+                                          ("cifar10-paper-authors", {"train": 18, "graphs": 144}),
                                           ("cifar10-resnet18", {"train": 4, "graphs": 136}),
-                                          ("generalization", {"train": 36, "graphs": 576})])
+                                          ("generalization", {"train": 36, "graphs": 36 * 9 * 4}),
+                                          ("digits-authors", {"train": 16, "graphs": 16 * 3 * 4})])
 def test_presets_validate_and_dry_run(preset, jobs, tmp_path):
     import yaml
 
@@ -340,6 +362,18 @@ def test_presets_validate_and_dry_run(preset, jobs, tmp_path):
                                    "--config", f"results={tmp_path / 'results'}").stdout)
     for rule, count in jobs.items():
         assert counts[rule] == count
+
+
+@pytest.mark.parametrize("preset, base", [("cifar10-paper-authors", "cifar10-paper"), ("digits-authors", None)])
+def test_authors_kernel_presets_change_the_kernel_alone(preset, base):
+    import yaml
+
+    read = lambda path: yaml.safe_load(path.read_text())  # noqa: E731
+    variant = read(REPO / "configs" / f"{preset}.yaml")
+    original = read(REPO / ("config.yaml" if base is None else f"configs/{base}.yaml"))
+    assert variant["graphs"].pop("kernel") == "cosine" and original["graphs"].pop("kernel") == "gaussian"
+    assert variant.pop("results") != original.pop("results")
+    assert variant == original
 
 
 def test_validation_split_through_snakemake(tmp_path):

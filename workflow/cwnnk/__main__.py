@@ -1,7 +1,11 @@
-"""Command line: `python -m cwnnk layers --configfile my.yaml`, `python -m cwnnk width-sweep GRAPHS_DIR`.
+"""Command line: `python -m cwnnk layers --configfile my.yaml`, `python -m cwnnk width-sweep GRAPHS_DIR`,
+`python -m cwnnk claims-stability TABLES_DIR`.
 
 width-sweep: the saturation curve of one analysed layer (a graphs folder of the workflow): the
 headline redundancy and rho_hat of random channel subsets, as a table on stdout, a CSV and a figure.
+
+claims-stability: the claims of a finished run on perturbed copies of its tables (cwnnk.claims.claims_stability),
+and which verdicts change.
 
 layers: for every model of a config, every analysable node (what `extract.layers` may name or
 match) with its output shape, per-channel dimension D = H*W, whether `all` keeps it, and the
@@ -192,6 +196,23 @@ def width_sweep_command(args):
     print(f"wrote {out}.csv, {out}.pdf and {out}.png (means over {args.draws} draws per size)")
 
 
+def claims_stability_command(args):
+    from cwnnk.claims import claims_stability
+
+    try:
+        rows = claims_stability(args.tables, scale=args.scale, copies=args.copies, seed=args.seed)
+    except FileNotFoundError as err:
+        sys.exit(f"cwnnk: {err}")
+    print(f"claims on {args.copies} copies of {args.tables} with measured columns moved by relative noise "
+          f"{args.scale:g} (seed {args.seed})")
+    for row in rows:
+        mark = "FRAGILE" if row["fragile"] else "stable"
+        print(f"{mark:>8s}  {row['claim']:<14s} {row['verdict']:<14s} copies: {', '.join(row['verdicts'])}  "
+              f"{row['test']}")
+    fragile = sum(row["fragile"] for row in rows)
+    print(f"{fragile} of {len(rows)} rows change their verdict")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cwnnk", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -203,8 +224,17 @@ def main(argv=None):
     sweep.add_argument("--draws", type=int, default=10, help="random subsets per size (default 10)")
     sweep.add_argument("--seed", type=int, default=0)
     sweep.add_argument("--out", help="path prefix of the CSV and figures (default width-sweep-MODEL-LAYER)")
+    stability = sub.add_parser("claims-stability", help="claims on perturbed copies of a run's tables: which verdicts "
+                                                         "the rounding of another processor could flip")
+    stability.add_argument("tables", help="a finished run's tables folder, e.g. results/tables")
+    stability.add_argument("--scale", type=float, default=0.01, help="relative noise on each measured cell "
+                           "(default 0.01; docs/reliability.md gives what another processor moves)")
+    stability.add_argument("--copies", type=int, default=2)
+    stability.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.command == "layers":
+    if args.command == "claims-stability":
+        claims_stability_command(args)
+    elif args.command == "layers":
         layers_command(args)
     elif args.command == "width-sweep":
         width_sweep_command(args)

@@ -456,3 +456,60 @@ def write_claims(overlap_csv, manifolds_csv, generalization_csv, early_csv, out_
                        read_table(early_csv), solver)
     write_table(out_csv, rows, COLUMNS)
     return rows
+
+
+# ---------------------------------------------------------------------------- stability
+
+# The overlap.csv and channels.csv columns a run on another processor moves (measurements, not settings): columns
+# whose name starts with one of these. The gap is recomputed from the moved accuracies.
+MEASURED = ("redundancy", "rho_hat", "pairwise_overlap", "degree", "loo_error", "id_", "train_acc", "test_acc",
+            "val_acc", "union")
+
+
+def _perturb(table, scale, rng):
+    """A copy of a table with every MEASURED float column multiplied by 1 + scale * N(0, 1), cell by cell."""
+    out = dict(table)
+    for name, values in table.items():
+        if name.startswith(MEASURED) and np.asarray(values).dtype.kind == "f":
+            out[name] = values * (1 + scale * rng.standard_normal(len(values)))
+    if "gap_acc" in out and "train_acc" in out and "test_acc" in out:
+        out["gap_acc"] = out["train_acc"] - out["test_acc"]
+    return out
+
+
+def claims_stability(tables_dir, scale=0.01, copies=2, seed=0):
+    """Are the verdicts of a finished run's tables robust to the rounding another processor brings?
+
+    Runs the claims on `copies` copies of tables_dir (overlap.csv, channels.csv, manifolds.csv) whose
+    measured columns (MEASURED) are perturbed by relative noise of `scale`, generalization.csv and
+    early_stopping.csv recomputed from them. Returns one dict per claims row: claim, test, factor,
+    verdict (on the tables as they are), verdicts (one per copy) and fragile (any copy differs).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from cwnnk.generalization import write_generalization
+    from cwnnk.tables import read_table, write_table
+
+    tables_dir = Path(tables_dir)
+    read = {name: read_table(tables_dir / f"{name}.csv") for name in ("overlap", "channels", "manifolds")}
+    rng = np.random.default_rng(seed)
+    runs = []
+    with tempfile.TemporaryDirectory() as work:
+        for copy in range(copies + 1):  # copy 0: the tables as they are
+            folder = Path(work) / str(copy)
+            folder.mkdir()
+            for name in ("overlap", "channels"):
+                table = read[name] if copy == 0 else _perturb(read[name], scale, rng)
+                write_table(folder / f"{name}.csv", ({k: v[i] for k, v in table.items()} for i in
+                                                     range(len(next(iter(table.values()), [])))))
+            write_generalization(folder / "overlap.csv", folder / "generalization.csv", folder / "early.csv")
+            runs.append(claims_rows(read_table(folder / "overlap.csv"), read["manifolds"],
+                                    read_table(folder / "generalization.csv"), read_table(folder / "early.csv")))
+    out = []
+    for rows in zip(*runs):
+        verdicts = [row["verdict"] for row in rows[1:]]
+        out.append(dict(claim=rows[0]["claim"], test=rows[0]["test"], factor=rows[0]["factor"],
+                        verdict=rows[0]["verdict"], verdicts=verdicts,
+                        fragile=any(v != rows[0]["verdict"] for v in verdicts)))
+    return out
