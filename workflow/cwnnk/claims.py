@@ -261,8 +261,14 @@ def c3_depth(overlap, measure="redundancy", alpha=ALPHA):
 
 
 def _levels(table, column):
-    """A factor column as text levels ('' for an empty cell, e.g. n_train of a full training set)."""
-    return _text(table, column) if column in table else np.full(len(table["model"]), "")
+    """A factor column as text levels, as the config writes them ('null' for an empty cell, e.g. n_train of the
+    full training set; numbers in their shortest form)."""
+    if column not in table:
+        return np.full(len(table["model"]), "null")
+    values = np.asarray(table[column])
+    if values.dtype.kind == "f":
+        return np.array(["null" if np.isnan(v) else f"{v:g}" for v in values])
+    return np.where(values == "", "null", values.astype(str))
 
 
 def c3_factor(overlap, factor, kind, measure="redundancy", alpha=ALPHA):
@@ -283,8 +289,8 @@ def c3_factor(overlap, factor, kind, measure="redundancy", alpha=ALPHA):
     levels = _levels(overlap, factor)
     found = sorted(set(levels[keep].tolist()))
     if len(found) < 2:
-        held = found[0] if found else "unset"
-        return _undefined(row, f"the sweep holds {factor} at {held or 'its default'}: nothing to compare")
+        held = found[0] if found else "null"
+        return _undefined(row, f"the sweep holds {factor} at {held}: nothing to compare")
     others = [column for column, _ in C3_FACTORS if column != factor]
     block = np.array(["|".join(parts) for parts in zip(*(_levels(overlap, c) for c in others))])
     layers = _text(overlap, "layer")
@@ -304,7 +310,7 @@ def c3_factor(overlap, factor, kind, measure="redundancy", alpha=ALPHA):
     row.update(statistic=f"blocked Kruskal-Wallis H across {factor} levels at {name}", value=result["statistic"],
                p_value=result["p"], p_adjusted=float(adjusted[i]), n=result["n"], method=result["method"],
                n_models=len(set(_text(overlap, "model")[keep].tolist())))
-    level_text = ", ".join(f"{lev or 'default'}: {m:.3f}" for lev, m in means.items())
+    level_text = ", ".join(f"{lev}: {m:.3f}" for lev, m in means.items())
     said = (f"smallest p at {name}: H = {result['statistic']:.2f} over {result['blocks']} blocks of {result['n']} "
             f"models, p = {_p(result['p'])}, Holm over {len(tests)} layers {_p(adjusted[i])}; mean {measure} by "
             f"{factor} {level_text}")
