@@ -390,7 +390,7 @@ def test_level_names_decode_the_labels(tables):
     names, common = figures.level_names(table, list(table["label"]))
     assert names == {"d0 wd0.001 shift": "weight decay 0.001, shift augmentation",
                      "d0 wd0 shift_flip": "weight decay 0, shift + flip augmentation",
-                     "mine": "mine (external checkpoint)"}
+                     "mine": "mine (imported)"}
     assert common == "dropout 0"
     single = figures.level_names({"label": np.array(["d0.2 wd0 none"])}, ["d0.2 wd0 none"])
     assert single == ({"d0.2 wd0 none": "dropout 0.2, weight decay 0, no augmentation"}, "")

@@ -17,32 +17,7 @@ that cannot be analysed (channel-last (N, H, W, C) outputs) are listed as such.
 import argparse
 import sys
 
-# The graph stage's measured cost on the 2-core dev machine (docs/performance.md, `bench scale`),
-# at k = 25. A layer held whole (ResNet-18's stem, C = 64 channels of D = 1,024 at N = 10,000):
-# 712 s, peak 3,950 MiB, 2,500 MiB of it the layer; time grows as N^2 C D (the exact kNN), memory
-# with the layer (N C D float32) and the results (C N k). A streamed layer (cwnnk.graphs.streams;
-# ResNet-50's layer1, C = 256 of D = 3,136 at N = 10,000): 2,147 s, peak 5,086 MiB; time grows as
-# N^2 C D (one float64 product per channel), memory with N^2 (the N x N float64 matrices and their
-# scratch: 27 bytes per N^2 beside the base and the results), not with the layer.
-_REF_SECONDS, _REF_N, _REF_CD = 712.0, 10_000, 64 * 1024
-_STREAM_SECONDS, _STREAM_CD = 2147.0, 256 * 3136
-_STREAM_N2_BYTES = 27.2
-_BASE_MIB = 1024.0
-_RESULT_BYTES = 24
-
-
-def estimate(n, channels, dim, k):
-    """(seconds, MiB, streamed): the graph stage's rough time on 2 CPU cores and peak memory for
-    one layer, and whether it streams."""
-    from cwnnk.graphs import streams
-
-    results = channels * n * k * _RESULT_BYTES
-    if streams(n, channels, dim):
-        seconds = _STREAM_SECONDS * (n / _REF_N) ** 2 * (channels * dim / _STREAM_CD)
-        return seconds, _BASE_MIB + (_STREAM_N2_BYTES * n * n + results) / 2**20, True
-    seconds = _REF_SECONDS * (n / _REF_N) ** 2 * (channels * dim / _REF_CD)
-    return seconds, _BASE_MIB + (n * channels * dim * 4 + results) / 2**20, False
-
+from cwnnk.graphs import estimate_cost as estimate
 
 def _duration(seconds):
     if seconds < 120:
@@ -98,14 +73,14 @@ def graph_samples(exp, model, sizes):
     n_train and the validation hold-out) capped by extract.n_samples and graphs.n_samples. Where the
     dataset cannot be read here N is the smaller cap (None without one) and note says why.
     sizes caches each dataset's training-set size (or the error reading it)."""
-    from cwnnk.datasets import load_dataset
+    from cwnnk.datasets import train_size
 
     params = exp.extract(model)
     caps = [cap for cap in (params.n_samples, exp.graphs.n_samples) if cap is not None]
     key = repr(params.dataset)
     if key not in sizes:
         try:
-            sizes[key] = len(load_dataset(params.dataset).train)
+            sizes[key] = train_size(params.dataset)
         except (OSError, ValueError, RuntimeError) as err:
             sizes[key] = err
     if isinstance(sizes[key], Exception):

@@ -72,8 +72,16 @@ def model_layers(model, input_shape):
     return trace_nodes(model, tuple(input_shape))
 
 
+def _progress_log(log, progress):
+    """The `log` a stage gets from the library: the user's callable (progress lines), else a progress bar on
+    stderr (cwnnk.logs.ProgressBar), silent with progress=False."""
+    from cwnnk.logs import ProgressBar
+
+    return log if log is not None else ProgressBar(enabled=progress)
+
+
 def activations_of(model, images, layers="all", *, n_samples=None, seed=0, labels=None, batch_size=64,
-                   device="cpu", store=None, compressor="zstd", log=None):
+                   device="cpu", store=None, compressor="zstd", log=None, progress=True):
     """The activations of `layers` of `model` on `images`, in memory or streamed to a Zarr store.
 
     model: a torch nn.Module (its input normalisation included; used in eval mode). images: a
@@ -84,14 +92,16 @@ def activations_of(model, images, layers="all", *, n_samples=None, seed=0, label
     n_samples: a stratified (by labels, seeded) subset of that many images; None keeps all.
     Returns {layer: (N, C, H, W) float32 numpy array} in depth order, or with store=path writes
     the activation store there batch by batch (peak memory set by batch_size) and returns
-    cwnnk.open_activations(store).
+    cwnnk.open_activations(store). A call that runs over 2 s shows a progress bar on stderr; progress=False
+    (or TQDM_DISABLE=1 in the environment) silences it, and log=print prints progress lines instead.
     """
     import torch
 
     from cwnnk.datasets import Dataset, stratified_subset
     from cwnnk.extract import LayerExtractor, extract_to_store, full_float32, match_layers
+    from cwnnk.logs import Progress
 
-    log = log or (lambda *args, **kwargs: None)
+    log = _progress_log(log, progress)
     split, loader_batch, classes = _as_split(images, labels)
     batch_size = loader_batch or batch_size
     model = model.to(device).eval()
@@ -115,11 +125,13 @@ def activations_of(model, images, layers="all", *, n_samples=None, seed=0, label
         return open_activations(store)
     extractor = LayerExtractor(model, names, log=log)
     parts = {name: [] for name in chosen}
+    bar = Progress(-(-len(split) // batch_size), "batch", log, desc="activations")
     with full_float32(), torch.inference_mode():
         for start in range(0, len(split), batch_size):
             out = extractor(split.images[start : start + batch_size].to(device))
             for name, values in out.items():
                 parts[name].append(values.float().cpu().numpy())
+            bar.step()
     return OrderedDict((name, np.concatenate(parts[name])) for name in chosen)
 
 
@@ -157,7 +169,7 @@ class LayerGraphs:
 LAYOUTS = ("NCHW", "NCD", "CND")
 
 
-def cw_nnk_graphs(acts, k=25, *, layout=None, labels=None, log=None, **options):
+def cw_nnk_graphs(acts, k=25, *, layout=None, labels=None, log=None, progress=True, **options):
     """CW-NNK graphs of one layer from its activations: every channel's NNK graph plus the aggregate's.
 
     acts: (N, C, H, W) array or tensor (one layer of N images). A 3-D array is ambiguous ((N, C, D)
@@ -165,7 +177,8 @@ def cw_nnk_graphs(acts, k=25, *, layout=None, labels=None, log=None, **options):
     k and options: the settings of cwnnk.params.GraphParams (kernel, sigma, solver, duplicates,
     device). labels: optional (N,) non-negative int labels of the images (a store's `labels`;
     activations_of's arrays carry none), for overlap_summary's LOO columns. Returns LayerGraphs,
-    with TwoNN's input computed as the graphs stage does (cwnnk.graphs.twonn_inputs).
+    with TwoNN's input computed as the graphs stage does (cwnnk.graphs.twonn_inputs). Progress: as
+    activations_of (a bar over the channels after 2 s; progress=False silences it).
     """
     from cwnnk.graphs import cw_nnk, twonn_inputs
     from cwnnk.params import GraphParams
@@ -203,7 +216,7 @@ def cw_nnk_graphs(acts, k=25, *, layout=None, labels=None, log=None, **options):
             raise ValueError(f"labels must be (N,) = ({N},) non-negative integers, one per image of acts "
                              f"{acts.shape}; got {labels.dtype} {labels.shape}")
     acts = np.ascontiguousarray(acts, dtype=np.float32)
-    channels, zero_maps, aggregate, points = cw_nnk(acts, params, log or (lambda *a, **kw: None))
+    channels, zero_maps, aggregate, points = cw_nnk(acts, params, _progress_log(log, progress))
     channel_twonn, _, agg_twonn, _ = twonn_inputs(acts, channels, aggregate, points)
     return LayerGraphs(channels, aggregate, zero_maps, channel_twonn, agg_twonn, labels)
 
@@ -269,7 +282,7 @@ class TwinComparison:
 
 
 def redundancy_vs_untrained(model, images, layers="all", *, k=25, twin_seed=0, n_samples=None, seed=0, labels=None,
-                            batch_size=64, device="cpu", log=None, **options):
+                            batch_size=64, device="cpu", log=None, progress=True, **options):
     """Each layer's headline redundancy beside its untrained twin's, in one call.
 
     The twin is cwnnk.models.untrained_twin(model, twin_seed): the same architecture with seeded random
@@ -278,7 +291,8 @@ def redundancy_vs_untrained(model, images, layers="all", *, k=25, twin_seed=0, n
     Returns {layer: TwinComparison} in depth order: redundancy with its 95% interval and chance level,
     the twin's (untrained), the difference (model minus twin) with its 95% interval (images resampled
     paired, each model's channels apart) and effect ('raised', 'lowered' or 'none beyond the interval':
-    what training did beyond architecture and data); print one to read it.
+    what training did beyond architecture and data); print one to read it. Progress: a bar per model and
+    layer on stderr after 2 s; progress=False silences it, log=print prints lines instead.
     """
     from cwnnk.models import untrained_twin
     from cwnnk.redundancy import compare
@@ -287,8 +301,8 @@ def redundancy_vs_untrained(model, images, layers="all", *, k=25, twin_seed=0, n
     runs = {}
     for name, net in (("trained", model), ("twin", twin)):
         acts = activations_of(net, images, layers, n_samples=n_samples, seed=seed, labels=labels,
-                              batch_size=batch_size, device=device, log=log)
-        runs[name] = {layer: overlap_summary(cw_nnk_graphs(values, k, log=log, **options))
+                              batch_size=batch_size, device=device, log=log, progress=progress)
+        runs[name] = {layer: overlap_summary(cw_nnk_graphs(values, k, log=log, progress=progress, **options))
                       for layer, values in acts.items()}
     out = OrderedDict()
     for layer, trained in runs["trained"].items():

@@ -116,6 +116,9 @@ def c1_degree_dimension(manifolds, solver="exact", alpha=ALPHA):
     row = _row("C1", f"mean NNK degree increases with intrinsic dimension (synthetic manifolds, {solver} solver)",
                "Spearman rho of degree_mean and dim", f"rho > 0 and one-sided permutation p < {alpha:g}",
                "manifolds.csv", n_of=f"synthetic point sets (embedding, dimension), {solver} solver", n_models=0)
+    if manifolds is None:
+        return _undefined(row, "the synthetic manifolds were not run (figures.calibration is off; auto runs them for "
+                               "the built-in experiment only)")
     if not _has(manifolds, "dim", "degree_mean", "solver"):
         return _undefined(row, "manifolds.csv has no rows (or lacks dim, degree_mean, solver)")
     keep = (_text(manifolds, "solver") == solver) & np.isfinite(_num(manifolds, "degree_mean"))
@@ -455,11 +458,12 @@ def claims_rows(overlap, manifolds, generalization, early_stopping, solver="exac
 
 
 def write_claims(overlap_csv, manifolds_csv, generalization_csv, early_csv, out_csv, solver="exact"):
-    """The `claims` job: claims.csv from the tables it reads."""
+    """The `claims` job: claims.csv from the tables it reads (manifolds_csv None: not run)."""
     from cwnnk.tables import read_table, write_table
 
-    rows = claims_rows(read_table(overlap_csv), read_table(manifolds_csv), read_table(generalization_csv),
-                       read_table(early_csv), solver)
+    manifolds = read_table(manifolds_csv) if manifolds_csv else None  # None: figures.calibration is off
+    rows = claims_rows(read_table(overlap_csv), manifolds, read_table(generalization_csv), read_table(early_csv),
+                       solver)
     write_table(out_csv, rows, COLUMNS)
     return rows
 
@@ -498,7 +502,9 @@ def claims_stability(tables_dir, scale=0.01, copies=2, seed=0):
     from cwnnk.tables import read_table, write_table
 
     tables_dir = Path(tables_dir)
-    read = {name: read_table(tables_dir / f"{name}.csv") for name in ("overlap", "channels", "manifolds")}
+    read = {name: read_table(tables_dir / f"{name}.csv") for name in ("overlap", "channels")}
+    manifolds = tables_dir / "manifolds.csv"
+    read["manifolds"] = read_table(manifolds) if manifolds.exists() else None  # figures.calibration off
     rng = np.random.default_rng(seed)
     runs = []
     with tempfile.TemporaryDirectory() as work:

@@ -392,6 +392,15 @@ class Experiment:
         )
 
     @property
+    def calibration(self):
+        """Whether F5, F6 and the manifolds and solvers jobs run (figures.calibration; auto: every model is a
+        built-in arch)."""
+        setting = self.config["figures"]["calibration"]
+        if setting != "auto":
+            return bool(setting)
+        return all(entry["spec"]["arch"] in ("convnet", "resnet18") for entry in self.models.values())
+
+    @property
     def dataset(self):
         return DatasetParams(**self.config["dataset"])
 

@@ -1,8 +1,8 @@
-"""Figures F1-F7 of docs/method.md section 5, drawn only from the tables in results/tables/.
+"""Figures F0-F7 of docs/method.md section 5, drawn only from the tables in results/tables/.
 
 Each `f*` function takes tables as read by `cwnnk.tables.read_table` (dicts of numpy
 columns) and an output prefix, and writes `{prefix}.pdf` and `{prefix}.png` (atomically).
-`draw_all(tables, outputs)` draws all seven from the tables' files into the given F1.pdf ... F7.png.
+`draw_all(tables, outputs)` draws all eight from the tables' files into the given F0.pdf ... F7.png.
 
 Conventions: the Okabe-Ito palette (colour-blind safe), with a marker per regularization
 level as well so that levels stay apart in grey print; widths of 3.5 in (one paper column)
@@ -187,7 +187,8 @@ def level_names(table, levels):
 
     A name spells out the factors that differ between the trained levels ("dropout 0.2");
     the factors they share ("weight decay 0, no augmentation") are returned once, for the
-    legend title. An external checkpoint is named by its label.
+    legend title (None when no level is trained here: imported models have no sweep factors). An
+    imported model is named by its label.
     """
     factors = {lev: _factor_values(table, lev) for lev in levels}
     trained = [f for f in factors.values() if f is not None]
@@ -206,12 +207,12 @@ def level_names(table, levels):
     names = {}
     for lev, f in factors.items():
         if f is None:
-            names[lev] = f"{lev} (external checkpoint)"
+            names[lev] = f"{lev} (imported)"
         else:
             parts = [fmt[name](f[name]) for name, _ in FACTORS if name in f and name not in shared]
             names[lev] = ", ".join(parts) or lev
     common = ", ".join(fmt[name](trained[0][name]) for name, _ in FACTORS if name in shared)
-    return names, common
+    return names, (common if trained else None)
 
 
 def describe_model(model, table=None, sep=" "):
@@ -237,8 +238,9 @@ def _legend_columns(handles, width, most=3):
 
 
 def _level_title(common, suffix=""):
-    """The legend title of the regularization levels, with the factors every model shares."""
-    title = LEVEL_TITLE + (f"; all models: {common}" if common else "")
+    """The legend title of the levels: the regularization settings, with the factors every model shares; or,
+    where no model was trained here (common is None), the imported models."""
+    title = "imported models" if common is None else LEVEL_TITLE + (f"; all models: {common}" if common else "")
     return f"{title}\n({suffix})" if suffix else title  # a line of its own: one line ran past a figure's edges
 
 
@@ -248,19 +250,43 @@ def _n_models(table, label, lev):
 
 
 def _depth_axis(ax, table, depths):
-    """Integer depth ticks; the layer name under each when the names are short and few."""
+    """The layers on the x axis, by name (table["depth"] holds each layer's position, layer_positions)."""
     ax.xaxis.set_major_locator(FixedLocator(depths))
     ax.xaxis.set_minor_locator(NullLocator())
     labels = [str(d) for d in depths]
-    if "layer" in table and len(depths) <= 8:
+    if "layer" in table:
         depth = table["depth"]
-        names = [_first_seen(_text(table["layer"][depth == d])) for d in depths]
-        if all(len(n) == 1 and len(n[0]) <= 12 for n in names):
-            labels = [f"{d}\n{n[0]}" for d, n in zip(depths, names)]
-    ax.set_xticklabels(labels)
+        labels = [" / ".join(_first_seen(_text(table["layer"][depth == d]))) for d in depths]
+    long = len(depths) > 6 or max(map(len, labels), default=0) > 8
+    ax.set_xticklabels(labels, rotation=90 if long else 0, fontsize=6 if long else 7)
     if len(depths):
         ax.set_xlim(min(depths) - 0.6, max(depths) + 0.6)
-    ax.set_xlabel("depth (layer index)")
+    ax.set_xlabel("layer")
+
+
+def layer_positions(table):
+    """layer -> its x position in F1, F2 and F6: models grouped by their sequence of analysed layers (one
+    architecture), each group's layers in depth order, the groups side by side; so that models of different
+    depth never share an index axis, and models with the same layers line up."""
+    if not n_rows(table) or "layer" not in table:
+        return {}
+    model, layer = _text(table["model"]), _text(table["layer"])
+    order = np.lexsort((table["depth"],))
+    sequences = {}
+    for i in order:
+        sequences.setdefault(model[i], []).append(layer[i])
+    positions = {}
+    for seq in dict.fromkeys(tuple(dict.fromkeys(v)) for v in sequences.values()):
+        for name in seq:
+            positions.setdefault(name, len(positions))
+    return positions
+
+
+def _with_positions(table, positions):
+    """A copy of `table` whose depth column holds each row's layer position."""
+    if not n_rows(table) or "layer" not in table:
+        return table
+    return dict(table, depth=np.array([positions.get(name, -1) for name in _text(table["layer"])], dtype=float))
 
 
 def _unique_number(table, name):
@@ -279,6 +305,67 @@ def _pick_model(table, model, what, option):
     if model not in models:
         raise ValueError(f"figures.{option}={model!r} has no rows in {what}; models there: {models}")
     return model
+
+
+# ---------------------------------------------------------------------------- F0
+
+def f0_answer(overlap, prefix, twins=None, most=16):
+    """F0, the answer at a glance: per model (one panel each, at most `most`), the headline redundancy of
+    every analysed layer (named on the axis) with its 95% interval, the chance level (grey band up to it)
+    and the untrained twin's value (dashed). overlap: overlap.csv rows of the final models (no saved
+    epochs); twins: the untrained twins' rows."""
+    title = "F0 channel redundancy per layer"
+    if n_rows(overlap) == 0:
+        return _placeholder(prefix, title, "overlap.csv has no rows: no layer was analysed")
+    models = _first_seen(_text(overlap["model"]))
+    shown = models[:most]
+    ncols = min(4, len(shown))
+    nrows = math.ceil(len(shown) / ncols)
+    layers = {m: _first_seen(_text(overlap["layer"][_text(overlap["model"]) == m])) for m in shown}
+    widest = max(len(v) for v in layers.values())
+    width = DOUBLE if ncols > 1 or widest > 6 else SINGLE
+    height = 1.0 + nrows * (1.6 + 0.05 * max(len(n) for v in layers.values() for n in v))
+    twin_at = {}
+    if n_rows(twins or {}):
+        for m, layer, value in zip(_text(twins["model"]), _text(twins["layer"]), _col(twins, "redundancy")):
+            twin_at[m, layer] = value
+    with matplotlib.rc_context(STYLE):
+        fig = _new_figure(width, height)
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=True)).ravel()
+        for ax, model in zip(axes, shown):
+            at = _text(overlap["model"]) == model
+            names = layers[model]
+            rows = {name: np.flatnonzero(at & (_text(overlap["layer"]) == name))[0] for name in names}
+            x = np.arange(len(names))
+            get = lambda column: np.array([float(_col(overlap, column)[rows[n]]) for n in names])  # noqa: E731
+            value, lo, hi, chance = (get(c) for c in ("redundancy", "redundancy_ci_lo", "redundancy_ci_hi",
+                                                      "redundancy_chance"))
+            ax.fill_between(x, 0, chance, step="mid", color="0.8", linewidth=0, zorder=1)
+            ok = np.isfinite(value)
+            ax.errorbar(x[ok], value[ok], yerr=[value[ok] - lo[ok], hi[ok] - value[ok]], color=PALETTE[0],
+                        marker="o", markersize=3, elinewidth=0.8, capsize=1.5, linewidth=1.0, zorder=3)
+            twin_name = _text(_col(overlap, "twin", ""))[rows[names[0]]] if "twin" in overlap else ""
+            tv = np.array([float(twin_at.get((twin_name, n), np.nan)) for n in names])
+            if np.isfinite(tv).any():
+                ax.plot(x, tv, zorder=2, **TWIN_LINE)
+            ax.set_xticks(x)
+            ax.set_xticklabels(names, rotation=90 if widest > 4 or max(map(len, names)) > 6 else 0, fontsize=6.5)
+            ax.set_xlim(-0.6, len(names) - 0.4)
+            ax.set_title(textwrap.fill(model, 28), loc="left", fontsize=6.5)
+        top = np.nanmax([_finite(_col(overlap, c)).max(initial=0) for c in ("redundancy_ci_hi", "redundancy")]
+                        + [_finite(np.array(list(twin_at.values()), dtype=float)).max(initial=0)])
+        axes[0].set_ylim(0, max(top, 0.05) * 1.05)  # shared: every panel on one scale
+        for ax in axes[len(shown):]:
+            ax.set_axis_off()
+        for ax in axes[::ncols]:
+            ax.set_ylabel("redundancy (mean pairwise $J$)")
+        handles = [Line2D([], [], color=PALETTE[0], marker="o", markersize=3, label="headline, 95% interval"),
+                   Patch(facecolor="0.8", label="chance level")]
+        if twin_at:
+            handles.append(Line2D([], [], **TWIN_LINE, label="untrained twin"))
+        more = f"; first {most} of {len(models)} models" if len(models) > most else ""
+        fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), title=f"{title}{more}")
+        return _save(fig, prefix)
 
 
 # ---------------------------------------------------------------------------- F1
@@ -565,6 +652,15 @@ def f3_generalization(overlap, prefix, levels=None):
     last = {name: values[overlap["is_last"] == 1] for name, values in overlap.items()}
     if n_rows(last) == 0:
         return _placeholder(prefix, title, "overlap.csv has no row with is_last == 1"), {}
+    accuracy = np.isfinite(np.asarray(_col(last, "test_acc"), dtype=np.float64))
+    if not accuracy.any():
+        from cwnnk.generalization import accuracy_reason
+
+        why = accuracy_reason(last) or "overlap.csv has no test accuracy"
+        return _placeholder(prefix, title, textwrap.fill(f"nothing to correlate: {why}", 70), width=DOUBLE), {}
+    if accuracy.sum() < 3:
+        return _placeholder(prefix, title, f"{int(accuracy.sum())} model(s) with test accuracy: a correlation "
+                                           "needs 3 or more", width=DOUBLE), {}
     noise, dropout, colours, markers = _factor_styles(last)
     snapshot = _text(_col(last, "kind", "")) == "snapshot"
     rows = [(ycol, ylabel) for ycol, ylabel in F3_Y if ycol in last]
@@ -616,10 +712,30 @@ def f3_generalization(overlap, prefix, levels=None):
 
 # ---------------------------------------------------------------------------- F4
 
+def channel_order(matrix, dead):
+    """The channels in the order of an average-linkage clustering of their overlap (distance 1 - J of the
+    symmetrised matrix; scipy's optimal leaf ordering), live channels first, dead ones last: channels that
+    share their neighbourhoods sit next to each other, so that redundant groups show as blocks."""
+    from scipy.cluster.hierarchy import leaves_list, linkage, optimal_leaf_ordering
+    from scipy.spatial.distance import squareform
+
+    live = np.flatnonzero(~dead)
+    if live.size < 3:
+        return np.r_[live, np.flatnonzero(dead)]
+    sub = matrix[np.ix_(live, live)]
+    sub = np.nan_to_num((sub + sub.T) / 2, nan=0.0)
+    distance = np.clip(1 - sub, 0, None)
+    np.fill_diagonal(distance, 0)
+    condensed = squareform(distance, checks=False)
+    tree = optimal_leaf_ordering(linkage(condensed, "average"), condensed)
+    return np.r_[live[leaves_list(tree)], np.flatnonzero(dead)]
+
+
 def f4_data(pairwise, model, channels=None):
     """What F4 draws for one model: per analysed layer, in depth order, dict(depth, layer,
     matrix (C, C), dead (C,) bool, mean: mean J over the pairs a != b of live channels,
-    n_live_pairs). Dead channels come from channels.csv (none without it)."""
+    n_live_pairs, order: the channels in clustered order, channel_order). Dead channels come
+    from channels.csv (none without it)."""
     table = select(pairwise, _text(pairwise["model"]) == model)
     if channels is not None and n_rows(channels):
         channels = select(channels, _text(channels["model"]) == model)
@@ -640,13 +756,15 @@ def f4_data(pairwise, model, channels=None):
         values = _finite(matrix[live_pairs])
         layer = _first_seen(_text(table["layer"][sel])) if "layer" in table else ["?"]
         panels.append(dict(depth=d, layer=layer[0], matrix=matrix, dead=dead,
-                           mean=values.mean() if values.size else np.nan, n_live_pairs=int(live_pairs.sum()) // 2))
+                           mean=values.mean() if values.size else np.nan, n_live_pairs=int(live_pairs.sum()) // 2,
+                           order=channel_order(matrix, dead)))
     return panels
 
 
 def f4_heatmaps(pairwise, prefix, model=None, channels=None):
     """F4: the C x C pairwise channel-overlap matrix of every analysed layer of one model
-    (default: the first in the table), one panel per layer, one colour scale 0-1 (C2, C3).
+    (default: the first in the table), one panel per layer, one colour scale 0-1 (C2, C3), channels in
+    the order of a clustering of their overlap (channel_order), so that redundant groups show as blocks.
     Rows and columns of dead channels (from channels.csv) are grey and hatched, and left out
     of the mean J in the title.
 
@@ -669,7 +787,8 @@ def f4_heatmaps(pairwise, prefix, model=None, channels=None):
         axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
         image = None
         for i, (ax, p) in enumerate(zip(axes, panels)):
-            matrix, dead = p["matrix"].copy(), p["dead"]
+            order = p["order"]
+            matrix, dead = p["matrix"][np.ix_(order, order)], p["dead"][order]
             C = matrix.shape[0]
             matrix[dead, :] = np.nan
             matrix[:, dead] = np.nan
@@ -682,13 +801,13 @@ def f4_heatmaps(pairwise, prefix, model=None, channels=None):
                                                linewidth=0, zorder=2))
             n_dead = int(dead.sum())
             counts = f"C = {C}, {n_dead} dead" if any_dead else f"C = {C}"
-            ax.set_title(f"depth {p['depth']}: {p['layer']}\n{counts}\nmean J = {p['mean']:.2f}", fontsize=7)
+            ax.set_title(f"{p['layer']}\n{counts}\nmean J = {p['mean']:.2f}", fontsize=7)
             for axis in (ax.xaxis, ax.yaxis):
                 axis.set_major_locator(MaxNLocator(nbins=4, integer=True))
             if i % ncols == 0:
-                ax.set_ylabel("channel a")
+                ax.set_ylabel("channel (clustered order)")
             if i >= n - ncols:
-                ax.set_xlabel("channel b")
+                ax.set_xlabel("channel (clustered order)")
         for ax in axes[n:]:
             ax.set_axis_off()
         fig.colorbar(image, ax=axes[:n].tolist(), label="pairwise overlap J (0-1)", shrink=0.9,
@@ -1060,10 +1179,10 @@ def _split_twins(table):
 
 
 def draw_all(tables, outputs, params=FigureParams()):
-    """Draw F1-F7 from the tables into the files `outputs` (F1.pdf, F1.png, ..., F7.png).
+    """Draw F0-F7 from the tables into the files `outputs` (F0.pdf, F0.png, ..., F7.png).
 
-    tables: {name: CSV path} for the names of cwnnk.products.TABLES; an absent or empty table
-    gives a placeholder figure. params: FigureParams (the models F4 and F6 draw; None: the first).
+    tables: {name: CSV path} for the names of cwnnk.products.TABLES; an empty table gives a placeholder
+    figure, and so does an absent manifolds or solvers table (figures.calibration off). params: FigureParams (the models F4 and F6 draw; None: the first).
     Returns the paths written.
     """
     unknown = sorted(set(tables) - set(TABLES))
@@ -1088,11 +1207,24 @@ def draw_all(tables, outputs, params=FigureParams()):
     for prefix in prefixes.values():
         prefix.parent.mkdir(parents=True, exist_ok=True)
     channels, _ = _split_twins(_read(tables, "channels"))
-    f1_degree(channels, prefixes["F1"], levels=levels, k=k)
-    f2_redundancy_depth(overlap, prefixes["F2"], levels=levels, twins=twins)
+    final = select(overlap, _text(_col(overlap, "kind", "trained")) != "snapshot") if n_rows(overlap) else overlap
+    f0_answer(final, prefixes["F0"], twins=twins)
+    positions = layer_positions(overlap)
+    f1_degree(_with_positions(channels, positions), prefixes["F1"], levels=levels, k=k)
+    f2_redundancy_depth(_with_positions(overlap, positions), prefixes["F2"], levels=levels,
+                        twins=_with_positions(twins, positions))
     f3_generalization(overlap, prefixes["F3"], levels=levels)
     f4_heatmaps(pairwise, prefixes["F4"], model=model, channels=channels)
-    f5_manifolds(_read(tables, "manifolds"), prefixes["F5"])
-    f6_solvers(solvers, prefixes["F6"], model=solver_model, channels=channels)
+    off = ("not drawn: figures.calibration is off for this experiment (auto draws it for the built-in "
+           "experiment only; set figures.calibration: true to draw it)")
+    if "manifolds" in tables:
+        f5_manifolds(_read(tables, "manifolds"), prefixes["F5"])
+    else:
+        _placeholder(prefixes["F5"], "F5 NNK degree versus intrinsic dimension", textwrap.fill(off, 60))
+    if "solvers" in tables:
+        f6_solvers(_with_positions(solvers, positions), prefixes["F6"], model=solver_model,
+                   channels=_with_positions(channels, positions))
+    else:
+        _placeholder(prefixes["F6"], "F6 exact versus pynnk solver", textwrap.fill(off, 60))
     f7_epochs(overlap, prefixes["F7"], early_stopping=_read(tables, "early_stopping"), levels=levels)
     return [Path(path) for path in outputs]

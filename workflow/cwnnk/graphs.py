@@ -189,7 +189,7 @@ def cw_nnk(acts, params, log=print, timings=None, stream=None):
             del X  # the block's copy goes before the next one is made
 
     channels = aggregate = None
-    progress = Progress(C + 1, "point set", log)  # the C channels, then (or first) the aggregate
+    progress = Progress(C + 1, "point set", log, desc=f"CW-NNK graphs, {C} channels")  # and the aggregate
     # aggregate last: its Gram matrix is summed from the channels' (the aggregate concatenates them)
     gram = GramSum(always=True) if stream else None if aggregate_first else GramSum()
     for block, part in zip(order, nnk_stream(inputs(), **engine, gram=gram)):
@@ -326,3 +326,34 @@ def load_layer_graphs(folder):
         raise ValueError(f"{folder}: knn.npz lacks {lacking} (written by an older cwnnk, before TwoNN's duplicate "
                          "policy or the images' sample_index, docs/overlap.md); rerun the graphs stage")
     return arrays, summary
+
+
+# The graph stage's measured cost on the 2-core dev machine (docs/performance.md, `bench scale`),
+# at k = 25. A layer held whole (ResNet-18's stem, C = 64 channels of D = 1,024 at N = 10,000):
+# 712 s, peak 3,950 MiB, 2,500 MiB of it the layer; time grows as N^2 C D (the exact kNN), memory
+# with the layer (N C D float32) and the results (C N k). A streamed layer (cwnnk.graphs.streams;
+# ResNet-50's layer1, C = 256 of D = 3,136 at N = 10,000): 2,147 s, peak 5,086 MiB; time grows as
+# N^2 C D (one float64 product per channel), memory with N^2 (the N x N float64 matrices and their
+# scratch: 27 bytes per N^2 beside the base and the results), not with the layer.
+# Besides the kNN, every point set (the C channels and the aggregate) solves one NNK problem per node:
+# about 40 us per node at k = 25 on 2 cores (`python -m cwnnk.bench estimate`), growing as k^1.4
+# (k = 50: 2.6x). That term dominates wide layers with small maps (ResNet-18's layer4).
+_REF_SECONDS, _REF_N, _REF_CD = 712.0, 10_000, 64 * 1024
+_SOLVE_SECONDS, _SOLVE_K, _SOLVE_POWER = 40e-6, 25, 1.4
+_STREAM_SECONDS, _STREAM_CD = 2147.0, 256 * 3136
+_STREAM_N2_BYTES = 27.2
+_BASE_MIB = 1024.0
+_RESULT_BYTES = 24
+
+
+def estimate_cost(n, channels, dim, k):
+    """(seconds, MiB, streamed): the graph stage's rough time on 2 CPU cores and peak memory for one layer of
+    N = n images, C = channels of D = dim values, and whether it streams. Time: the kNN (N^2 C D) plus the
+    per-node solves (N (C + 1), k^1.4)."""
+    results = channels * n * k * _RESULT_BYTES
+    solves = _SOLVE_SECONDS * n * (channels + 1) * (k / _SOLVE_K) ** _SOLVE_POWER
+    if streams(n, channels, dim):
+        seconds = _STREAM_SECONDS * (n / _REF_N) ** 2 * (channels * dim / _STREAM_CD)
+        return seconds + solves, _BASE_MIB + (_STREAM_N2_BYTES * n * n + results) / 2**20, True
+    seconds = _REF_SECONDS * (n / _REF_N) ** 2 * (channels * dim / _REF_CD)
+    return seconds + solves, _BASE_MIB + (n * channels * dim * 4 + results) / 2**20, False

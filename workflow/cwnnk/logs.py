@@ -69,20 +69,47 @@ def stage_logger(name, path=None):
     return StageLog(logger, {"stage": name})
 
 
+class ProgressBar:
+    """The library's progress (cwnnk.api): a tqdm bar on stderr for what a stage's Progress counts, shown
+    once a call has run `delay` seconds; messages are dropped. enabled=False (the API's progress=False, or
+    TQDM_DISABLE=1 in the environment) silences it."""
+
+    def __init__(self, enabled=True, delay=2.0):
+        self.enabled, self.delay = enabled, delay
+
+    def __call__(self, *args, **kwargs):
+        pass
+
+    def bar(self, total, unit, desc=None):
+        from tqdm.auto import tqdm
+
+        silent = {} if self.enabled else {"disable": True}  # left unset, tqdm reads TQDM_DISABLE from the environment
+        return tqdm(total=total, unit=unit, desc=desc, delay=self.delay, file=sys.stderr, leave=False,
+                    dynamic_ncols=True, **silent)
+
+
 class Progress:
     """Progress lines for a job's log, so a long job (on SLURM too) shows how far it is:
-    "batch 3/40 done (train: 768/10000 samples, 12.1s, 0.25 batch/s, about 148s left)".
+    "batch 3/40 done (train: 768/10000 samples, 12.1s, 0.25 batch/s, about 148s left)"; or, where `log`
+    is a ProgressBar (the library), a progress bar.
 
     A line is written at the first and the last step, every twentieth of the total, and at
     least every `every_s` seconds between them.
     """
 
-    def __init__(self, total, unit, log, every_s=10.0):
+    def __init__(self, total, unit, log, every_s=10.0, desc=None):
         self.total, self.unit, self.log, self.every_s = total, unit, log, every_s
         self.done, self.start, self.last = 0, time.perf_counter(), -math.inf
         self.every = max(1, total // 20)
+        self.bar = log.bar(total, unit, desc) if isinstance(log, ProgressBar) else None
 
     def step(self, n=1, detail=""):
+        if self.bar is not None:
+            self.bar.update(n)
+            self.done += n
+            if self.done >= self.total:
+                self.bar.close()
+            return
         before, self.done = self.done, self.done + n
         now = time.perf_counter()
         crossed = self.done // self.every > before // self.every

@@ -5,12 +5,14 @@ The Snakefile's targets, the tables and figures stages and the report take their
 
 # {name}.csv, by the stage that writes it: tables (the first three), solvers, manifolds,
 # generalization (C4 across models and early stopping, from overlap.csv and channels.csv) and claims
-# (each claim's verdict, from overlap, manifolds, generalization and early_stopping).
+# (each claim's verdict, from overlap, manifolds, generalization and early_stopping; with it answer.csv, the
+# headline per model and layer, cwnnk.answer).
 TABLES = ("overlap", "channels", "pairwise", "solvers", "manifolds", "generalization", "early_stopping",
-          "early_stopping_channels", "claims")
+          "early_stopping_channels", "claims", "answer")
 
 # {name}.pdf and {name}.png: what each figure shows (docs/method.md section 5).
 FIGURES = {
+    "F0": "the answer: headline redundancy per layer and model, with its interval, chance level and untrained twin",
     "F1": "NNK degree per layer",
     "F2": "redundancy and pairwise overlap versus depth",
     "F3": "last-layer overlap versus generalization",

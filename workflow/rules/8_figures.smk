@@ -7,7 +7,7 @@ RUNS_WITH_EPOCHS = {e["run"] for e in MODELS.values() if e["kind"] == "snapshot"
 
 rule figures:
     input:
-        **{table: f"{R}/tables/{table}.csv" for table in TABLES},
+        **{table: f"{R}/tables/{table}.csv" for table in RUN_TABLES},
     output:
         pdf=expand(f"{R}/figures/{{figure}}.pdf", figure=FIGURES),
         png=[

@@ -30,6 +30,7 @@ except cwnnk.config.ConfigError as err:
 os.environ.update(cwnnk.cpu.code_path_environment(config["cpu_code_path"]))
 
 R = config["results"]
+FRONT_PAGE = os.path.abspath(f"{R}/report/front_page.rst")
 # Each entry's keys sorted, so that the config's key order never changes a rule's params.
 MODELS = {name: cwnnk.preflight.canonical(entry) for name, entry in EXP.models.items()}
 TRAINED = [m for m, e in MODELS.items() if e["kind"] == "trained"]
@@ -56,10 +57,14 @@ def layers_of(model):
     return list(EXP.layers[model])
 
 
+# The tables a run writes: the calibration tables (F5, F6) only where figures.calibration is on.
+RUN_TABLES = [t for t in TABLES if EXP.calibration or t not in ("manifolds", "solvers")]
+
+
 def all_outputs():
     """The default target: every table and figure (which pull in every earlier stage)."""
     return [
-        *expand(f"{R}/tables/{{table}}.csv", table=TABLES),
+        *expand(f"{R}/tables/{{table}}.csv", table=RUN_TABLES),
         *expand(f"{R}/figures/{{figure}}.{{ext}}", figure=FIGURES, ext=FIGURE_FORMATS),
     ]
 

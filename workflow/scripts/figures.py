@@ -7,5 +7,6 @@ with stage_logger("figures", snakemake.log[0]) as log:  # an error goes to the l
     from cwnnk.products import TABLES
 
     params = FigureParams.from_dict(snakemake.params.figures)
-    written = draw_all({name: snakemake.input[name] for name in TABLES}, [*snakemake.output.pdf, *snakemake.output.png], params)
+    tables = {name: snakemake.input[name] for name in TABLES if name in snakemake.input.keys()}
+    written = draw_all(tables, [*snakemake.output.pdf, *snakemake.output.png], params)
     log.info(f"wrote {len(written)} files")

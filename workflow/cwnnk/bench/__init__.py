@@ -12,6 +12,7 @@ any time; it returns False when a check fails (the exit status is then 1).
              stage and the floor run --repeat times, interleaved; the fastest of each counts)
     scale    the graphs stage of one full-size ResNet-18 layer on the CPU: wall time and peak memory
     gpu      CW-NNK of every ResNet-18 layer on a GPU, against the CPU's time and results
+    estimate the graph stage's cost estimate (python -m cwnnk layers) against measured time, 3 layer shapes
     train    one training run on the pinned and the native CPU code path, 1 and 2 threads: time
              and whether the weights are bitwise equal (cwnnk.cpu)
 """

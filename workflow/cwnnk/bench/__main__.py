@@ -5,6 +5,7 @@ import argparse
 import torch
 
 import cwnnk.bench
+from cwnnk.bench.estimate import bench_estimate
 from cwnnk.bench.gpu import bench_gpu
 from cwnnk.bench.nnk import bench_nnk
 from cwnnk.bench.pipeline import bench_pipeline
@@ -70,6 +71,13 @@ def main(argv=None):
     p.add_argument("--cpu-n", type=int, default=1000, help="nodes of the CPU timing, scaled to --n")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     p.set_defaults(func=bench_gpu)
+
+    p = commands.add_parser("estimate", help="the graph stage's cost estimate against measured time, 3 layer shapes")
+    p.add_argument("--n", type=int, default=1000, help="images (nodes per graph)")
+    p.add_argument("--k", type=int, default=25)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (the estimate is for 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=bench_estimate)
 
     p = commands.add_parser("train", help="one training run on each CPU code path and thread count (cwnnk.cpu)")
     p.add_argument("--config", default="config.yaml", help="the experiment whose first model is trained")
