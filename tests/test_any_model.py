@@ -212,7 +212,7 @@ def test_imported_weights_file_is_evaluated_on_a_test_split(tmp_path):
     assert final["test_loss"] == pytest.approx((np.log1p(np.e) + np.log1p(1 / np.e)) / 2, rel=1e-5)
 
 
-def test_class_mismatches_of_pretrained_weights_are_refused(tmp_path):
+def test_class_mismatches_of_pretrained_weights(tmp_path, monkeypatch):
     write_folder(tmp_path / "train")
     write_folder(tmp_path / "test", seed=1)
     named = {"arch": "torchvision", "name": "resnet18", "weights": "IMAGENET1K_V1"}
@@ -221,11 +221,22 @@ def test_class_mismatches_of_pretrained_weights_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"'model.num_classes': 2, but weights resnet18 IMAGENET1K_V1 predict 1000 "
                                           "classes; cwnnk never replaces a pretrained head"):
         Experiment.from_config(cfg)
-    cfg = validate({"dataset": dict(folder, test_root=str(tmp_path / "test")), "model": named})
-    with pytest.raises(ConfigError) as err:  # 1000 ImageNet classes cannot be scored on a 2-class test split
+    # 1000 ImageNet classes cannot be scored on a 2-class folder: its images are analysed, accuracy is skipped
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    place_weights(tmp_path / "th")
+    exp = Experiment.from_config(validate({"dataset": dict(folder, test_root=str(tmp_path / "test")), "model": named}))
+    name = next(iter(exp.models))
+    from cwnnk.train import run_import
+
+    run_import(exp.models[name], exp.import_(name), tmp_path / "c.pt", tmp_path / "m.json", lambda *a: None)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["final"]["test_acc"] is None and metrics["final"]["train_acc"] is None
+    assert "predicts 1000 classes (its weights' own), the dataset has 2" in metrics["accuracy_skipped"]
+    assert "the dataset's images are analysed" in metrics["accuracy_skipped"]
+    # a model trained here must predict the dataset's classes
+    cfg = validate({"dataset": folder, "model": {"arch": "torchvision", "name": "resnet18", "num_classes": 5}})
+    with pytest.raises(ConfigError, match="predicts 5 classes but dataset 'folder' has 2"):
         Experiment.from_config(cfg)
-    assert "model resnet18 predicts 1000 classes but dataset 'folder' has 2" in str(err.value)
-    assert "a pretrained model on a folder without dataset.test_root is not evaluated" in str(err.value)
 
 
 @pytest.mark.parametrize("wrap", ["plain", "DataParallel", "model."])
@@ -527,7 +538,19 @@ def test_snakemake_runs_a_pretrained_torchvision_model_on_an_image_folder(tmp_pa
     rows = {(m, layer) for m, layer in zip(table["model"], table["layer"])}
     assert {("r18", "layer4.0.relu"), ("r18", "layer4.1.relu"), ("convnet-d0-wd0-s1", "conv2")} <= rows
     assert all("no test split" in reason for reason in table["accuracy_skipped"])
-    assert all((results / "figures" / f"F{i}.png").is_file() for i in range(1, 8))
+    assert all((results / "figures" / f"F{i}.png").is_file() for i in range(0, 8))
+    # The report: bounded (pairwise.csv stays out) and answering first, one row per model and layer
+    snakemake("--configfile", tmp_path / "c.yaml", "--report", tmp_path / "report.html")
+    assert (tmp_path / "report.html").stat().st_size < 20 * 2**20
+    front = (results / "report" / "front_page.rst").read_text()
+    answer = read_table(results / "tables" / "answer.csv")
+    assert len(answer["model"]) == sum(table["kind"] != "untrained")  # final models only, each analysed layer
+    for model, layer in zip(answer["model"], answer["layer"]):
+        assert f"   * - {model}\n     - {layer}\n" in front
+    assert front.index("The answer") < front.index("This run's verdicts") < front.index("Channel redundancy and")
+    # an imported model is not the built-in experiment: no synthetic manifolds nor solver comparison (F5, F6)
+    assert not (results / "tables" / "manifolds.csv").exists() and not (results / "tables" / "solvers.csv").exists()
+    assert "figures.calibration is off" in read_table(results / "tables" / "claims.csv")["evidence"][0]
     from test_workflow import _documented_columns
 
     generalization = read_table(results / "tables" / "generalization.csv")
@@ -564,3 +587,23 @@ def test_snakemake_runs_a_pretrained_torchvision_model_on_an_image_folder(tmp_pa
                             ("redundancy_vs_twin_ci_hi", got.difference_ci[1])):
             assert value == pytest.approx(table[name][at], abs=1e-9), (layer, name)
         assert got.effect == table["training_effect"][at]
+
+
+def test_preflight_catches_missing_hub_weights_and_k_above_a_folders_images(tmp_path, monkeypatch):
+    """What a dry run can know, it checks: a torchvision weights name absent from the torch hub cache, and graphs.k
+    at or above the N an image folder gives (its files counted, no image opened)."""
+    from cwnnk.preflight import problems
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    write_folder(tmp_path / "train", per_class=8)  # 16 images
+    folder = {"name": "folder", "root": str(tmp_path / "train"), "image_size": 32}
+    named = {"arch": "torchvision", "name": "resnet18", "weights": "IMAGENET1K_V1"}
+    exp = Experiment.from_config(validate({"dataset": folder, "model": named, "graphs": {"k": 16}}))
+    found = [message for _, message in problems(exp)]
+    assert any("resnet18 IMAGENET1K_V1" in m and "not in the torch hub cache" in m and "resnet18-f37072fd.pth" in m
+               for m in found)
+    assert any("config key 'graphs.k': 16 needs more than k samples per graph, but the graphs have N = 16" in m
+               for m in found)
+    place_weights(tmp_path / "th")
+    exp = Experiment.from_config(validate({"dataset": folder, "model": named, "graphs": {"k": 10}}))
+    assert problems(exp) == []

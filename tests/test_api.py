@@ -187,3 +187,28 @@ def test_a_streamed_layer_gives_the_same_summary(monkeypatch):
     assert set(streamed) == set(whole) and streamed["id_layer_n"] == int(0.9 * 37)
     assert all(abs(streamed[key] - whole[key]) <= 1e-9 or _same(streamed[key], whole[key])
                for key in whole if key not in EXTRAS)
+
+
+def test_library_progress_bar_on_stderr_and_its_switch(capfd, monkeypatch):
+    """cw_nnk_graphs shows a tqdm bar on stderr (here at once; by default after 2 s), nothing on stdout;
+    progress=False silences it (as TQDM_DISABLE=1 set before Python starts does); log=print prints the
+    workflow's progress lines instead."""
+    from cwnnk.logs import ProgressBar
+
+    monkeypatch.setattr(ProgressBar, "DELAY", 0.0)
+    acts = np.maximum(0, np.random.default_rng(0).normal(size=(40, 6, 9))).astype(np.float32)
+    cwnnk.cw_nnk_graphs(acts, 5, layout="NCD")
+    out, err = capfd.readouterr()
+    assert "CW-NNK graphs, 6 channels" in err and "/7 [" in err and "point set" in err and out == ""
+    cwnnk.cw_nnk_graphs(acts, 5, layout="NCD", progress=False)
+    assert capfd.readouterr() == ("", "")
+    cwnnk.cw_nnk_graphs(acts, 5, layout="NCD", log=print)
+    assert "point set 7/7 done" in capfd.readouterr().out
+
+
+def test_library_errors_name_the_argument():
+    acts = np.ones((20, 3, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"cw_nnk_graphs\(\) argument 'k': 0 is not allowed"):
+        cwnnk.cw_nnk_graphs(acts, 0, layout="NCD")
+    with pytest.raises(ValueError, match=r"cw_nnk_graphs\(\) argument 'kernel': 'cos' is not allowed"):
+        cwnnk.cw_nnk_graphs(acts, 5, layout="NCD", kernel="cos")

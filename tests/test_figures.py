@@ -56,7 +56,7 @@ def fake_tables(dropouts=(0.0, 0.3), seeds=(1, 2), layers=LAYERS, channels=6, k=
                 manifolds.append(dict(embedding=embedding, dim=dim, n=200, D=32, k=k, solver=solver,
                                       degree_mean=mean, degree_std=0.2 * mean, twonn_id=dim * 0.9))
     return dict(overlap=overlap, channels=chans, pairwise=pairwise, solvers=solvers, manifolds=manifolds,
-                generalization=[], early_stopping=[], early_stopping_channels=[], claims=[])  # not drawn
+                generalization=[], early_stopping=[], early_stopping_channels=[], claims=[], answer=[])  # not drawn
 
 
 def write_tables(tmp_path, **kwargs):
@@ -113,11 +113,46 @@ def test_f3_correlations(tables, tmp_path):
         assert "n/a" not in cor["text"] and -1 <= cor["pearson"][0] <= 1
 
 
-def test_f3_two_points_prints_na(tables, tmp_path):
+def test_f3_with_nothing_to_correlate_is_one_panel_saying_why(tables, tmp_path, monkeypatch):
+    """Two models, or none with test accuracy (an imported model without a test split): no six empty panels, one
+    panel with the reason."""
+    said = []
+    monkeypatch.setattr(figures, "_placeholder", lambda prefix, title, message, **kw: said.append(message) or prefix)
     two = select(tables["overlap"], (tables["overlap"]["seed"] == 1))
-    paths, result = figures.f3_generalization(two, tmp_path / "F3")
-    check_outputs(tmp_path / "F3")
-    assert all(cor["n"] == 2 and cor["pearson"] is None and "n/a" in cor["text"] for cor in result.values())
+    assert figures.f3_generalization(two, tmp_path / "F3")[1] == {}
+    none = dict(tables["overlap"], test_acc=np.full(len(tables["overlap"]["model"]), np.nan),
+                accuracy_skipped=np.full(len(tables["overlap"]["model"]), "no test split (dataset.test_root is null)"))
+    assert figures.f3_generalization(none, tmp_path / "F3")[1] == {}
+    assert "a correlation needs 3" in said[0] and "no test split" in said[1]
+
+
+def test_f0_answers_per_model_and_layer(tables, tmp_path):
+    figures.f0_answer(tables["overlap"], tmp_path / "F0")
+    check_outputs(tmp_path / "F0", figures.DOUBLE)
+
+
+def test_layer_positions_keep_architectures_apart():
+    """A 4-layer ConvNet and a 2-layer imported model: each keeps its own layers, none shares an index."""
+    table = {"model": np.array(["a"] * 4 + ["b"] * 2 + ["c"] * 4),
+             "layer": np.array(["conv1", "conv2", "conv3", "conv4", "layer4.0.relu", "layer4.1.relu",
+                                "conv1", "conv2", "conv3", "conv4"]),
+             "depth": np.array([0, 1, 2, 3, 0, 1, 0, 1, 2, 3], dtype=float)}
+    positions = figures.layer_positions(table)
+    assert positions == {"conv1": 0, "conv2": 1, "conv3": 2, "conv4": 3, "layer4.0.relu": 4, "layer4.1.relu": 5}
+    assert figures._with_positions(table, positions)["depth"].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
+
+
+def test_channel_order_groups_redundant_channels():
+    """Channels 0, 2, 4 share their neighbourhoods, as do 1, 3: the clustered order puts each group together;
+    a dead channel goes last."""
+    groups = np.array([0, 1, 0, 1, 0, 2])
+    matrix = np.where(groups[:, None] == groups[None, :], 0.8, 0.05)
+    np.fill_diagonal(matrix, 1.0)
+    dead = np.array([False] * 5 + [True])
+    order = figures.channel_order(matrix, dead)
+    assert order[-1] == 5 and sorted(order[:5]) == [0, 1, 2, 3, 4]
+    runs = groups[order[:5]]
+    assert (np.diff(runs) != 0).sum() == 1  # one boundary: the two groups are contiguous
 
 
 def test_f3_constant_prints_na(tables, tmp_path):

@@ -121,3 +121,26 @@ def test_channel_blocks_bound_memory():
     blocks = channel_blocks(C=64, N=10_000, D=1024, block_bytes=256 << 20)
     assert sum(len(b) for b in blocks) == 64 and max(len(b) for b in blocks) * 10_000 * 1024 * 4 <= 256 << 20
     assert channel_blocks(C=3, N=10, D=10) == [range(0, 3)]
+
+
+def test_cost_estimate_against_a_measured_small_layer():
+    """The graph stage's estimate (python -m cwnnk layers) counts the per-node solves: on a wide layer of small
+    maps, where the kNN term alone says almost nothing, it lands within a factor of 4 of the measured time (the
+    bench's bound is 2 on its dev machine; a test machine may be slower or busier)."""
+    import time
+
+    import torch
+
+    from cwnnk.bench.common import make_layer
+    from cwnnk.graphs import cw_nnk, estimate_cost
+    from cwnnk.params import GraphParams
+
+    torch.set_num_threads(2)
+    X = np.ascontiguousarray(make_layer(400, 96, 4, 0).transpose(1, 0, 2), dtype=np.float32)
+    start = time.perf_counter()
+    cw_nnk(X, GraphParams(k=25), lambda *a, **kw: None)
+    measured = time.perf_counter() - start
+    seconds, _, streamed = estimate_cost(400, 96, 4, 25)
+    assert not streamed and 0.25 <= seconds / measured <= 4
+    knn_only = seconds - 40e-6 * 400 * 97  # the solve term at 40 us per node and point set
+    assert knn_only / measured < 0.1  # without the solves the estimate would be off by 10x and more

@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from conftest import REPO, snakemake, write_config
+from conftest import REPO, TINY_CONFIG, snakemake, write_config
+
+TINY_FIGURES = TINY_CONFIG["figures"]
 
 
 def _job_counts(dry_run_output):
@@ -447,3 +449,14 @@ def test_tiny_run_compares_every_model_with_its_untrained_twin(tiny_run):
         assert (table["redundancy_vs_twin_ci_lo"][rows] <= diff).all() and (diff <= table["redundancy_vs_twin_ci_hi"][rows]).all()
         assert set(table["training_effect"][rows]) <= {"raised", "lowered", "none beyond the interval"}
         assert (table["redundancy_ci_lo"][rows] <= table["redundancy"][rows]).all()
+
+
+@pytest.mark.parametrize("setting, expected", [("auto", True), (False, False), (True, True)])
+def test_calibration_figures_run_for_the_built_in_experiment_or_when_asked(setting, expected, tmp_path):
+    """figures.calibration: auto runs the manifolds and solvers jobs (F5, F6) for built-in archs; false drops them
+    (claims.csv's C1 is then undefined, F5 and F6 say why), true keeps them."""
+    figures = dict(TINY_FIGURES, calibration=setting)
+    config = write_config(tmp_path / "c.yaml", tmp_path / "results", figures=figures)
+    counts = _job_counts(snakemake("-n", "--cores", "2", "--configfile", config).stdout)
+    assert ("manifolds" in counts and "solvers" in counts) == expected
+    assert counts["claims"] == counts["figures"] == 1

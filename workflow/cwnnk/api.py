@@ -10,7 +10,9 @@ Snakemake. Layer names are the model's own FX node names
 (torchvision.models.feature_extraction.get_graph_node_names), or glob patterns of them.
 """
 
+import re
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +74,19 @@ def model_layers(model, input_shape):
     return trace_nodes(model, tuple(input_shape))
 
 
+@contextmanager
+def _arguments(function):
+    """The stages check their parameters under the config's key names (config key 'graphs.k'); a library call
+    names its own argument instead (cw_nnk_graphs() argument 'k')."""
+    try:
+        yield
+    except ValueError as err:
+        text = re.sub(r"config key '(?:graphs|extract)\.(\w+)'", rf"{function}() argument '\1'", str(err))
+        if text == str(err):
+            raise
+        raise type(err)(text) from None
+
+
 def _progress_log(log, progress):
     """The `log` a stage gets from the library: the user's callable (progress lines), else a progress bar on
     stderr (cwnnk.logs.ProgressBar), silent with progress=False."""
@@ -107,8 +122,9 @@ def activations_of(model, images, layers="all", *, n_samples=None, seed=0, label
     model = model.to(device).eval()
     nodes = model_layers(model, split.images[:1].shape[1:])
     spatial = [name for name, info in nodes.items() if info["spatial"]]
-    chosen = ([name for name in spatial if nodes[name]["all"]] if layers == "all" else
-              match_layers(spatial, layers, nodes, f"{type(model).__name__}"))
+    with _arguments("activations_of"):
+        chosen = ([name for name in spatial if nodes[name]["all"]] if layers == "all" else
+                  match_layers(spatial, layers, nodes, f"{type(model).__name__}"))
     if not chosen:
         raise ValueError(f"{type(model).__name__} has no activation node with a (N, C, H, W) output; "
                          f"name its layers (any of: {', '.join(spatial[:20])})")
@@ -202,7 +218,8 @@ def cw_nnk_graphs(acts, k=25, *, layout=None, labels=None, log=None, progress=Tr
         raise ValueError(f"cw_nnk_graphs expects (N, C, H, W) activations (layout {layout or 'NCHW'}), got shape "
                          f"{acts.shape}")
     N, C, _ = acts.shape
-    params = GraphParams(k=k, **options)
+    with _arguments("cw_nnk_graphs"):
+        params = GraphParams(k=k, **options)
     if N <= k:
         raise ValueError(f"k = {k} needs more than k samples; the activations hold N = {N} (shape (N, C, ...) = "
                          f"{acts.shape})")

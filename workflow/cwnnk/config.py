@@ -218,13 +218,13 @@ def _external_spec(model_cfg, dataset_cfg, weights):
     if weight_classes and num_classes != weight_classes:
         raise ConfigError(f"config key 'model.num_classes': {num_classes}, but weights {spec['name']} {weights} "
                           f"predict {weight_classes} classes; cwnnk never replaces a pretrained head")
-    if dataset_classes and num_classes != dataset_classes and (not weights or has_test_split(dataset_cfg)):
+    # Weights with other classes (ImageNet's 1000 on a folder of 8) are analysed on the dataset's images and not
+    # evaluated (metrics.json's accuracy_skipped says why); a model trained here must predict the dataset's classes.
+    if dataset_classes and num_classes != dataset_classes and not weights:
         raise ConfigError(
             f"model {spec.get('name') or spec.get('factory')} predicts {num_classes} classes but dataset "
             f"{dataset_cfg['name']!r} has {dataset_classes}: cwnnk never replaces a head silently. Use a "
-            "dataset with the model's classes" + (", or analyse the activations only: a pretrained model on a "
-                                                  "folder without dataset.test_root is not evaluated" if weights else
-                                                  ", or set model.num_classes to the dataset's"))
+            "dataset with the model's classes, or set model.num_classes to the dataset's")
     spec["num_classes"] = int(num_classes)
     if arch == "factory":  # a torchvision model is built with num_classes; a factory's head is its own
         from cwnnk.models import output_shape

@@ -206,8 +206,10 @@ def level_names(table, levels):
     fmt = dict(FACTORS)
     names = {}
     for lev, f in factors.items():
-        if f is None:
-            names[lev] = f"{lev} (imported)"
+        if f is None:  # an imported model: its own name (the label of the config's pretrained model is generic)
+            models = _first_seen(_text(table["model"])[_text(_col(table, "label", "")) == lev]) if "model" in table \
+                else [lev]
+            names[lev] = f"{', '.join(models[:2])}{', ...' if len(models) > 2 else ''} (imported)"
         else:
             parts = [fmt[name](f[name]) for name, _ in FACTORS if name in f and name not in shared]
             names[lev] = ", ".join(parts) or lev

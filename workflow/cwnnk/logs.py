@@ -74,8 +74,10 @@ class ProgressBar:
     once a call has run `delay` seconds; messages are dropped. enabled=False (the API's progress=False, or
     TQDM_DISABLE=1 in the environment) silences it."""
 
-    def __init__(self, enabled=True, delay=2.0):
-        self.enabled, self.delay = enabled, delay
+    DELAY = 2.0  # seconds before a bar shows: a quick call prints nothing
+
+    def __init__(self, enabled=True, delay=None):
+        self.enabled, self.delay = enabled, self.DELAY if delay is None else delay
 
     def __call__(self, *args, **kwargs):
         pass

@@ -16,6 +16,18 @@ DIGITS_TRAIN = 1797 - math.ceil(0.2 * 1797)
 CIFAR10_TRAIN_PER_CLASS = 5000
 
 
+def _folder_images(root):
+    """Images of an image-folder tree (one sub-folder per class), counted by file name as torchvision's
+    ImageFolder finds them, no image opened; None where the folder cannot be read."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    try:
+        classes = [d for d in Path(root).iterdir() if d.is_dir()]
+    except OSError:
+        return None
+    return sum(1 for d in classes for f in d.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS) or None
+
+
 def available(dataset):
     """Images of the training split that n_train draws from, known without loading the dataset
     (None: unknown, or unbounded as for synthetic, which generates n_train images)."""
@@ -24,6 +36,8 @@ def available(dataset):
         return DIGITS_TRAIN
     if name == "cifar10":
         return CIFAR10_TRAIN_PER_CLASS * len(dataset.get("classes") or range(10))
+    if name == "folder" and dataset.get("root"):
+        return _folder_images(dataset["root"])
     return None
 
 
@@ -134,7 +148,7 @@ def problems(exp):
     weights += [(f"external.{i}.model.weights", ext["name"], ext["model"].get("weights"))
                 for i, ext in enumerate(config.get("external", [])) if not ext.get("path")]
     weights.append(("model.weights", "the pretrained model", config["model"].get("weights")))
-    for key, name, path in weights:  # files only: a torchvision weights name is checked when it loads
+    for key, name, path in weights:  # files here; a torchvision weights name below
         if path is None or not is_weights_file(path):
             continue
         path = Path(path)
@@ -142,6 +156,7 @@ def problems(exp):
             what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
             found.append(("file", f"config key '{key}': {str(path)!r} (model {name!r}) {what} "
                           f"(relative to {Path.cwd()}); fix the path or remove the entry"))
+    found += _hub_problems(exp)
     dataset = config["dataset"]
     if dataset.get("name") == "cifar10" and not dataset.get("download"):
         folder = Path(dataset["root"]) / "cifar-10-batches-py"
@@ -149,6 +164,31 @@ def problems(exp):
             found.append(("file", f"config key 'dataset.root': no CIFAR-10 at {str(folder)!r} (relative to "
                           f"{Path.cwd()}); put the extracted 'cifar-10-batches-py' folder there or set "
                           "dataset.download: true"))
+    return found
+
+
+def _hub_problems(exp):
+    """Torchvision weights named by the config (IMAGENET1K_V1) but not in the torch hub cache, where the run may not
+    download them: the import job would fail after the others had run."""
+    from cwnnk.models import hub_file, weights_enum
+
+    found, seen = [], set()
+    for model, entry in exp.models.items():
+        spec = entry["spec"]
+        if spec.get("arch") != "torchvision" or not spec.get("weights") or entry.get("download"):
+            continue
+        try:
+            enum = weights_enum(spec)
+        except ValueError:
+            continue
+        if enum is None or enum in seen:
+            continue
+        seen.add(enum)
+        path = hub_file(enum)
+        if not path.is_file():
+            found.append(("file", f"config key 'model.weights': {spec['name']} {spec['weights']} (model {model!r}) is "
+                          f"not in the torch hub cache: place {path.name} (from {enum.url}) at {path} (TORCH_HOME), "
+                          "or set model.download: true on a machine with internet"))
     return found
 
 

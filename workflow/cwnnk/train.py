@@ -253,10 +253,12 @@ def _evaluate_and_save(entry, model, spec, params, checkpoint_path, metrics_path
     if dataset.num_classes == spec["num_classes"]:
         train_loss, train_acc = evaluate(model, dataset.train, device)
         test_loss, test_acc = evaluate(model, dataset.test, device)
-    else:  # config checks allow this only without a test split: the labels just stratify the samples
+    else:  # pretrained weights with other classes: analysed, not evaluated; the labels just stratify the samples
         train_loss = train_acc = test_loss = test_acc = None
-        extra["accuracy_skipped"] = (f"the model predicts {spec['num_classes']} classes, the dataset has "
-                                     f"{dataset.num_classes}; {NO_TEST}")
+        extra["accuracy_skipped"] = (f"the model predicts {spec['num_classes']} classes (its weights' own), the "
+                                     f"dataset has {dataset.num_classes}: accuracy is not defined, so test accuracy, "
+                                     "the gap and claim C4 are skipped; the dataset's images are analysed"
+                                     + ("" if dataset.test is not None else f"; there is also {NO_TEST}"))
     history = [dict(epoch=0, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
                     seconds=time.perf_counter() - start)]
     log(f"{entry['name']}: train acc {_fmt(train_acc)}, test acc {_fmt(test_acc)}")
