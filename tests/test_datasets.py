@@ -344,3 +344,21 @@ def test_unsupported_torchvision_classes_are_refused_naming_the_key():
     # Refused when the config is read (a ConfigError), before any job.
     with pytest.raises(ConfigError, match="'EMNIST'"):
         dataset_signature({"name": "EMNIST", "image_size": 28})
+
+
+def test_digits_image_size_null_is_the_native_size_end_to_end():
+    """dataset.image_size: null keeps digits at 8 x 8: the loader, the signature the model is built from and a
+    training step agree (before, the loader upsampled to 16 and the train job died on a shape mismatch)."""
+    from cwnnk.config import Experiment, validate
+    from cwnnk.datasets import load_dataset
+    from cwnnk.models import build_model
+
+    config = validate({"dataset": {"name": "digits", "image_size": None},
+                       "sweep": {"dropout": [0.0], "seeds": [1], "label_noise": [0.0], "n_train": [None]}})
+    exp = Experiment.from_config(config)
+    model = next(iter(exp.models))
+    data = load_dataset(exp.train(model).dataset)
+    spec = exp.models[model]["spec"]
+    assert list(data.input_shape) == spec["input_shape"] == [1, 8, 8]
+    logits = build_model(spec)(data.train.images[:4])
+    assert logits.shape == (4, 10)

@@ -159,8 +159,9 @@ def _split(images, labels, indices=None):
     return Split(images, labels, indices)
 
 
-def load_digits(image_size=16, test_fraction=0.2, seed=0):
-    """scikit-learn's bundled 8x8 handwritten digits (1,797 images), upsampled to image_size.
+def load_digits(image_size=None, test_fraction=0.2, seed=0):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images), upsampled to image_size (None: the native
+    8 x 8, as dataset.image_size: null says; load_dataset drops a None, so this default is what null means).
 
     The train/test split is stratified and fixed by seed. Source indices are the
     positions in sklearn's array.
