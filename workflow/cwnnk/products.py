@@ -1,4 +1,4 @@
-"""The workflow's final products, named once: the tables of results/tables/ and figures F1-F7.
+"""The workflow's final products, named once: the tables of results/tables/ and figures F0-F7.
 
 The Snakefile's targets, the tables and figures stages and the report take their names from here.
 """
