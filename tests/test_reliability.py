@@ -309,3 +309,45 @@ def test_failing_import_extract_and_graphs_jobs_log_their_traceback(tmp_path):
     for log, message in expected.items():
         text = log.read_text()
         assert "failed" in text and "Traceback (most recent call last)" in text and message in text, (log, text)
+
+
+# ---------------------------------------------------------------------------- messages
+
+def test_disk_full_names_the_output_and_ends_without_none(tmp_path):
+    import errno
+
+    from cwnnk.atomic import atomic_path
+
+    with pytest.raises(OSError) as err:
+        with atomic_path(tmp_path / "tables" / "overlap.csv"):
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a full disk raises it: no filename
+    text = str(err.value)
+    assert "while writing" in text and "overlap.csv" in text and "free disk space" in text
+    assert not text.endswith(": None")
+
+
+class _RunsCode:  # a pickled object of this class is what torch's safe loader refuses
+    pass
+
+
+def test_a_weights_file_that_fails_to_load_gives_no_advice_to_run_its_code(tmp_path):
+    import torch
+
+    from cwnnk.models import initial_state_dict
+
+    path = tmp_path / "w.pt"
+    torch.save({"conv1.weight": _RunsCode()}, path)
+    spec = {"arch": "torchvision", "name": "resnet18", "weights": str(path), "num_classes": 10,
+            "input_shape": [3, 32, 32], "kwargs": {}}
+    with pytest.raises(ValueError) as err:
+        initial_state_dict(spec)
+    text = str(err.value)
+    assert text.startswith(f"config key 'model.weights': {path}: not a readable PyTorch checkpoint")
+    assert "refused by torch's safe loader" in text and "weights_only=False" not in text
+
+
+def test_extract_layers_all_as_a_list_means_all():
+    base = Experiment.from_config(validate(dict(TINY_CONFIG, results="r")))
+    listed = Experiment.from_config(validate(dict(TINY_CONFIG, results="r",
+                                                  extract=dict(TINY_CONFIG["extract"], layers=["all"]))))
+    assert listed.layers == base.layers and all(len(v) == 2 for v in listed.layers.values())

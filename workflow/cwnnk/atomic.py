@@ -84,7 +84,8 @@ def _named(err, path, tmp):
     what = f"{err.strerror or err}" + (f" ({err.filename})" if err.filename else "")
     named = type(err)(err.errno, f"{what} while writing {path}; {hint}; the previous {path.name}, if any, is "
                                  "unchanged")
-    named.filename = err.filename
+    if err.filename is not None:  # an OSError prints a filename of None as ": None"
+        named.filename = err.filename
     return named
 
 

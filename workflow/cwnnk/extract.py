@@ -47,7 +47,7 @@ def resolve_layers(spec, requested="all", model=None):
     from cwnnk.models import _nearest, channel_last, graph_nodes
 
     whose = f"model {model!r} ({spec['arch']})" if model else f"architecture {spec['arch']}"
-    if requested == "all":
+    if requested == "all" or (not isinstance(requested, str) and list(requested) == ["all"]):  # ["all"] too
         names = layer_names(spec)
         if not names:  # e.g. ConvNeXt, whose activations are all channel-last: never analyse nothing silently
             skipped = [name for name, info in graph_nodes(spec).items() if info["activation"] and channel_last(info)]

@@ -547,7 +547,7 @@ def initial_state_dict(spec, download=False):
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"config key 'model.weights': no file {path.resolve()}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = _safe_load(path, "config key 'model.weights'")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -610,23 +610,29 @@ def check_state_dict(model, state_dict, source):
         raise ValueError("\n".join(lines))
 
 
+def _safe_load(path, key=None, map_location="cpu"):
+    """torch.load with weights_only=True; a file it cannot read fails naming the file (and the config key) and what
+    to do, never with torch's advice to pass weights_only=False, which would run the file's code."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - truncated, random bytes, a refused pickle: all name the file
+        detail = str(err).strip().splitlines()[-1] if "weights_only" not in str(err) else (
+            "refused by torch's safe loader (weights_only=True): not a file of tensors, or a pickle that runs code")
+        where = f"{key}: " if key else ""
+        raise ValueError(f"{where}{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {detail}); the "
+                         "file may be truncated or not a .pt file: copy it again (external) or rerun the stage "
+                         "that wrote it") from err
+
+
 def load_checkpoint(path, spec=None, map_location="cpu"):
     """Load a checkpoint into a model in eval mode; return (model, spec).
 
     Accepts this project's format ({'spec', 'state_dict'}) or a plain state dict, in which
     case `spec` must be given. A given spec overrides the stored one (external checkpoints).
     """
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # noqa: BLE001 - truncated, random bytes, a refused pickle: all name the file
-        # torch's own message for a refused pickle advises weights_only=False, which would run its code: not here.
-        detail = str(err).strip().splitlines()[-1] if "weights_only" not in str(err) else (
-            "refused by torch's safe loader (weights_only=True): not a file of tensors, or a pickle that runs code")
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {detail}); the file may "
-                         "be truncated or not a .pt file: copy it again (external) or rerun the stage that wrote "
-                         "it") from err
+    obj = _safe_load(path, map_location=map_location)
     if isinstance(obj, dict) and "state_dict" in obj:
         state_dict, spec = obj["state_dict"], spec or obj.get("spec")
     else:
