@@ -69,23 +69,24 @@ def layer_table(spec, n, k):
 
 
 def graph_samples(exp, model, sizes):
-    """(N, note): the number of images the graph stage uses for `model`: its training split (after
-    n_train and the validation hold-out) capped by extract.n_samples and graphs.n_samples. Where the
-    dataset cannot be read here N is the smaller cap (None without one) and note says why.
-    sizes caches each dataset's training-set size (or the error reading it)."""
-    from cwnnk.datasets import train_size
+    """(N, note): the number of images the graph stage uses for `model` (cwnnk.preflight.graph_samples:
+    its training split after n_train and the validation hold-out, capped by extract.n_samples and
+    graphs.n_samples), counted without decoding an image. Where the dataset cannot be read here N is the
+    smaller cap (None without one) and note says why. sizes caches each dataset's N (or the error)."""
+    from cwnnk.preflight import graph_samples as samples
 
-    params = exp.extract(model)
-    caps = [cap for cap in (params.n_samples, exp.graphs.n_samples) if cap is not None]
-    key = repr(params.dataset)
+    dataset = exp.extract(model).dataset
+    key = repr(dataset)
     if key not in sizes:
         try:
-            sizes[key] = train_size(params.dataset)
+            sizes[key] = samples(exp.config, dataset.to_dict(), read=True)
         except (OSError, ValueError, RuntimeError) as err:
             sizes[key] = err
     if isinstance(sizes[key], Exception):
-        return min(caps, default=None), f" (at most; dataset {params.dataset.name!r} not read: {sizes[key]})"
-    return min([sizes[key], *caps]), ""
+        caps = [exp.config["extract"]["n_samples"], exp.config["graphs"].get("n_samples")]
+        return min((c for c in caps if c is not None), default=None), (f" (at most; dataset {dataset.name!r} not "
+                                                                          f"read: {sizes[key]})")
+    return sizes[key], ""
 
 
 def _experiment(config):

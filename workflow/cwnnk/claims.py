@@ -102,9 +102,10 @@ def _p(p):
 
 
 def sign_test_min_n(alternative, alpha=ALPHA):
-    """The fewest non-tied pairs for which an exact sign test can give p < alpha."""
+    """The fewest non-tied pairs for which an exact sign test, or signed-rank test, can give p < alpha (both
+    reach their smallest p when every pair has the same sign)."""
     n = 1
-    while (0.5**n if alternative == "greater" else 2 * 0.5**n) >= alpha:
+    while smallest_signed_rank_p(n, alternative) >= alpha:
         n += 1
     return n
 
@@ -430,7 +431,7 @@ def early_stopping_claim(early, alpha=ALPHA):
                 f"{n_val} runs differ); LOO minus last epoch {100 * vs_last.mean():+.2f} points, picks differ in "
                 f"{int(differ.sum())} runs (one-sided p of LOO better {_p(p_better)})")
     row["evidence"] = f"{accs}; {compared}"
-    need = next(n for n in range(1, 64) if smallest_signed_rank_p(n, "greater") < alpha)
+    need = sign_test_min_n("greater", alpha)
     if p_worse < alpha:
         row["verdict"] = NOT_SUPPORTED
     elif n_last < need:

@@ -523,20 +523,12 @@ def load_dataset(params):
     return dataset
 
 
-def train_size(params):
-    """How many images load_dataset(params).train holds (after n_train and the validation hold-out), without
-    making or decoding the images of a generated or folder dataset (`python -m cwnnk layers`)."""
+def labelled_train_images(params):
+    """How many training images a torchvision class or an image folder holds, from its labels alone (no image
+    decoded; `python -m cwnnk layers` counts N with it, through cwnnk.preflight.train_size)."""
     from cwnnk.params import DatasetParams
 
-    params = DatasetParams.from_dict(params)
-    if params.name == "synthetic":
-        n = params.n_train
-    elif params.name not in _PARAMS:  # a torchvision class or a folder: its labels, no image decoded
-        labels = _labels_of(_open(params, True))
-        n = len(labels) if params.n_train is None else min(params.n_train, len(labels))
-    else:  # digits and the built-in CIFAR-10 reader: small arrays, read as the job does
-        return len(load_dataset(params).train)
-    return n - validation_size(n, params.validation)
+    return len(_labels_of(_open(DatasetParams.from_dict(params), True)))
 
 
 # The config keys each loader takes (the schema holds the keys of every dataset).

@@ -227,6 +227,8 @@ def describe_model(model, table=None, sep=" "):
         return f"model {model}"
     label = str(rows["label"][0])
     name = level_names(select(rows, np.arange(n_rows(rows)) == 0), [label])[0][label]
+    if name == f"{model} (imported)":  # an imported model's level name is its own name
+        return f"model {model} (imported)"
     seed = _col(rows, "seed")[0]
     if isinstance(seed, float) and math.isfinite(seed):
         name += f", seed {seed:g}"

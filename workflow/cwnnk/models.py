@@ -521,6 +521,15 @@ def hub_file(weights):
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
+def missing_hub_weights(spec, enum):
+    """What to do when torchvision weights `enum` of `spec` are not in the torch hub cache (the import job's
+    error, and the dry run's check in cwnnk.preflight)."""
+    path = hub_file(enum)
+    return (f"weights {spec['name']} {spec['weights']} are not in the torch hub cache: place {path.name} "
+            f"(from {enum.url}) at {path} (the folder follows TORCH_HOME, now {torch.hub.get_dir()}), "
+            "or set model.download: true on a machine with internet")
+
+
 def initial_state_dict(spec, download=False):
     """The state dict (keys of the bare network) of spec's `weights`, or None when it has none.
 
@@ -538,10 +547,7 @@ def initial_state_dict(spec, download=False):
         path = hub_file(enum)
         if not path.is_file():
             if not download:
-                raise FileNotFoundError(
-                    f"weights {spec['name']} {weights} are not in the torch hub cache: place {path.name} "
-                    f"(from {enum.url}) at {path} (the folder follows TORCH_HOME, now {torch.hub.get_dir()}), "
-                    "or set model.download: true on a machine with internet")
+                raise FileNotFoundError(missing_hub_weights(spec, enum))
             torch.hub.load_state_dict_from_url(enum.url, model_dir=str(path.parent), progress=False)
         return torch.load(path, map_location="cpu", weights_only=True)
     path = Path(weights)

@@ -28,9 +28,10 @@ def _folder_images(root):
     return sum(1 for d in classes for f in d.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS) or None
 
 
-def available(dataset):
+def available(dataset, read=False):
     """Images of the training split that n_train draws from, known without loading the dataset
-    (None: unknown, or unbounded as for synthetic, which generates n_train images)."""
+    (None: unknown, or unbounded as for synthetic, which generates n_train images). read: also read a
+    torchvision class's labels (its files, no image decoded), too slow for every parse of the Snakefile."""
     name = dataset.get("name")
     if name == "digits":
         return DIGITS_TRAIN
@@ -38,28 +39,32 @@ def available(dataset):
         return CIFAR10_TRAIN_PER_CLASS * len(dataset.get("classes") or range(10))
     if name == "folder" and dataset.get("root"):
         return _folder_images(dataset["root"])
+    if read and name not in ("synthetic", "folder"):
+        from cwnnk.datasets import labelled_train_images
+
+        return labelled_train_images(dataset)
     return None
 
 
-def train_size(dataset):
+def train_size(dataset, read=False):
     """Training images of a `dataset` config section (or DatasetParams dict) after its n_train and
-    before any validation split, known without loading it (None: unknown)."""
+    before any validation split, known without loading it (None: unknown; read: as `available`)."""
     if dataset.get("name") == "synthetic":
         return dataset.get("n_train") or 512
-    full = available(dataset)
+    full = available(dataset, read)
     if full is None:
         return None
     return min(full, dataset["n_train"]) if dataset.get("n_train") else full
 
 
-def graph_samples(config, dataset=None):
+def graph_samples(config, dataset=None, read=False):
     """N of a graphs job: the training images of `dataset` (a model's DatasetParams dict; default
     the config's `dataset` section) less its validation split, then extract.n_samples and
-    graphs.n_samples. None when the dataset's size is not known from the config."""
+    graphs.n_samples. None when the dataset's size is not known from the config (read: as `available`)."""
     from cwnnk.datasets import validation_size
 
     dataset = config["dataset"] if dataset is None else dataset
-    n = train_size(dataset)
+    n = train_size(dataset, read)
     if n is None:
         return None
     n -= validation_size(n, dataset.get("validation") or 0)
@@ -170,7 +175,7 @@ def problems(exp):
 def _hub_problems(exp):
     """Torchvision weights named by the config (IMAGENET1K_V1) but not in the torch hub cache, where the run may not
     download them: the import job would fail after the others had run."""
-    from cwnnk.models import hub_file, weights_enum
+    from cwnnk.models import hub_file, missing_hub_weights, weights_enum
 
     found, seen = [], set()
     for model, entry in exp.models.items():
@@ -184,11 +189,8 @@ def _hub_problems(exp):
         if enum is None or enum in seen:
             continue
         seen.add(enum)
-        path = hub_file(enum)
-        if not path.is_file():
-            found.append(("file", f"config key 'model.weights': {spec['name']} {spec['weights']} (model {model!r}) is "
-                          f"not in the torch hub cache: place {path.name} (from {enum.url}) at {path} (TORCH_HOME), "
-                          "or set model.download: true on a machine with internet"))
+        if not hub_file(enum).is_file():
+            found.append(("file", f"config key 'model.weights' (model {model!r}): {missing_hub_weights(spec, enum)}"))
     return found
 
 
