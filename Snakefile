@@ -38,6 +38,7 @@ include: "workflow/rules/5_solvers.smk"
 include: "workflow/rules/6_tables.smk"
 include: "workflow/rules/7_manifolds.smk"
 include: "workflow/rules/8_figures.smk"
+include: "workflow/rules/9_pruning.smk"
 
 
 # The report's front page: this run's answer per layer and its verdicts (written by the claims job, cwnnk.answer)

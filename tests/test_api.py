@@ -129,8 +129,10 @@ def _stage_row(tmp_path, values, labels, k):
     return json.loads((tmp_path / "relu.json").read_text())
 
 
-# overlap_summary's entries beside the stage's row: the matrix, the PairOverlap and the intervals as pairs
-EXTRAS = {"pairwise", "pairs", "redundancy_ci", "redundancy_excess_ci"}
+# overlap_summary's entries beside the stage's row: the matrix, the PairOverlap, the intervals as pairs and the
+# per-channel redundancy and pruning order (the stage's channel rows)
+PER_CHANNEL = {"overlap_mean", "overlap_mean_chance", "overlap_max", "overlap_max_chance", "prune_order", "prune_score"}
+EXTRAS = {"pairwise", "pairs", "redundancy_ci", "redundancy_excess_ci", *PER_CHANNEL}
 
 
 def _same(a, b):
@@ -149,6 +151,8 @@ def test_library_summary_equals_the_overlap_stage(tmp_path):
     differ = {key: (summary[key], row[key]) for key in row if not _same(summary[key], row[key])}
     assert not differ
     np.testing.assert_allclose(summary["pairwise"], stage["pairwise"], rtol=0, atol=1e-12)
+    for key in PER_CHANNEL:
+        np.testing.assert_allclose(summary[key], [ch[key] for ch in stage["channels"]], rtol=0, atol=1e-12)
     assert row["n_dead_channels"] == 1 and row["zero_map_fraction_max"] == 1.0
     assert {"loo_error_layer", "loo_error_agg", "kkt_failed", "not_pd"} <= set(summary)
     # TwoNN on the 37 distinct images (duplicate policy): 90% of them are fitted. The kNN distances

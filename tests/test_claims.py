@@ -306,7 +306,8 @@ def test_claims_rows_order_and_write(tmp_path):
     from cwnnk.tables import read_table, write_table
 
     rows = claims_rows({}, {}, {}, {})
-    assert [r["claim"] for r in rows] == ["C1", "C2", "C2", "C3", "C3", "C3", "C3"] + ["C4"] * 3 + ["early stopping"]
+    assert [r["claim"] for r in rows] == (["C1", "C2", "C2", "C3", "C3", "C3", "C3"] + ["C4"] * 3
+                                         + ["early stopping", "C5"])
     assert [r["factor"] for r in rows[4:7]] == ["dropout", "weight_decay", "augment"]
     assert all(r["verdict"] == UNDEFINED and r["evidence"].startswith("undefined: ") for r in rows)
     for name in ("overlap", "manifolds", "generalization", "early"):
@@ -314,7 +315,7 @@ def test_claims_rows_order_and_write(tmp_path):
     write_claims(*(tmp_path / f"{n}.csv" for n in ("overlap", "manifolds", "generalization", "early")),
                  tmp_path / "claims.csv")
     table = read_table(tmp_path / "claims.csv")
-    assert list(table) == list(COLUMNS) and len(table["claim"]) == 11
+    assert list(table) == list(COLUMNS) and len(table["claim"]) == 12
 
 
 def _documented(section):

@@ -56,7 +56,7 @@ def fake_tables(dropouts=(0.0, 0.3), seeds=(1, 2), layers=LAYERS, channels=6, k=
                 manifolds.append(dict(embedding=embedding, dim=dim, n=200, D=32, k=k, solver=solver,
                                       degree_mean=mean, degree_std=0.2 * mean, twonn_id=dim * 0.9))
     return dict(overlap=overlap, channels=chans, pairwise=pairwise, solvers=solvers, manifolds=manifolds,
-                generalization=[], early_stopping=[], early_stopping_channels=[], claims=[], answer=[])  # not drawn
+                generalization=[], early_stopping=[], early_stopping_channels=[], pruning=[], claims=[], answer=[])
 
 
 def write_tables(tmp_path, **kwargs):

@@ -2,6 +2,7 @@
 end-to-end experiment on the synthetic dataset, shared by the tests of this module."""
 
 import json
+import os
 import re
 
 import pytest
@@ -160,16 +161,19 @@ def test_tiny_run_states_each_claim(tiny_run):
     root, _ = tiny_run
     claims = read_table(root / "results" / "tables" / "claims.csv")
     assert list(claims) == list(COLUMNS) and set(claims) <= _documented_columns()
-    assert list(claims["claim"]) == ["C1", "C2", "C2", "C3", "C3", "C3", "C3"] + ["C4"] * 3 + ["early stopping"]
+    assert list(claims["claim"]) == (["C1", "C2", "C2", "C3", "C3", "C3", "C3"] + ["C4"] * 3
+                                     + ["early stopping", "C5"])
     assert list(claims["factor"][4:7]) == ["dropout", "weight_decay", "augment"]
+    # C5 pairs the 2 pruned models at the 4 fractions above 0
+    assert claims["n"][-1] == 8 and claims["n_models"][-1] == 2 and "vs apoz" in claims["evidence"][-1]
     # C2 rests on every (model, layer) row's interval and its twin's, which 2 models have: decided
     assert set(claims["verdict"][1:3]) <= {"supported", "not supported"} and claims["n"][1] == 4
     assert "untrained twins: median" in claims["evidence"][1]
-    others = np.r_[0, 3:len(claims["claim"])]
+    others = np.r_[0, 3:len(claims["claim"]) - 1]
     assert set(claims["verdict"][others]) == {"undefined"}
     assert all(e.startswith("undefined: ") for e in claims["evidence"][others])
     assert "needs 6 models" in claims["evidence"][3]  # C3 depth: a two-sided sign test over 2 models
-    assert "no training run with saved epochs" in claims["evidence"][-1]
+    assert "no training run with saved epochs" in claims["evidence"][-2]
     # dropout 0 and 0.3 with one seed: one block of two models, whose test cannot reach p < 0.05
     assert "cannot reach p < 0.05" in claims["evidence"][4] and "holds weight_decay" in claims["evidence"][5]
     assert set(read_table(root / "results" / "tables" / "generalization.csv")) <= _documented_columns()
@@ -254,11 +258,41 @@ def snakemake_as_installed(*args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ))
 
 
+def test_tiny_run_prunes_each_final_model_reproducibly(tiny_run):
+    """pruning.csv: per final model (the twins are not pruned), each layer alone and both at once, by each
+    criterion at each fraction; the unpruned rows give the accuracy train measured; a rerun of a pruning job
+    (random draws, fine-tunes) writes the same bytes."""
+    import numpy as np
+
+    from cwnnk.pruning import PRUNING_COLUMNS
+    from cwnnk.tables import read_table, text_column
+
+    root, config = tiny_run
+    table = read_table(root / "results" / "tables" / "pruning.csv")
+    assert list(table) == list(PRUNING_COLUMNS) and set(table) <= _documented_columns()
+    assert sorted(set(table["model"])) == sorted(MODELS)
+    # 3 scopes (conv1, conv2, all) x (cwnnk, l1, apoz + 3 random draws) x 5 fractions, per model
+    assert len(table["model"]) == 2 * 3 * 6 * 5
+    overlap = read_table(root / "results" / "tables" / "overlap.csv")
+    for model in MODELS:
+        unpruned = table["test_acc"][(text_column(table["model"]) == model) & (table["fraction"] == 0)]
+        assert np.allclose(unpruned, overlap["test_acc"][text_column(overlap["model"]) == model][0])
+    all_rows = text_column(table["layer"]) == "all"
+    assert np.isfinite(table["test_acc_finetuned"][all_rows]).all()
+    assert np.isnan(table["test_acc_finetuned"][~all_rows]).all()
+    assert (table["n_removed"][all_rows & (table["fraction"] == 0.5)] == 4).all()  # 2 of 4 channels, 2 layers
+    target = root / "results" / "pruning" / f"{MODELS[1]}.csv"
+    before, stat = target.read_bytes(), target.stat()
+    snakemake(target, "--cores", "1", "--configfile", config, "--forcerun", "pruning")
+    assert target.read_bytes() == before
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same file: downstream stays up to date
+
+
 def test_tiny_run_draws_every_figure_and_builds_the_report(tiny_run):
     """README's `snakemake --report results/report.html`, with only what README's install
     brings in; every figure's caption says what it tests and how many models it rests on."""
     root, config = tiny_run
-    for figure in ("F1", "F2", "F3", "F4", "F5", "F6", "F7"):
+    for figure in ("F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8"):
         for ext in ("pdf", "png"):
             assert (root / "results" / "figures" / f"{figure}.{ext}").stat().st_size > 1000
     proc = snakemake_as_installed("--cores", "1", "--configfile", config, "--report", root / "report.html")
@@ -266,7 +300,7 @@ def test_tiny_run_draws_every_figure_and_builds_the_report(tiny_run):
     html = (root / "report.html").read_text(errors="replace")
     assert "F3" in html and "overlap.csv" in html
     text = re.sub(r"(\\n|\s)+", " ", html)  # captions sit in JSON strings, line breaks as \n
-    assert text.count("Claim tested") == 7 and "{{" not in html
+    assert text.count("Claim tested") == 8 and "{{" not in html
     assert text.count("This run's verdicts, claim by claim: claims.csv") == 1
     assert "has no test split" not in text
     assert text.count("all 2 models of the run") == 3  # F1, F2, F3
@@ -311,6 +345,7 @@ def test_changing_k_reruns_graphs_and_downstream_only(tiny_run):
     assert "train" not in counts and "extract" not in counts
     # 2 models and their 2 twins x 2 layers
     assert counts["graphs"] == 8 and counts["overlap"] == 8 and counts["tables"] == 1 and counts["figures"] == 1
+    assert counts["pruning"] == 2 and counts["pruning_table"] == 1  # the CW-NNK order comes from the graphs
 
 
 @pytest.mark.parametrize("level, new", [
@@ -331,7 +366,8 @@ def test_adding_a_factor_level_runs_only_the_new_models(tiny_run, level, new):
     counts = _job_counts(out)
     jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    wildcards: model=([^,\s]+)", out, re.M)
     analysed = new | {f"{model}-e0" for model in new}  # each new run's untrained twin comes from its train job
-    for stage, models in (("train", new), ("extract", analysed), ("graphs", analysed), ("overlap", analysed)):
+    for stage, models in (("train", new), ("extract", analysed), ("graphs", analysed), ("overlap", analysed),
+                          ("pruning", new)):
         assert {model for rule, model in jobs if rule == stage} == models, stage
     assert counts["train"] == 2 and counts["extract"] == 4 and counts["graphs"] == counts["overlap"] == 8
     assert counts["tables"] == counts["generalization"] == counts["figures"] == 1

@@ -21,6 +21,10 @@ _LAZY = {
     "width_sweep": "cwnnk.api",
     "model_layers": "cwnnk.api",
     "LayerGraphs": "cwnnk.api",
+    "prune_plan": "cwnnk.pruning",
+    "prune_orders": "cwnnk.pruning",
+    "apply_plan": "cwnnk.pruning",
+    "masked": "cwnnk.pruning",
 }
 
 

@@ -189,6 +189,23 @@ def claims_stability_command(args):
     print(f"{fragile} of {len(rows)} rows change their verdict")
 
 
+def prune_plan_command(args):
+    import json
+
+    from cwnnk.pruning import prune_orders, prune_plan, write_plan
+
+    try:
+        plan = prune_plan(prune_orders(args.channels, args.model), args.fraction)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"cwnnk: {err}")
+    if args.out:
+        write_plan(plan, args.out)
+        removed = sum(len(entry["remove"]) for entry in plan.values())
+        print(f"wrote {args.out}: {removed} channels of {len(plan)} layers to remove")
+    else:
+        print(json.dumps(plan, indent=1))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cwnnk", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,8 +224,15 @@ def main(argv=None):
                            "(default 0.01; docs/reliability.md gives what another processor moves)")
     stability.add_argument("--copies", type=int, default=2)
     stability.add_argument("--seed", type=int, default=0)
+    plan = sub.add_parser("prune-plan", help="the channels of each layer the CW-NNK order removes at a fraction, as JSON")
+    plan.add_argument("channels", help="a finished run's channels.csv, e.g. results/tables/channels.csv")
+    plan.add_argument("model", help="the model, as named in channels.csv")
+    plan.add_argument("--fraction", type=float, required=True, help="share of each layer's channels to remove, in [0, 1)")
+    plan.add_argument("--out", help="write the plan to this JSON file (default: print it)")
     args = parser.parse_args(argv)
-    if args.command == "claims-stability":
+    if args.command == "prune-plan":
+        prune_plan_command(args)
+    elif args.command == "claims-stability":
         claims_stability_command(args)
     elif args.command == "layers":
         layers_command(args)

@@ -250,9 +250,11 @@ def overlap_summary(graphs, tol=TOL):
     then rho_hat_* (union-based, saturates with width: see union_saturation), pairwise_overlap_*,
     kappa_* (coverage of the aggregate), the *_chance levels, degree_channel_*, degree_agg_*,
     id_layer and id_channel_* (TwoNN), zero_map_fraction_*, kkt_failed, not_pd, ...; plus
-    "pairwise": the (C, C) mean Jaccard overlap matrix and "pairs": the PairOverlap that
-    cwnnk.redundancy.compare takes. The loo_* columns (LOO error) come only where the graphs hold
-    labels (cw_nnk_graphs(..., labels=...)); the stage's per-channel rows are not returned.
+    "pairwise": the (C, C) mean Jaccard overlap matrix, "pairs": the PairOverlap that
+    cwnnk.redundancy.compare takes, and per channel, as (C,) arrays, overlap_mean, overlap_max, their
+    chance levels, prune_order and prune_score (the greedy CW-NNK pruning order, which cwnnk.prune_plan
+    takes). The loo_* columns (LOO error) come only where the graphs hold labels
+    (cw_nnk_graphs(..., labels=...)).
     """
     from cwnnk.overlap import graphs_summary
 
@@ -264,7 +266,7 @@ def overlap_summary(graphs, tol=TOL):
     row = result.row
     return {**row, "redundancy_ci": (row["redundancy_ci_lo"], row["redundancy_ci_hi"]),
             "redundancy_excess_ci": (row["redundancy_excess_ci_lo"], row["redundancy_excess_ci_hi"]),
-            "pairwise": result.pairwise, "pairs": result.pairs}
+            "pairwise": result.pairwise, "pairs": result.pairs, **result.channels}
 
 
 @dataclass(frozen=True, eq=False)

@@ -28,6 +28,10 @@ Verdict rules (docs/method.md section 8; the same for every run, level ALPHA = 0
   pick (one-sided exact signed-rank p >= ALPHA) and beats the last epoch (never stopping) over the
   runs where the two differ (mean > 0, one-sided exact signed-rank p < ALPHA).
 
+- C5 (pruning), pruning.csv, every analysed layer pruned at once, no fine-tune: over (model, fraction > 0)
+  pairs, CW-NNK's test accuracy minus each of random (mean of draws), L1 and APoZ has mean > 0 and one-sided
+  exact signed-rank p < ALPHA, for all three (intersection-union: the row's p is the largest).
+
 A verdict is `undefined`, with the reason in `evidence`, when the tables lack what the rule
 needs (no test accuracy, no validation split, no saved epochs, too few models or levels) or
 when the test cannot reach p < ALPHA at that sample size whatever the data (a sign test on
@@ -442,11 +446,77 @@ def early_stopping_claim(early, alpha=ALPHA):
     return row
 
 
+# ---------------------------------------------------------------------------- C5
+
+C5_BASELINES = ("random", "l1", "apoz")
+
+
+def _pruning_pairs(pruning, column):
+    """{baseline: (n,) accuracy of the CW-NNK order minus the baseline's} over the (model, fraction > 0) pairs of
+    the rows that prune every analysed layer (`all`); random's accuracy is the mean over its draws."""
+    from cwnnk.pruning import ALL
+
+    keep = (_text(pruning, "layer") == ALL) & (_num(pruning, "fraction") > 0)
+    models, fractions = _text(pruning, "model")[keep], _num(pruning, "fraction")[keep]
+    criteria, values = _text(pruning, "criterion")[keep], _num(pruning, column)[keep]
+    acc = {}
+    for m, f, c, v in zip(models, fractions, criteria, values):
+        acc.setdefault((m, f), {}).setdefault(c, []).append(v)
+    pairs = {}
+    for baseline in C5_BASELINES:
+        pairs[baseline] = np.array([np.mean(by["cwnnk"]) - np.mean(by[baseline]) for by in acc.values()
+                                    if "cwnnk" in by and baseline in by])
+    return pairs, len({m for m, _ in acc})
+
+
+def c5_pruning(pruning, alpha=ALPHA):
+    """C5: pruning by CW-NNK redundancy keeps more test accuracy than random, L1 and APoZ orders at equal fraction.
+
+    Paired over (model, fraction > 0), every analysed layer pruned at once, accuracy without fine-tuning (what the
+    removed channels carried): per baseline a one-sided exact signed-rank test of CW-NNK minus baseline; the claim
+    needs all three (an intersection-union test: its p is the largest of the three, no adjustment needed)."""
+    row = _row("C5", "pruning by CW-NNK redundancy keeps more test accuracy than random, L1 and APoZ at equal "
+               "fraction", "mean test accuracy of the CW-NNK order minus each baseline's (points)",
+               f"against each of random (mean of draws), L1 and APoZ: mean > 0 and one-sided exact signed-rank p < "
+               f"{alpha:g} over (model, fraction) pairs; p is the largest of the three (intersection-union)",
+               "pruning.csv", n_of="(model, fraction > 0) pairs, every analysed layer pruned at once, no fine-tune",
+               method="exact Wilcoxon signed-rank per baseline (zero differences dropped), intersection-union")
+    if not _has(pruning, "model", "criterion", "fraction", "test_acc") or not len(pruning["model"]):
+        return _undefined(row, "pruning.csv has no rows: no final model with a test split was pruned "
+                               "(pruning.enabled false, or no test split)")
+    pairs, n_models = _pruning_pairs(pruning, "test_acc")
+    tuned, _ = _pruning_pairs(pruning, "test_acc_finetuned") if "test_acc_finetuned" in pruning else ({}, 0)
+    tests = {b: signed_rank(d, "greater") for b, d in pairs.items() if d.size}
+    row.update(n=max((d.size for d in pairs.values()), default=0), n_models=n_models)
+    if len(tests) < len(C5_BASELINES):
+        missing = [b for b in C5_BASELINES if b not in tests]
+        return _undefined(row, f"no pairs against {', '.join(missing)} (l1 needs a convolution that produces each "
+                               "layer alone)")
+    parts = []
+    for b in C5_BASELINES:
+        d, (_, p, n_diff) = pairs[b], tests[b]
+        after = tuned.get(b, np.array([]))
+        after = after[np.isfinite(after)]
+        parts.append(f"vs {b} {100 * d.mean():+.2f} points (p {_p(p)}, {n_diff} pairs differ"
+                     + (f"; after fine-tuning {100 * after.mean():+.2f}" if after.size else "") + ")")
+    worst = max(C5_BASELINES, key=lambda b: tests[b][1])
+    row.update(value=100 * float(pairs[worst].mean()), p_value=tests[worst][1], factor=worst)
+    row["evidence"] = f"{'; '.join(parts)}; {n_models} models"
+    need = sign_test_min_n("greater", alpha)
+    short = [b for b in C5_BASELINES if tests[b][2] < need]
+    failed = [b for b in C5_BASELINES if b not in short and not (pairs[b].mean() > 0 and tests[b][1] < alpha)]
+    if short and not failed:  # a baseline the test cannot beat at this size, and none it clearly does not beat
+        return _undefined(row, f"{row['evidence']}; against {', '.join(short)} fewer than {need} pairs differ, and "
+                               f"an exact one-sided test needs {need} to reach p < {alpha:g}")
+    row["verdict"] = NOT_SUPPORTED if failed else SUPPORTED
+    return row
+
+
 # ---------------------------------------------------------------------------- all
 
-def claims_rows(overlap, manifolds, generalization, early_stopping, solver="exact", alpha=ALPHA):
+def claims_rows(overlap, manifolds, generalization, early_stopping, pruning=None, solver="exact", alpha=ALPHA):
     """The rows of claims.csv, in the order C1, C2 (redundancy above chance, training changes it), C3 (depth, then
-    one row per factor), C4 (3 measures against test accuracy), early stopping."""
+    one row per factor), C4 (3 measures against test accuracy), early stopping, C5 (pruning; None: no table)."""
     return [
         c1_degree_dimension(manifolds, solver, alpha),
         c2_redundancy(overlap),
@@ -455,16 +525,18 @@ def claims_rows(overlap, manifolds, generalization, early_stopping, solver="exac
         *c3_factors(overlap, alpha=alpha),
         *c4_correlations(generalization, alpha),
         early_stopping_claim(early_stopping, alpha),
+        c5_pruning(pruning or {}, alpha),
     ]
 
 
-def write_claims(overlap_csv, manifolds_csv, generalization_csv, early_csv, out_csv, solver="exact"):
-    """The `claims` job: claims.csv from the tables it reads (manifolds_csv None: not run)."""
+def write_claims(overlap_csv, manifolds_csv, generalization_csv, early_csv, out_csv, solver="exact", pruning_csv=None):
+    """The `claims` job: claims.csv from the tables it reads (manifolds_csv None: not run; pruning_csv None:
+    no pruning table, C5 undefined)."""
     from cwnnk.tables import read_table, write_table
 
     manifolds = read_table(manifolds_csv) if manifolds_csv else None  # None: figures.calibration is off
     rows = claims_rows(read_table(overlap_csv), manifolds, read_table(generalization_csv), read_table(early_csv),
-                       solver)
+                       read_table(pruning_csv) if pruning_csv else None, solver)
     write_table(out_csv, rows, COLUMNS)
     return rows
 
@@ -491,7 +563,7 @@ def _perturb(table, scale, rng):
 def claims_stability(tables_dir, scale=0.01, copies=2, seed=0):
     """Are the verdicts of a finished run's tables robust to the rounding another processor brings?
 
-    Runs the claims on `copies` copies of tables_dir (overlap.csv, channels.csv, manifolds.csv) whose
+    Runs the claims on `copies` copies of tables_dir (overlap.csv, channels.csv, manifolds.csv, pruning.csv) whose
     measured columns (MEASURED) are perturbed by relative noise of `scale`, generalization.csv and
     early_stopping.csv recomputed from them. Returns one dict per claims row: claim, test, factor,
     verdict (on the tables as they are), verdicts (one per copy) and fragile (any copy differs).
@@ -506,6 +578,8 @@ def claims_stability(tables_dir, scale=0.01, copies=2, seed=0):
     read = {name: read_table(tables_dir / f"{name}.csv") for name in ("overlap", "channels")}
     manifolds = tables_dir / "manifolds.csv"
     read["manifolds"] = read_table(manifolds) if manifolds.exists() else None  # figures.calibration off
+    pruning = tables_dir / "pruning.csv"
+    read["pruning"] = read_table(pruning) if pruning.exists() else {}
     rng = np.random.default_rng(seed)
     runs = []
     with tempfile.TemporaryDirectory() as work:
@@ -517,8 +591,10 @@ def claims_stability(tables_dir, scale=0.01, copies=2, seed=0):
                 write_table(folder / f"{name}.csv", ({k: v[i] for k, v in table.items()} for i in
                                                      range(len(next(iter(table.values()), [])))))
             write_generalization(folder / "overlap.csv", folder / "generalization.csv", folder / "early.csv")
+            pruned = read["pruning"] if copy == 0 or not read["pruning"] else _perturb(read["pruning"], scale, rng)
             runs.append(claims_rows(read_table(folder / "overlap.csv"), read["manifolds"],
-                                    read_table(folder / "generalization.csv"), read_table(folder / "early.csv")))
+                                    read_table(folder / "generalization.csv"), read_table(folder / "early.csv"),
+                                    pruned))
     out = []
     for rows in zip(*runs):
         verdicts = [row["verdict"] for row in rows[1:]]

@@ -15,7 +15,7 @@ import yaml
 
 from cwnnk.datasets import dataset_num_classes, dataset_signature
 from cwnnk.params import (DatasetParams, ExtractParams, FigureParams, GraphParams, ImportParams, ManifoldParams,
-                          OverlapParams, TrainParams)
+                          OverlapParams, PruneParams, TrainParams)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -85,6 +85,10 @@ def validate(config, schema=None):
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     _check_model(config["model"], "model")
+    try:  # what the schema cannot say (fractions start at 0 and increase), checked where PruneParams says it
+        PruneParams(**{key: value for key, value in config["pruning"].items() if key != "enabled"})
+    except ValueError as err:
+        raise ConfigError(f"invalid configuration:\n  {err}") from None
     return config
 
 
@@ -439,6 +443,28 @@ class Experiment:
         """ImportParams of an external checkpoint or pretrained model."""
         return ImportParams(dataset=self.dataset_of(model), device=self.config["device"],
                             download=self.models[model].get("download", False))
+
+    @property
+    def pruned(self):
+        """The models the pruning stage runs on (pruning.enabled): final models (trained here or imported, not
+        saved epochs or untrained twins) with a test split, whose classes are the dataset's (accuracy is defined)."""
+        if not self.config["pruning"]["enabled"] or not has_test_split(self.config["dataset"]):
+            return []
+        classes = dataset_num_classes(self.config["dataset"])
+        return [m for m, e in self.models.items() if e["kind"] in ("trained", "external") and self.layers[m]
+                and (classes is None or e["spec"].get("num_classes") in (None, classes))]
+
+    def prune(self, model):
+        """PruneParams of a model: the `pruning` settings, and the TrainParams its fine-tunes use (an imported
+        model's: the `training` section's optimizer, batch size and learning rate, no augmentation)."""
+        settings = {key: value for key, value in self.config["pruning"].items() if key != "enabled"}
+        if self.models[model]["kind"] == "trained":
+            train = self.train(model).replace(save_epochs=(), untrained_twin=False)
+        else:
+            training = {key: value for key, value in self.config["training"].items()
+                        if key not in ("validation", "save_epochs")}
+            train = TrainParams(dataset=self.dataset_of(model), device=self.config["device"], **training)
+        return PruneParams(train=train, **settings)
 
     def extract(self, model):
         """ExtractParams of a model: its resolved layers and the `extract` settings."""

@@ -1,8 +1,8 @@
-"""Figures F0-F7 of docs/method.md section 5, drawn only from the tables in results/tables/.
+"""Figures F0-F8 of docs/method.md section 5, drawn only from the tables in results/tables/.
 
 Each `f*` function takes tables as read by `cwnnk.tables.read_table` (dicts of numpy
 columns) and an output prefix, and writes `{prefix}.pdf` and `{prefix}.png` (atomically).
-`draw_all(tables, outputs)` draws all eight from the tables' files into the given F0.pdf ... F7.png.
+`draw_all(tables, outputs)` draws all nine from the tables' files into the given F0.pdf ... F8.png.
 
 Conventions: the Okabe-Ito palette (colour-blind safe), with a marker per regularization
 level as well so that levels stay apart in grey print; widths of 3.5 in (one paper column)
@@ -1104,6 +1104,69 @@ def f7_epochs(overlap, prefix, early_stopping=None, levels=None):
         return _save(fig, prefix), runs
 
 
+# ---------------------------------------------------------------------------- F8
+
+CRITERION_STYLE = {"cwnnk": ("CW-NNK redundancy (greedy)", OKABE_ITO["blue"], "o"),
+                   "l1": ("L1 norm of the filter", OKABE_ITO["vermillion"], "s"),
+                   "apoz": ("APoZ (zero activations)", OKABE_ITO["bluish_green"], "D")}
+RANDOM_COLOUR = "0.45"
+
+
+def f8_data(pruning, column, every_layer):
+    """{criterion: (fractions, per-fraction values)} of one F8 panel: `column` averaged over the models (and,
+    with every_layer, over the layers pruned one at a time; else the rows that prune every layer at once).
+    Random: (fractions, mean, min, max) over its draws, each draw averaged over models (and layers) first."""
+    from cwnnk.pruning import ALL
+
+    layer = _text(pruning["layer"])
+    rows = select(pruning, layer != ALL if every_layer else layer == ALL)
+    if not n_rows(rows):
+        return {}
+    criterion, values = _text(rows["criterion"]), np.asarray(rows[column], dtype=float)
+    fractions = np.unique(rows["fraction"])
+    out = {}
+    for name in ("cwnnk", "l1", "apoz", "random"):
+        at = criterion == name
+        if not at.any() or not np.isfinite(values[at]).any():
+            continue
+        per_draw = np.array([[np.nanmean(values[at & (rows["fraction"] == f) & (rows["draw"] == d)])
+                              for f in fractions] for d in np.unique(rows["draw"][at])])
+        out[name] = (fractions, per_draw.mean(0), per_draw.min(0), per_draw.max(0))
+    return out
+
+
+def f8_pruning(pruning, prefix):
+    """F8: test accuracy against the share of channels removed, one line per criterion (mean over models),
+    random as a band (min-max over draws, mean dashed); every analysed layer pruned at once without and after
+    the fine-tune, and one layer at a time (mean over layers) without it."""
+    title = "F8 test accuracy as channels are pruned"
+    if not n_rows(pruning):
+        return _placeholder(prefix, title, textwrap.fill(
+            "no model was pruned: the pruning stage needs final models with a test split (pruning.enabled)", 60))
+    panels = [("test_acc", False, "every analysed layer at once"),
+              ("test_acc_finetuned", False, "every layer at once, after the fine-tune"),
+              ("test_acc", True, "one layer at a time (mean over layers)")]
+    panels = [p for p in panels if f8_data(pruning, p[0], p[1])]
+    n_models = len(set(_text(pruning["model"])))
+    with matplotlib.rc_context(STYLE):
+        fig = _new_figure(DOUBLE, 2.6)
+        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+        for ax, (column, every_layer, name) in zip(axes, panels):
+            for criterion, (fractions, mean, lo, hi) in f8_data(pruning, column, every_layer).items():
+                x = 100 * fractions
+                if criterion == "random":
+                    ax.fill_between(x, 100 * lo, 100 * hi, color=RANDOM_COLOUR, alpha=0.25, linewidth=0)
+                    ax.plot(x, 100 * mean, color=RANDOM_COLOUR, linestyle="--", label="random (min-max of draws)")
+                    continue
+                label, colour, marker = CRITERION_STYLE[criterion]
+                ax.plot(x, 100 * mean, color=colour, marker=marker, markersize=3, label=label)
+            ax.set_title(name, loc="left")
+            ax.set_xlabel("channels removed per layer (%)")
+        axes[0].set_ylabel(f"test accuracy (%), mean of {n_models} model{'s' if n_models > 1 else ''}")
+        axes[0].legend(loc="lower left")
+        return _save(fig, prefix)
+
+
 # ---------------------------------------------------------------------------- all
 
 def _read(tables, name, where=None):
@@ -1183,7 +1246,7 @@ def _split_twins(table):
 
 
 def draw_all(tables, outputs, params=FigureParams()):
-    """Draw F0-F7 from the tables into the files `outputs` (F0.pdf, F0.png, ..., F7.png).
+    """Draw F0-F8 from the tables into the files `outputs` (F0.pdf, F0.png, ..., F8.png).
 
     tables: {name: CSV path} for the names of cwnnk.products.TABLES; an empty table gives a placeholder
     figure, and so does an absent manifolds or solvers table (figures.calibration off). params: FigureParams (the models F4 and F6 draw; None: the first).
@@ -1231,4 +1294,5 @@ def draw_all(tables, outputs, params=FigureParams()):
     else:
         _placeholder(prefixes["F6"], "F6 exact versus pynnk solver", textwrap.fill(off, 60))
     f7_epochs(overlap, prefixes["F7"], early_stopping=_read(tables, "early_stopping"), levels=levels)
+    f8_pruning(_read(tables, "pruning"), prefixes["F8"])
     return [Path(path) for path in outputs]

@@ -18,7 +18,7 @@ from cwnnk.atomic import write_json
 from cwnnk.intrinsic_dim import twonn
 from cwnnk.loo import cw_loo, loo_columns
 from cwnnk.params import TOL, OverlapParams
-from cwnnk.redundancy import PairOverlap, interval
+from cwnnk.redundancy import CHANNEL_OVERLAP, PairOverlap, channel_overlap, interval, keep_order
 
 STATS = ("mean", "std", "q25", "median", "q75")
 # Bounds on one block of nodes: C * block * k neighbour-list entries, block * N (node,
@@ -386,13 +386,26 @@ class LayerSummary:
 
     row: the layer-level columns of docs/overlap.md; pairwise: the (C, C) mean Jaccard matrix;
     pairs: the live channels' PairOverlap (the headline's interval, a twin comparison); loo:
-    cw_loo's result, or None without labels.
+    cw_loo's result, or None without labels; channels: channel_scores (per-channel redundancy, pruning order).
     """
 
     row: dict
     pairwise: np.ndarray
     pairs: PairOverlap
     loo: dict | None
+    channels: dict
+
+
+def channel_scores(pairs, dead):
+    """{name: (C,)} per-channel redundancy of a layer: channel_overlap's columns and the greedy CW-NNK pruning
+    order (prune_order, prune_score; cwnnk.redundancy.keep_order) from the live channels' PairOverlap."""
+    if pairs.n_channels:
+        scores = channel_overlap(pairs.pairwise, pairs.pairwise_chance, dead)
+        scores["prune_order"], scores["prune_score"] = keep_order(pairs.pairwise, pairs.pairwise_chance, dead)
+    else:  # fewer than two live channels: no overlap to rank by; dead ones first, then by index
+        scores = {name: np.full(dead.size, np.nan) for name in (*CHANNEL_OVERLAP, "prune_score")}
+        scores["prune_order"] = np.argsort(np.argsort(~dead, kind="stable"), kind="stable")
+    return scores
 
 
 def graphs_summary(arrays, zero_map_fraction, counts, aggregate_counts, tol=TOL):
@@ -423,7 +436,7 @@ def graphs_summary(arrays, zero_map_fraction, counts, aggregate_counts, tol=TOL)
         loo = cw_loo(arrays["channel_indices"], arrays["channel_weights"], arrays["agg_indices"],
                      arrays["agg_weights"], labels, tol=tol)
         row.update(loo_columns(loo))
-    return LayerSummary(row, pairwise, pairs, loo)
+    return LayerSummary(row, pairwise, pairs, loo, channel_scores(pairs, dead_channels(zero_maps)))
 
 
 def width_sweep(ch_indices, ch_weights, agg_indices, agg_weights, sizes, n_draws=10, seed=0, tol=TOL):
@@ -476,7 +489,8 @@ def analyse_layer(graph_dir, out_json, params=OverlapParams(), log=None):
     channels = [
         dict(channel=c, degree_mean=float(degree[c].mean()), degree_agg_mean=result.row["degree_agg_mean"],
              zero_map_fraction=float(zero_maps[c]), dead=int(dead[c]), id_twonn=float(channel_ids[c]),
-             loo_error=float(loo["channel"][c]))
+             loo_error=float(loo["channel"][c]),
+             **{name: (int(v[c]) if name == "prune_order" else float(v[c])) for name, v in result.channels.items()})
         for c in range(degree.shape[0])
     ]
     write_json(out_json, dict(layer=summary["layer"], row=result.row, channels=channels, pairwise=result.pairwise.tolist(),

@@ -284,3 +284,47 @@ class FigureParams(_Params):
 
     heatmap_model: str | None = None
     solver_model: str | None = None
+
+
+@dataclass(frozen=True)
+class PruneParams(_Params):
+    """The pruning experiment of one model (config `pruning`; cwnnk.pruning).
+
+    train: the model's TrainParams (its dataset, and the optimizer, batch size, augmentation and seed its
+    fine-tunes use); fractions: the shares of each layer's channels removed (0 is the unpruned model);
+    random_draws: seeded random orders; finetune_epochs: epochs of each fine-tune (0: none);
+    finetune_lr_factor: the fine-tune's constant learning rate as a share of training.lr;
+    finetune_each_layer: also fine-tune the rows that prune one layer alone (else only `all`).
+    """
+
+    train: TrainParams = field(default_factory=TrainParams)
+    fractions: tuple = (0.0, 0.1, 0.25, 0.5, 0.75)
+    random_draws: int = 3
+    finetune_epochs: int = 1
+    finetune_lr_factor: float = 0.1
+    finetune_each_layer: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "train", TrainParams.from_dict(self.train))
+        if isinstance(self.fractions, (str, bytes)) or not hasattr(self.fractions, "__iter__"):
+            _refuse("pruning.fractions", self.fractions, "a list of numbers in [0, 1)")
+        object.__setattr__(self, "fractions", tuple(self.fractions))
+        for fraction in self.fractions:
+            _number("pruning.fractions[]", fraction, 0, 1, open_high=True)
+        if len(set(self.fractions)) != len(self.fractions) or list(self.fractions) != sorted(self.fractions):
+            _refuse("pruning.fractions", list(self.fractions), "distinct fractions in increasing order")
+        if not self.fractions or self.fractions[0] != 0:
+            _refuse("pruning.fractions", list(self.fractions), "a list that starts at 0 (the unpruned model)")
+        if len(self.fractions) < 2:
+            _refuse("pruning.fractions", list(self.fractions), "0 and at least one fraction above it")
+        _integer("pruning.random_draws", self.random_draws, 1)
+        _integer("pruning.finetune_epochs", self.finetune_epochs, 0)
+        _number("pruning.finetune_lr_factor", self.finetune_lr_factor, 0, open_low=True)
+        if not isinstance(self.finetune_each_layer, bool):
+            _refuse("pruning.finetune_each_layer", self.finetune_each_layer, "true or false")
+        _integer("pruning.seed", self.seed, 0)
+
+    @property
+    def finetune_lr(self):
+        return self.finetune_lr_factor * self.train.lr

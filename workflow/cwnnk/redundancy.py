@@ -22,6 +22,8 @@ SEED = 0
 # Replicates resampled at once: bounds the (replicates, N) index array of the node bootstrap.
 _CHUNK = 100
 EFFECTS = ("raised", "lowered", "none beyond the interval")
+# channel_overlap's columns (channels.csv)
+CHANNEL_OVERLAP = ("overlap_mean", "overlap_mean_chance", "overlap_max", "overlap_max_chance")
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,3 +168,79 @@ def compare(overlap, other, level=LEVEL, n_boot=N_BOOT, seed=SEED):
     lo, hi = _bounds(replicates, level)
     return dict(difference=overlap.value - other.value, difference_ci_lo=lo, difference_ci_hi=hi,
                 effect=effect(lo, hi))
+
+
+# ---------------------------------------------------------------------------- per channel
+
+def _live_full(values, live, fill):
+    out = np.full(live.size, fill, dtype=np.float64)
+    out[live] = values
+    return out
+
+
+def channel_overlap(pairwise, pairwise_chance, dead=None):
+    """Each channel's overlap with the rest of its layer, against chance.
+
+    pairwise, pairwise_chance: (L, L) over the layer's live channels (PairOverlap's matrices);
+    dead: optional (C,) bool with L false entries, to give the C channels' values (NaN for a dead
+    channel). Returns {overlap_mean, overlap_mean_chance, overlap_max, overlap_max_chance}: the
+    mean J of a channel with the other live channels and that mean's chance level, and its
+    largest J with one other channel with the chance level of that same pair. NaN with fewer than
+    two live channels.
+    """
+    J, chance = np.asarray(pairwise, dtype=np.float64), np.asarray(pairwise_chance, dtype=np.float64)
+    L = J.shape[0]
+    live = np.ones(L, dtype=bool) if dead is None else ~np.asarray(dead, dtype=bool)
+    if live.sum() != L:
+        raise ValueError(f"dead marks {live.sum()} live channels, the matrices hold {L}")
+    if L < 2:
+        return {name: np.full(live.size, np.nan) for name in CHANNEL_OVERLAP}
+    off = ~np.eye(L, dtype=bool)
+    best = np.argmax(np.where(off, J, -np.inf), axis=1)
+    rows = np.arange(L)
+    values = dict(overlap_mean=(J * off).sum(1) / (L - 1), overlap_mean_chance=(chance * off).sum(1) / (L - 1),
+                  overlap_max=J[rows, best], overlap_max_chance=chance[rows, best])
+    return {name: _live_full(v, live, np.nan) for name, v in values.items()}
+
+
+def keep_order(pairwise, pairwise_chance, dead=None):
+    """The greedy CW-NNK pruning order of a layer's channels: the most redundant first.
+
+    A channel's redundancy score within the set S of channels still kept is its largest overlap
+    beyond chance with one other kept channel, max over b in S, b != c, of J_cb - E[J_cb]: how
+    much of its NNK neighbourhoods some single other channel already carries. Dead channels go
+    first (they carry nothing); then, one at a time, the live channel with the highest score is
+    removed (ties: the higher mean excess over S, then the lower index) and the others' scores are
+    updated, so that of two duplicates only one goes before the rest of the layer is touched.
+
+    pairwise, pairwise_chance: (L, L) over the live channels; dead: optional (C,) bool. Returns
+    (order, score), both over the C channels: order[c] is the position at which channel c is
+    removed (0 first, C - 1 last: the channel kept longest), score[c] its score when removed (NaN
+    for a dead channel and for the last live one, which has no other channel left).
+    """
+    excess = np.asarray(pairwise, dtype=np.float64) - np.asarray(pairwise_chance, dtype=np.float64)
+    L = excess.shape[0]
+    live = np.ones(L, dtype=bool) if dead is None else ~np.asarray(dead, dtype=bool)
+    if live.sum() != L:
+        raise ValueError(f"dead marks {live.sum()} live channels, the matrices hold {L}")
+    C = live.size
+    order, score = np.empty(C, dtype=np.int64), np.full(C, np.nan)
+    dead_ids = np.flatnonzero(~live)
+    order[dead_ids] = np.arange(dead_ids.size)
+    live_ids = np.flatnonzero(live)
+    np.fill_diagonal(excess, -np.inf)
+    kept = np.ones(L, dtype=bool)
+    for position in range(dead_ids.size, C):
+        left = np.flatnonzero(kept)
+        if left.size == 1:
+            order[live_ids[left[0]]] = position
+            break
+        sub = excess[np.ix_(left, left)]
+        best = sub.max(axis=1)
+        mean = np.where(np.isfinite(sub), sub, 0.0).sum(axis=1) / (left.size - 1)
+        # lexsort: last key first; the most redundant is the last of an ascending sort on (best, mean, -index)
+        pick = np.lexsort((-left, mean, best))[-1]
+        order[live_ids[left[pick]]] = position
+        score[live_ids[left[pick]]] = best[pick]
+        kept[left[pick]] = False
+    return order, score

@@ -73,22 +73,8 @@ def train_model(spec, dataset, params, log=print, on_epoch=None):
         on_epoch(0, model, [_epoch_row(model, dataset, clean, device, 0, time.perf_counter())])
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(train), generator=gen)
-        for i in range(0, len(order), params.batch_size):
-            batch = order[i : i + params.batch_size]
-            x = augment_batch(train.images[batch], params.augment, gen).to(device)
-            logits = model(x)
-            if not isinstance(logits, torch.Tensor):  # e.g. a factory's (logits, aux logits) in training mode
-                raise TypeError(f"model {spec.get('name') or spec.get('factory') or spec['arch']} returns a "
-                                f"{type(logits).__name__} in training mode, not a (N, classes) tensor of logits: "
-                                "make its forward return the logits alone")
-            loss = F.cross_entropy(logits, train.labels[batch].to(device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}: lower training.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        _train_epoch(model, train, opt, params, gen, device, epoch,
+                     spec.get("name") or spec.get("factory") or spec["arch"])
         if sched:
             sched.step()
         row = _epoch_row(model, dataset, clean, device, epoch, start)
@@ -103,6 +89,39 @@ def train_model(spec, dataset, params, log=print, on_epoch=None):
         if on_epoch is not None:
             on_epoch(epoch, model, history)
     return model.eval(), history
+
+
+def _train_epoch(model, train, opt, params, gen, device, epoch, name, lr_key="training.lr"):
+    """One pass over the training Split in a random order drawn from gen (augmented as params say); name
+    (the model) and lr_key (the config key of the learning rate) are for the messages."""
+    model.train()
+    order = torch.randperm(len(train), generator=gen)
+    for i in range(0, len(order), params.batch_size):
+        batch = order[i : i + params.batch_size]
+        x = augment_batch(train.images[batch], params.augment, gen).to(device)
+        logits = model(x)
+        if not isinstance(logits, torch.Tensor):  # e.g. a factory's (logits, aux logits) in training mode
+            raise TypeError(f"model {name} returns a {type(logits).__name__} in training mode, not a (N, classes) "
+                            "tensor of logits: make its forward return the logits alone")
+        loss = F.cross_entropy(logits, train.labels[batch].to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}: lower {lr_key}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def finetune(model, train, params, epochs, lr):
+    """Train `model` further, in place, for `epochs` epochs on the Split `train` at the constant learning rate
+    `lr`, with TrainParams params' optimizer, momentum, weight decay, batch size, augmentation and seed (the
+    same seed gives the same batches and dropout, whatever was trained before). Returns the model in eval mode."""
+    device = next(model.parameters()).device
+    torch.manual_seed(params.seed)
+    gen = torch.Generator().manual_seed(params.seed)
+    opt = _optimizer(model, params.replace(lr=lr))
+    for epoch in range(1, epochs + 1):
+        _train_epoch(model, train, opt, params, gen, device, epoch, type(model).__name__, "pruning.finetune_lr_factor")
+    return model.eval()
 
 
 def _epoch_row(model, dataset, clean, device, epoch, start):

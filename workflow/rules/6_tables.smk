@@ -66,6 +66,7 @@ rule claims:
         **({"manifolds": f"{R}/tables/manifolds.csv"} if EXP.calibration else {}),
         generalization=f"{R}/tables/generalization.csv",
         early_stopping=f"{R}/tables/early_stopping.csv",
+        pruning=f"{R}/tables/pruning.csv",
     output:
         claims=report(f"{R}/tables/claims.csv", caption="../report/claims.rst", category="Tables"),
         # the headline per model and layer, and the report's front page built on it and the claims (cwnnk.answer)

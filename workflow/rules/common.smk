@@ -84,6 +84,7 @@ RESOURCES = {
     "tables": dict(mem_mb=4000, runtime="30m", gpu=False),
     "manifolds": dict(mem_mb=8000, runtime="1h", gpu=False),
     "figures": dict(mem_mb=4000, runtime="30m", gpu=False),
+    "pruning": dict(mem_mb=8000, runtime="4h", gpu=True),
 }
 GPUS = 1 if config["device"].startswith("cuda") else 0
 _SITE = {name: os.environ.get(f"CWNNK_SLURM_{name.upper()}", "").strip()

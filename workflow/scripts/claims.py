@@ -9,7 +9,7 @@ with stage_logger("claims", snakemake.log[0]) as log:  # an error goes to the lo
 
     i, out = snakemake.input, snakemake.output
     rows = write_claims(i.overlap, i.get("manifolds"), i.generalization, i.early_stopping, out.claims,
-                        solver=snakemake.params.solver)
+                        solver=snakemake.params.solver, pruning_csv=i.pruning)
     for row in rows:
         said = row["evidence"] if row["verdict"] == "undefined" else f"{row['verdict']} ({row['evidence']})"
         log.info(f"{row['claim']}, {row['test']}: {said}")
