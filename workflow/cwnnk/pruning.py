@@ -192,20 +192,26 @@ _CHANNELWISE_FUNCTIONS = ("relu", "relu_", "relu6", "gelu", "silu", "dropout", "
                           "hardswish", "leaky_relu")
 
 
-def producing_conv(model, node):
-    """The module path of the convolution whose output channels are `node`'s, through channel-wise
-    modules only (batch norm, activations, dropout, pooling); None when no single one is (a sum of
-    branches, a model FX cannot trace)."""
-    import torch.nn as nn
+def _fx_nodes(model):
+    """{FX node name: torch.fx Node} of model's graph, names as torchvision's get_graph_node_names gives them;
+    {} when FX cannot trace the model."""
     from torchvision.models.feature_extraction import NodePathTracer
 
     try:
         tracer = NodePathTracer()
-        graph = tracer.trace(model)
+        tracer.trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure: no producer known
-        return None
-    by_name = {name: n for n, name in tracer.node_to_qualname.items()}
-    at = by_name.get(node)
+        return {}
+    return {name: n for n, name in tracer.node_to_qualname.items()}
+
+
+def producing_conv(model, node, fx_nodes=None):
+    """The module path of the convolution whose output channels are `node`'s, through channel-wise
+    modules only (batch norm, activations, dropout, pooling); None when no single one is (a sum of
+    branches, a model FX cannot trace). fx_nodes: _fx_nodes(model), to trace a model once for many nodes."""
+    import torch.nn as nn
+
+    at = (_fx_nodes(model) if fx_nodes is None else fx_nodes).get(node)
     while at is not None:
         if at.op == "call_module":
             module = model.get_submodule(at.target)
@@ -221,9 +227,9 @@ def producing_conv(model, node):
     return None
 
 
-def filter_l1(model, node):
+def filter_l1(model, node, fx_nodes=None):
     """(C,) L1 norm of each output filter of the convolution producing `node`, or None (producing_conv)."""
-    path = producing_conv(model, node)
+    path = producing_conv(model, node, fx_nodes)
     if path is None:
         return None
     weight = model.get_submodule(path).weight.detach()
@@ -335,6 +341,7 @@ def run_pruning(entry, params, checkpoint, store_path, overlap_jsons, layers, ou
     all_nodes = layer_nodes(spec)
     nodes = {layer: all_nodes[layer] for layer in layers}
     store = open_activations(store_path)
+    fx_nodes = _fx_nodes(model)
     inputs = {}
     for layer, path in zip(layers, overlap_jsons):
         with open(path) as f:
@@ -347,7 +354,7 @@ def run_pruning(entry, params, checkpoint, store_path, overlap_jsons, layers, ou
                              "snakemake --forcerun overlap")
         apoz, mean = activation_statistics(store, layer)
         inputs[layer] = dict(depth=len(inputs), n_channels=len(channels), prune_order=np.array([ch["prune_order"] for ch in channels]),
-                             l1=filter_l1(model, nodes[layer]), apoz=apoz, mean=mean)
+                             l1=filter_l1(model, nodes[layer], fx_nodes), apoz=apoz, mean=mean)
     dataset = load_dataset(params.train.dataset)
     if dataset.test is None:
         raise ValueError(f"model {entry['name']!r}: the dataset has no test split to measure pruning on")
@@ -394,9 +401,10 @@ def apply_plan(model, plan, example_inputs, nodes=None):
     except ImportError:
         raise ImportError("apply_plan needs Torch-Pruning: pip install torch-pruning (or cwnnk[prune])") from None
     nodes = {layer: (nodes or {}).get(layer, layer) for layer in plan}
+    fx_nodes = _fx_nodes(model)
     convs = {}
     for layer, node in nodes.items():
-        path = producing_conv(model, node)
+        path = producing_conv(model, node, fx_nodes)
         if path is None:
             raise ValueError(f"layer {layer!r} (FX node {node!r}): no single convolution produces it, through "
                              "channel-wise modules only; Torch-Pruning cannot remove its channels alone")
