@@ -115,7 +115,7 @@ def test_convnet_store_equals_forward_pass(convnet, tmp_path):
     assert attrs["checkpoint"]["sha256"] and attrs["dataset"]["name"] == "synthetic"
     assert attrs["transform"]["normalize"] == {"mean": [0.4], "std": [0.25]}
     assert attrs["shapes"] == {"conv1": [5, 12, 12], "conv2": [6, 12, 12], "conv3": [4, 4, 4]}  # before pooling
-    assert attrs["extraction"]["method"] == "fx" and attrs["versions"]["zarr"] and attrs["created"]
+    assert attrs["extraction"]["method"] == "hooks" and attrs["versions"]["zarr"] and attrs["created"]
     assert set(attrs["splits"]) == {"train", "test"} and attrs["splits"]["train"]["indices_sha256"]
 
 
@@ -152,6 +152,21 @@ def test_resnet18_every_layer_equals_forward_pass(resnet, method):
         np.testing.assert_allclose(out[name].numpy(), reference[name].numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_auto_hooks_module_outputs_with_the_bits_fx_gives(resnet):
+    """auto takes forward hooks where every layer is a module's output (here all 17, ReLU modules called twice
+    included): no tracing, no torchvision import, and the same bits as torchvision's feature extractor."""
+    model, spec, dataset, _ = resnet
+    nodes = OrderedDict((name, model.layers[name]) for name in layer_names(spec))
+    auto, fx = LayerExtractor(model, nodes, "auto"), LayerExtractor(model, nodes, "fx")
+    assert auto.method == "hooks"
+    with torch.inference_mode():
+        a, f = auto(dataset.train.images), fx(dataset.train.images)
+    for name in nodes:
+        assert torch.equal(a[name], f[name]), name
+    flatten = LayerExtractor(model, OrderedDict(out="net.flatten"), "auto")  # a function call: traced
+    assert flatten.method == "fx"
+
+
 # Both ReLU calls of blocks with and without a downsampling shortcut. (All 17 layers would
 # write ~4,000 chunks per batch: correct, but slow for a unit test; the test above checks
 # every layer of both the FX and the hook path without a store.)
@@ -162,12 +177,13 @@ def test_resnet18_store_equals_forward_pass(resnet, tmp_path):
     model, spec, dataset, reference = resnet
     nodes = OrderedDict((name, model.layers[name]) for name in RESNET_LAYERS)
     attrs = extract_to_store(model, nodes, dataset, tmp_path / "r.zarr", batch_size=4)
-    assert attrs["extraction"]["method"] == "fx" and attrs["layers"] == RESNET_LAYERS
+    assert attrs["extraction"]["method"] == "hooks" and attrs["layers"] == RESNET_LAYERS
     _assert_store_matches(open_activations(tmp_path / "r.zarr"), {k: reference[k] for k in RESNET_LAYERS})
 
 
-def test_hooks_fallback_when_fx_cannot_trace(convnet, tmp_path):
-    """A model with data-dependent control flow cannot be traced: extraction falls back to hooks."""
+def test_an_untraceable_model_is_extracted_with_hooks(convnet, tmp_path):
+    """A model with data-dependent control flow cannot be traced: auto extracts its module outputs with hooks,
+    without trying FX; asking for fx raises and leaves the model in eval mode."""
     _, checkpoint, cfg = convnet
     model, spec = load_checkpoint(checkpoint)
 
@@ -179,12 +195,13 @@ def test_hooks_fallback_when_fx_cannot_trace(convnet, tmp_path):
 
     model.__class__ = Untraceable
     assert not model.training
-    messages = []
     dataset = load_dataset(cfg["dataset"])
     nodes = OrderedDict((name, model.layers[name]) for name in ("conv1", "conv3"))
-    attrs = extract_to_store(model, nodes, dataset, tmp_path / "h.zarr", n_samples=20, log=messages.append)
-    assert attrs["extraction"]["method"] == "hooks" and "using forward hooks" in messages[0]
+    with pytest.raises(Exception):
+        LayerExtractor(model, nodes, "fx")
     assert not model.training  # the failed trace must not leave dropout switched on
+    attrs = extract_to_store(model, nodes, dataset, tmp_path / "h.zarr", n_samples=20)
+    assert attrs["extraction"]["method"] == "hooks"
     acts = open_activations(tmp_path / "h.zarr")
     with torch.no_grad():
         reference = _convnet_reference(model, dataset.train.images[select_samples(dataset.train, 20, 0)])

@@ -139,7 +139,7 @@ def activations_of(model, images, layers="all", *, n_samples=None, seed=0, label
         extract_to_store(model, names, data, store, batch_size=batch_size, compressor=compressor, device=device,
                          attrs={"model": type(model).__name__, "n_samples": n_samples, "seed": seed}, log=log)
         return open_activations(store)
-    extractor = LayerExtractor(model, names, log=log)
+    extractor = LayerExtractor(model, names)
     parts = {name: [] for name in chosen}
     bar = Progress(-(-len(split) // batch_size), "batch", log, desc="activations")
     with full_float32(), torch.inference_mode():

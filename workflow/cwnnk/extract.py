@@ -120,27 +120,30 @@ class LayerExtractor:
     """Callable: a batch of images -> OrderedDict {stable layer name: (B, C, H, W) tensor}.
 
     nodes: {stable name: FX node name} in depth order. method: 'fx' (torchvision's
-    create_feature_extractor), 'hooks' (forward hooks, for models FX cannot trace), or
-    'auto' (fx, falling back to hooks). The model must be in eval mode.
+    create_feature_extractor), 'hooks' (forward hooks on the modules whose outputs the nodes are,
+    for models FX cannot trace), or 'auto': hooks where every node is a module's output (no
+    tracing, and no torchvision import: seconds per job), else fx. Both give the same values. The
+    model must be in eval mode.
     """
 
-    def __init__(self, model, nodes, method="auto", log=print):
+    def __init__(self, model, nodes, method="auto"):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.model, self.nodes = model, OrderedDict(nodes)
         self.method = method
-        if method in ("auto", "fx"):
+        if method == "auto":  # hooks where every node is a module's output, else trace
+            try:
+                for node in self.nodes.values():
+                    _module_call(model, node)
+                self.method = "hooks"
+            except ValueError:
+                self.method = "fx"
+        if self.method == "fx":
+            from torchvision.models.feature_extraction import create_feature_extractor
+
             training = model.training
             try:
-                from torchvision.models.feature_extraction import create_feature_extractor
-
                 self._fx = create_feature_extractor(model, return_nodes={node: name for name, node in self.nodes.items()}).eval()
-                self.method = "fx"
-            except Exception as err:  # noqa: BLE001 - any tracing failure
-                if method == "fx":
-                    raise
-                log(f"FX tracing of {type(model).__name__} failed ({type(err).__name__}: {err}); using forward hooks")
-                self.method = "hooks"
             finally:
                 # Tracing switches the model to train mode and back; a failed trace does not switch back.
                 model.train(training)
@@ -252,7 +255,7 @@ def _extract_to_store(model, nodes, dataset, path, splits, n_samples, seed, batc
     from cwnnk.activations import StoreWriter
     from cwnnk.provenance import now, sha256_array, versions
 
-    extractor = LayerExtractor(model, nodes, method, log)
+    extractor = LayerExtractor(model, nodes, method)
     selected = {s: select_samples(dataset.split(s), n_samples, seed) for s in splits}
     with torch.inference_mode():
         probe = extractor(dataset.train.images[:1].to(device))

@@ -1143,13 +1143,13 @@ def f8_pruning(pruning, prefix):
     if not n_rows(pruning):
         return _placeholder(prefix, title, textwrap.fill(
             "no model was pruned: the pruning stage needs final models with a test split (pruning.enabled)", 60))
-    panels = [("test_acc", False, "every analysed layer at once"),
-              ("test_acc_finetuned", False, "every layer at once, after the fine-tune"),
-              ("test_acc", True, "one layer at a time (mean over layers)")]
+    panels = [("test_acc", False, "(a) every analysed layer at once,\nno fine-tune"),
+              ("test_acc_finetuned", False, "(b) every analysed layer at once,\nafter the fine-tune"),
+              ("test_acc", True, "(c) one layer at a time, no fine-tune\n(mean over layers)")]
     panels = [p for p in panels if f8_data(pruning, p[0], p[1])]
     n_models = len(set(_text(pruning["model"])))
     with matplotlib.rc_context(STYLE):
-        fig = _new_figure(DOUBLE, 2.6)
+        fig = _new_figure(DOUBLE, 2.8)
         axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
         for ax, (column, every_layer, name) in zip(axes, panels):
             for criterion, (fractions, mean, lo, hi) in f8_data(pruning, column, every_layer).items():
@@ -1163,7 +1163,7 @@ def f8_pruning(pruning, prefix):
             ax.set_title(name, loc="left")
             ax.set_xlabel("channels removed per layer (%)")
         axes[0].set_ylabel(f"test accuracy (%), mean of {n_models} model{'s' if n_models > 1 else ''}")
-        axes[0].legend(loc="lower left")
+        axes[-1].legend(loc="lower left")  # (c) falls least: its lower left stays clear
         return _save(fig, prefix)
 
 

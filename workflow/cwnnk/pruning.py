@@ -193,16 +193,22 @@ _CHANNELWISE_FUNCTIONS = ("relu", "relu_", "relu6", "gelu", "silu", "dropout", "
 
 
 def _fx_nodes(model):
-    """{FX node name: torch.fx Node} of model's graph, names as torchvision's get_graph_node_names gives them;
-    {} when FX cannot trace the model."""
-    from torchvision.models.feature_extraction import NodePathTracer
+    """{name: torch.fx Node} of the module calls of model's traced graph, named as torchvision's
+    get_graph_node_names names them (the module's path, `_1`, `_2` for its later calls); {} when FX cannot
+    trace the model. torch.fx alone: importing torchvision costs a job seconds."""
+    import torch.fx
 
     try:
-        tracer = NodePathTracer()
-        tracer.trace(model)
+        graph = torch.fx.Tracer().trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure: no producer known
         return {}
-    return {name: n for n, name in tracer.node_to_qualname.items()}
+    names, calls = {}, {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            k = calls.get(node.target, 0)
+            calls[node.target] = k + 1
+            names[node.target if k == 0 else f"{node.target}_{k}"] = node
+    return names
 
 
 def producing_conv(model, node, fx_nodes=None):
