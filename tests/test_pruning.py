@@ -258,6 +258,8 @@ def test_prune_plan_cli_writes_json(tmp_path):
         ({"enabled": "no"}, ["pruning.enabled", "boolean"]),
         ({"seed": -1}, ["pruning.seed", ">= 0"]),
         ({"fraction": [0, 0.5]}, ["pruning", "'fraction'"]),
+        ({"models": []}, ["pruning.models", "non-empty"]),
+        ({"models": "*"}, ["pruning.models", "array"]),
     ],
 )
 def test_bad_pruning_keys_are_refused_by_name(bad, fragments):
@@ -346,3 +348,20 @@ def test_f8_draws_each_criterion_and_a_placeholder_without_rows(tmp_path):
     assert all(p.stat().st_size > 10_000 for p in paths)
     empty = f8_pruning({}, tmp_path / "F8-empty")
     assert all(p.exists() for p in empty)
+
+
+def test_pruning_models_select_final_models_and_a_pattern_that_matches_none_is_refused():
+    import yaml
+
+    from cwnnk.config import Experiment
+
+    from conftest import REPO
+
+    config = validate(yaml.safe_load((REPO / "config.yaml").read_text()))
+    pruned = Experiment.from_config(config).pruned
+    assert len(pruned) == 8 and all(m.endswith("-s1") for m in pruned)  # config.yaml: the seed-1 runs
+    everything = Experiment.from_config(dict(config, pruning=dict(config["pruning"], models=["*"]))).pruned
+    assert len(everything) == 16 and not any(m.endswith(("-e0", "-e5")) for m in everything)
+    with pytest.raises(ConfigError, match=r"pruning.models.*\['\*-s3'\] match no final model.*convnet-d0-wd0-s1"):
+        Experiment.from_config(dict(config, pruning=dict(config["pruning"], models=["*-s1", "*-s3"])))
+    assert Experiment.from_config(dict(config, pruning=dict(config["pruning"], enabled=False))).pruned == []

@@ -351,3 +351,60 @@ def test_extract_layers_all_as_a_list_means_all():
     listed = Experiment.from_config(validate(dict(TINY_CONFIG, results="r",
                                                   extract=dict(TINY_CONFIG["extract"], layers=["all"]))))
     assert listed.layers == base.layers and all(len(v) == 2 for v in listed.layers.values())
+
+
+def test_a_straggler_never_deletes_a_finished_output(tmp_path, monkeypatch):
+    """Two writers of one output in the order that failed: an orphaned job on another host (A) still writing
+    while its resubmitted twin (B) finishes. B leaves A's temporary alone (its owner is not provably gone) and A's
+    late rename replaces B's complete output with its own complete one: the output is never absent. A straggler
+    whose temporary was old enough to be taken for abandoned fails with a named error, and B's output stays."""
+    import os
+    import time
+
+    import cwnnk.atomic as atomic
+
+    out, host = tmp_path / "overlap.json", atomic._HOST
+
+    def straggler(text, age=0.0):
+        monkeypatch.setattr(atomic, "_HOST", "another_host")
+        writer = atomic.atomic_path(out)
+        tmp = writer.__enter__()
+        tmp.write_text(text)
+        if age:
+            os.utime(tmp, (time.time() - age, time.time() - age))
+        monkeypatch.setattr(atomic, "_HOST", host)
+        return writer, tmp
+
+    a, tmp_a = straggler("A")
+    atomic.write_json(out, "B")
+    assert tmp_a.exists() and '"B"' in out.read_text()
+    a.__exit__(None, None, None)
+    assert out.read_text() == "A" and not tmp_a.exists()
+
+    old, tmp_old = straggler("C", age=atomic.STALE_AFTER_S + 60)
+    atomic.write_json(out, "D")
+    assert not tmp_old.exists() and '"D"' in out.read_text()
+    with pytest.raises(FileNotFoundError, match=r"overlap.json.*another run.*left as it is"):
+        old.__exit__(None, None, None)
+    assert '"D"' in out.read_text()
+
+
+def test_a_folder_output_is_replaced_whole(tmp_path):
+    from cwnnk.atomic import atomic_path
+
+    out = tmp_path / "graphs"
+    for text in ("first", "second"):
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            (tmp / f"{text}.txt").write_text(text)
+    assert [p.name for p in out.iterdir()] == ["second.txt"]
+    assert not list(tmp_path.glob(".graphs.tmp-*"))
+
+
+def test_temporaries_count_as_abandoned_only_when_provably_so():
+    """Longer than any job may run, so that a live job on another host is never taken for dead."""
+    import cwnnk.atomic as atomic
+
+    limits = [int(text.rstrip("h")) * 3600 for text in
+              __import__("re").findall(r'runtime="(\d+)h"', (REPO / "workflow" / "rules" / "common.smk").read_text())]
+    assert atomic.STALE_AFTER_S > max(limits)

@@ -1,7 +1,8 @@
 """Write-then-rename helpers: an artifact is either complete at its final path or absent.
 
-Every stage writes its outputs through `atomic_path`, which also removes the temporaries that a
-killed run of the same stage left beside the output (a SIGKILL runs no cleanup), names the
+Every stage writes its outputs through `atomic_path`, which never removes a finished output before its
+replacement is in place, also removes the temporaries that a killed run of the same stage left beside the
+output (a SIGKILL runs no cleanup; only those provably abandoned, see `_abandoned`), names the
 output in an OSError raised while writing it (a full disk, say), and holds the test hook that
 pauses a stage at a deterministic point so that a test can kill it there (docs/reliability.md).
 """
@@ -22,6 +23,9 @@ from pathlib import Path
 # normal runs.
 PAUSE_ENV = "CWNNK_PAUSE_BEFORE_RENAME"
 _HOST = socket.gethostname().replace("-", "_")
+# A temporary untouched this long is abandoned whoever wrote it: longer than any job's runtime
+# (workflow/rules/common.smk, RESOURCES: 4 h at most), so a job still running elsewhere keeps its own.
+STALE_AFTER_S = 24 * 3600
 
 
 def _tmp_sibling(path):
@@ -36,31 +40,34 @@ def _remove(path):
         path.unlink()
 
 
-def _writer_alive(tmp):
-    """Whether the process that named this temporary still runs (on this host; a temporary of
-    another host, or of an older name format, counts as stale)."""
+def _abandoned(tmp):
+    """Whether a temporary is provably abandoned: named by a process of this host that is gone, or
+    untouched for longer than any job may run (STALE_AFTER_S). A temporary of another host may belong to
+    a job still running there (an orphaned cluster job), so its age alone decides."""
     try:
         host, pid, _ = tmp.name.rsplit(".tmp-", 1)[1].rsplit("-", 2)
         pid = int(pid)
     except ValueError:
-        return False
-    if host != _HOST or pid == os.getpid():
-        return False
+        host, pid = None, None
+    if host == _HOST and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return time.time() - tmp.lstat().st_mtime > STALE_AFTER_S
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_temporaries(path, log=None):
-    """Remove the temporaries `atomic_path` left beside `path` in a run that was killed."""
+    """Remove the temporaries `atomic_path` left beside `path` in runs that were killed (_abandoned)."""
     log = log or logging.getLogger("cwnnk.atomic").info
     path = Path(path)
     for stale in sorted(path.parent.glob(f".{path.name}.tmp-*")):
-        if _writer_alive(stale):
+        if not _abandoned(stale):
             continue
         log(f"removing {stale}, left by a run that was killed")
         if stale.is_dir() and not stale.is_symlink():
@@ -111,12 +118,31 @@ def atomic_path(path, log=None):
                 raise
             raise _named(err, path, tmp) from err
         _pause_for_tests(path, tmp, log)
-        if path.exists():
-            _remove(path)
-        os.replace(tmp, path)
+        _replace(tmp, path)
     finally:
         if tmp.exists():
             _remove(tmp)
+
+
+def _replace(tmp, path):
+    """Put the finished temporary at path, never removing a finished path first: os.replace swaps a file
+    in one step; a folder (which os.replace cannot put onto a non-empty one) is swapped by moving the old
+    one aside under a temporary name, which is removed after."""
+    if not tmp.exists() and not tmp.is_symlink():
+        raise FileNotFoundError(errno.ENOENT, f"{tmp} was removed before it could be renamed onto {path}: another "
+                                              f"run writing the same output took it for abandoned; {path} is left "
+                                              "as it is; rerun to check it", str(tmp))
+    if tmp.is_dir() and path.is_dir() and not path.is_symlink():
+        old = _tmp_sibling(path)
+        os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(old, path)
+            raise
+        _remove(old)
+    else:
+        os.replace(tmp, path)
 
 
 def write_json(path, obj):

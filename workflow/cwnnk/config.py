@@ -86,7 +86,7 @@ def validate(config, schema=None):
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     _check_model(config["model"], "model")
     try:  # what the schema cannot say (fractions start at 0 and increase), checked where PruneParams says it
-        PruneParams(**{key: value for key, value in config["pruning"].items() if key != "enabled"})
+        PruneParams(**{key: value for key, value in config["pruning"].items() if key not in ("enabled", "models")})
     except ValueError as err:
         raise ConfigError(f"invalid configuration:\n  {err}") from None
     return config
@@ -359,6 +359,18 @@ def expand_models(config):
     return models
 
 
+def _check_pruned(pruning, models):
+    """Every pattern of pruning.models matches a final model (a typo would silently prune nothing)."""
+    from fnmatch import fnmatchcase
+
+    finals = [m for m, e in models.items() if e["kind"] in ("trained", "external")]
+    unmatched = [p for p in pruning["models"] if not any(fnmatchcase(m, p) for m in finals)]
+    if pruning["enabled"] and unmatched:
+        listing = ", ".join(finals[:6]) + (f", ... ({len(finals)} in all)" if len(finals) > 6 else "")
+        raise ConfigError(f"config key 'pruning.models': {unmatched} match no final model (trained here or imported; "
+                          f"saved epochs and untrained twins are not pruned); final models: {listing}")
+
+
 @dataclass(frozen=True)
 class Experiment:
     """A validated config as the workflow runs it: the models and every stage's parameters.
@@ -386,6 +398,7 @@ class Experiment:
                       for m, e in models.items()}
         except UnknownLayerError as err:
             raise ConfigError(str(err)) from None
+        _check_pruned(config["pruning"], models)
         graphs = GraphParams(**config["graphs"], seed=config["extract"]["seed"], device=config["device"])
         fig = config["figures"]
         first = next(iter(models))
@@ -448,16 +461,20 @@ class Experiment:
     def pruned(self):
         """The models the pruning stage runs on (pruning.enabled): final models (trained here or imported, not
         saved epochs or untrained twins) with a test split, whose classes are the dataset's (accuracy is defined)."""
+        from fnmatch import fnmatchcase
+
         if not self.config["pruning"]["enabled"] or not has_test_split(self.config["dataset"]):
             return []
         classes = dataset_num_classes(self.config["dataset"])
+        patterns = self.config["pruning"]["models"]
         return [m for m, e in self.models.items() if e["kind"] in ("trained", "external") and self.layers[m]
-                and (classes is None or e["spec"].get("num_classes") in (None, classes))]
+                and (classes is None or e["spec"].get("num_classes") in (None, classes))
+                and any(fnmatchcase(m, pattern) for pattern in patterns)]
 
     def prune(self, model):
         """PruneParams of a model: the `pruning` settings, and the TrainParams its fine-tunes use (an imported
         model's: the `training` section's optimizer, batch size and learning rate, no augmentation)."""
-        settings = {key: value for key, value in self.config["pruning"].items() if key != "enabled"}
+        settings = {key: value for key, value in self.config["pruning"].items() if key not in ("enabled", "models")}
         if self.models[model]["kind"] == "trained":
             train = self.train(model).replace(save_epochs=(), untrained_twin=False)
         else:
