@@ -607,3 +607,25 @@ def test_preflight_catches_missing_hub_weights_and_k_above_a_folders_images(tmp_
     place_weights(tmp_path / "th")
     exp = Experiment.from_config(validate({"dataset": folder, "model": named, "graphs": {"k": 10}}))
     assert problems(exp) == []
+
+
+def test_an_image_folder_with_a_symlink_loop_or_a_linked_duplicate_is_refused(tmp_path):
+    """torchvision walks an ImageFolder following links: a link back up the tree reads every image again and
+    again (under the class folder it sits in), a linked file reads one image twice, possibly under another
+    label. Both are refused, naming the two paths."""
+    import os
+
+    from cwnnk.datasets import load_dataset
+    from cwnnk.params import DatasetParams
+
+    loop = write_folder(tmp_path / "loop")
+    os.symlink("..", loop / "cat" / "up")  # cat/up/dog/0.png is dog/0.png read again, labelled cat
+    with pytest.raises(ValueError, match=r"image folder .*loop.*: .*(cat/up/.*\.png|dog/\d\.png) and .*\.png are the "
+                                         r"same file .*a symlink loop or a linked duplicate"):
+        load_dataset(DatasetParams(name="folder", root=str(loop)))
+    twin = write_folder(tmp_path / "twin")
+    os.symlink(twin / "cat" / "0.png", twin / "dog" / "copy.png")
+    with pytest.raises(ValueError, match=r"twin/cat/0.png and .*twin/dog/copy.png are the same file"):
+        load_dataset(DatasetParams(name="folder", root=str(twin)))
+    plain = write_folder(tmp_path / "plain")  # a tree without links loads as before
+    assert len(load_dataset(DatasetParams(name="folder", root=str(plain))).train) == 12

@@ -408,3 +408,41 @@ def test_temporaries_count_as_abandoned_only_when_provably_so():
     limits = [int(text.rstrip("h")) * 3600 for text in
               __import__("re").findall(r'runtime="(\d+)h"', (REPO / "workflow" / "rules" / "common.smk").read_text())]
     assert atomic.STALE_AFTER_S > max(limits)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_with_one_command(tmp_path):
+    """While a run is going, `python -m cwnnk resume` refuses to touch it. Once that run is killed in its
+    graphs stage (SIGKILL: a lock, an incomplete output and a temporary left), the same command with the run's
+    own arguments finishes it, as docs/reliability.md gives it; a second resume finds nothing to do."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from cwnnk.atomic import PAUSE_ENV
+
+    results = tmp_path / "results"
+    cfg = write_config(tmp_path / "config.yaml", results, **ONE_MODEL)
+    args = ["--cores", "1", "--configfile", str(cfg)]
+    log = results / "logs" / "graphs" / M / "conv1.log"
+    run = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(REPO_SNAKEFILE), *args], cwd=tmp_path,
+                           env=dict(os.environ, **{PAUSE_ENV: f"graphs/{M}/conv1"}), start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resume = [sys.executable, "-m", "cwnnk", "resume", "-s", str(REPO_SNAKEFILE), *args]
+    try:
+        deadline = time.monotonic() + 300
+        while "pausing before renaming" not in (log.read_text() if log.exists() else ""):
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        busy = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert busy.returncode != 0 and "still running in" in busy.stderr, busy.stderr[-2000:]
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    assert _temporaries(results) and (tmp_path / ".snakemake" / "locks").exists()
+    proc = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (results / "tables" / "claims.csv").exists() and _temporaries(results) == []
+    again = subprocess.run(resume + ["-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

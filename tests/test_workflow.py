@@ -377,7 +377,7 @@ def test_adding_a_factor_level_runs_only_the_new_models(tiny_run, level, new):
 @pytest.mark.parametrize("preset, jobs", [("cifar10-paper", {"train": 18, "graphs": 144}),
                                           ("cifar10-paper-authors", {"train": 18, "graphs": 144}),
                                           ("cifar10-resnet18", {"train": 4, "graphs": 136}),
-                                          ("generalization", {"train": 36, "graphs": 36 * 9 * 4}),
+                                          ("generalization", {"train": 36, "graphs": 36 * 9 * 4, "pruning": 36}),
                                           ("digits-authors", {"train": 16, "graphs": 16 * 3 * 4})])
 def test_presets_validate_and_dry_run(preset, jobs, tmp_path):
     import yaml

@@ -1,5 +1,8 @@
 """Command line: `python -m cwnnk layers --configfile my.yaml`, `python -m cwnnk width-sweep GRAPHS_DIR`,
-`python -m cwnnk claims-stability TABLES_DIR`.
+`python -m cwnnk claims-stability TABLES_DIR`, `python -m cwnnk prune-plan CHANNELS_CSV MODEL --fraction F`.
+
+prune-plan: the channels of each analysed layer of MODEL that the greedy CW-NNK order removes at a fraction
+(cwnnk.prune_plan), as JSON on stdout or in --out.
 
 width-sweep: the saturation curve of one analysed layer (a graphs folder of the workflow): the
 headline redundancy and rho_hat of random channel subsets, as a table on stdout, a CSV and a figure.
@@ -202,8 +205,8 @@ def prune_plan_command(args):
         write_plan(plan, args.out)
         removed = sum(len(entry["remove"]) for entry in plan.values())
         print(f"wrote {args.out}: {removed} channels of {len(plan)} layers to remove")
-    else:
-        print(json.dumps(plan, indent=1))
+    else:  # one layer a line, still JSON
+        print("{\n" + ",\n".join(f" {json.dumps(layer)}: {json.dumps(entry)}" for layer, entry in plan.items()) + "\n}")
 
 
 def main(argv=None):
