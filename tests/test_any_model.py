@@ -620,7 +620,7 @@ def test_an_image_folder_with_a_symlink_loop_or_a_linked_duplicate_is_refused(tm
 
     loop = write_folder(tmp_path / "loop")
     os.symlink("..", loop / "cat" / "up")  # cat/up/dog/0.png is dog/0.png read again, labelled cat
-    with pytest.raises(ValueError, match=r"image folder .*loop.*: .*(cat/up/.*\.png|dog/\d\.png) and .*\.png are the "
+    with pytest.raises(ValueError, match=r"image folder .*loop: .*loop/cat/0.png and .*loop/cat/up/cat/0.png are the "
                                          r"same file .*a symlink loop or a linked duplicate"):
         load_dataset(DatasetParams(name="folder", root=str(loop)))
     twin = write_folder(tmp_path / "twin")

@@ -177,6 +177,33 @@ def test_dead_channel_is_left_out_of_the_channel_metrics():
     np.testing.assert_array_equal(summary["pairwise"], [[1, 0, 1], [0, 1, 0], [1, 0, 1]])
 
 
+def test_a_constant_channel_is_dead_like_an_all_zero_one(tmp_path):
+    """Channels [X, dead, X] with the dead channel's maps all 0.7 instead of 0: the same map on every image is
+    as empty as all zeros, so the summary equals the all-zero layer's (not rho_hat 3/4 and J 1/3 as when it
+    counted as live), through the library and through the graphs and overlap stages alike (streamed too)."""
+    import cwnnk.graphs
+
+    values, labels = _layer_with_dead_channel_and_equal_images()
+    zero = values[:, [0, 1, 0]].copy()
+    constant = zero.copy()
+    constant[:, 1] = 0.7
+    expect = cwnnk.overlap_summary(cwnnk.cw_nnk_graphs(zero, k=6, device="cpu"))
+    graphs = cwnnk.cw_nnk_graphs(constant, k=6, device="cpu")
+    assert graphs.constant_map.tolist() == [False, True, False] and graphs.zero_map_fraction[1] == 0
+    summary = cwnnk.overlap_summary(graphs)
+    for key in ("n_dead_channels", "rho_hat_mean", "pairwise_overlap_mean", "redundancy", "redundancy_chance"):
+        assert summary[key] == pytest.approx(expect[key], abs=1e-12), key
+    assert summary["n_dead_channels"] == 1 and summary["prune_order"][1] == 0  # removed first, like a dead one
+    stage = _stage_row(tmp_path, constant, labels, k=6)
+    assert stage["row"]["n_dead_channels"] == 1 and [ch["dead"] for ch in stage["channels"]] == [0, 1, 0]
+    assert stage["row"]["rho_hat_mean"] == pytest.approx(1.0, abs=1e-12)
+    monkeypatch = pytest.MonkeyPatch()
+    with monkeypatch.context() as m:
+        m.setattr(cwnnk.graphs, "STREAM_BYTES", 0)
+        m.setattr(cwnnk.graphs, "GRAM_COPIES", 0)
+        assert cwnnk.cw_nnk_graphs(constant, k=6, device="cpu").constant_map.tolist() == [False, True, False]
+
+
 def test_a_streamed_layer_gives_the_same_summary(monkeypatch):
     """A layer too large to hold whole streams (its aggregate read from the Gram matrix, its TwoNN input
     from GramPoints): the library's summary is that of the whole layer."""

@@ -1,5 +1,9 @@
 """Command line: `python -m cwnnk layers --configfile my.yaml`, `python -m cwnnk width-sweep GRAPHS_DIR`,
-`python -m cwnnk claims-stability TABLES_DIR`, `python -m cwnnk prune-plan CHANNELS_CSV MODEL --fraction F`.
+`python -m cwnnk claims-stability TABLES_DIR`, `python -m cwnnk prune-plan CHANNELS_CSV MODEL --fraction F`,
+`python -m cwnnk resume --cores all [other snakemake arguments]`.
+
+resume: after a killed run, one command: it refuses while a Snakemake run still works in the directory, else
+runs `snakemake --unlock` and `snakemake --rerun-incomplete` with the arguments given.
 
 prune-plan: the channels of each analysed layer of MODEL that the greedy CW-NNK order removes at a fraction
 (cwnnk.prune_plan), as JSON on stdout or in --out.
@@ -18,7 +22,9 @@ that cannot be analysed (channel-last (N, H, W, C) outputs) are listed as such.
 """
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from cwnnk.graphs import estimate_cost as estimate
 
@@ -152,7 +158,6 @@ def layers_command(args):
 
 
 def width_sweep_command(args):
-    from pathlib import Path
 
     from cwnnk.api import width_sweep
     from cwnnk.figures import width_sweep_figure
@@ -209,6 +214,54 @@ def prune_plan_command(args):
         print("{\n" + ",\n".join(f" {json.dumps(layer)}: {json.dumps(entry)}" for layer, entry in plan.items()) + "\n}")
 
 
+def _run_directory(words, cwd):
+    """The working directory a snakemake command line runs in: its --directory/-d, else cwd."""
+    for i, word in enumerate(words[:-1]):
+        if word in ("--directory", "-d"):
+            return (Path(cwd) / words[i + 1]).resolve()
+    for word in words:
+        if word.startswith("--directory="):
+            return (Path(cwd) / word.split("=", 1)[1]).resolve()
+    return Path(cwd).resolve()
+
+
+def running_snakemake(directory):
+    """[(pid, command line)] of the Snakemake processes of this machine that run in `directory` (Linux /proc)."""
+    own = {os.getpid(), os.getppid()}
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in own:
+            continue
+        try:
+            words = [w.decode(errors="replace") for w in (proc / "cmdline").read_bytes().split(b"\0") if w]
+            cwd = os.readlink(proc / "cwd")
+        except OSError:  # gone, or not ours to read
+            continue
+        if not any(w == "snakemake" or w.endswith("/snakemake") for w in words) or "resume" in words:
+            continue
+        if _run_directory(words, cwd) == directory:
+            found.append((int(proc.name), " ".join(words)))
+    return found
+
+
+def resume_command(arguments):
+    """After a kill: refuse while a Snakemake run still works in the directory, else unlock it and rerun the
+    incomplete jobs, with the run's own snakemake `arguments` (docs/reliability.md)."""
+    import subprocess
+
+    directory = _run_directory(arguments, os.getcwd())
+    running = running_snakemake(directory)
+    if running:
+        sys.exit(f"cwnnk: a Snakemake run is still running in {directory} (pid {running[0][0]}: {running[0][1]}); "
+                 "wait for it or stop it, then resume. Unlocking now would let two runs write the same outputs.")
+    snakemake = [sys.executable, "-m", "snakemake"]
+    unlock = [a for a in arguments if a not in ("-n", "--dry-run", "--dryrun")]
+    step = subprocess.run([*snakemake, *unlock, "--unlock"])
+    if step.returncode:
+        sys.exit(step.returncode)
+    sys.exit(subprocess.run([*snakemake, *arguments, "--rerun-incomplete"]).returncode)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cwnnk", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -232,6 +285,12 @@ def main(argv=None):
     plan.add_argument("model", help="the model, as named in channels.csv")
     plan.add_argument("--fraction", type=float, required=True, help="share of each layer's channels to remove, in [0, 1)")
     plan.add_argument("--out", help="write the plan to this JSON file (default: print it)")
+    resume = sub.add_parser("resume", help="after a killed run: unlock and rerun the incomplete jobs, in one command")
+    resume.add_argument("snakemake", nargs=argparse.REMAINDER,
+                        help="the killed run's snakemake arguments, e.g. --cores all --configfile my.yaml")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["resume"] and not {"-h", "--help"} & set(argv[1:2]):  # snakemake's options pass through as they are
+        resume_command(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "prune-plan":
         prune_plan_command(args)

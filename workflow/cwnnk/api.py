@@ -156,7 +156,8 @@ class LayerGraphs:
     """The CW-NNK graphs of one layer: one NNK graph per channel and one of the aggregate.
 
     channels: NNKResult of the C channels, arrays (C, N, k); aggregate: NNKResult, arrays (N, k);
-    zero_map_fraction: (C,) fraction of all-zero maps per channel (1: a dead channel);
+    zero_map_fraction: (C,) fraction of all-zero maps per channel (1: a dead channel); constant_map: (C,)
+    bool, the channel's map is the same on every sample (dead too: it carries nothing; None: not known);
     channel_twonn (C, N, 2) and agg_twonn (N, 2): TwoNN's input under the duplicate policy, as the
     graphs stage stores it in knn.npz (None: overlap_summary falls back to the kNN distances);
     labels: (N,) int labels of the samples, or None (then overlap_summary has no loo_* columns).
@@ -168,6 +169,7 @@ class LayerGraphs:
     channel_twonn: np.ndarray | None = None
     agg_twonn: np.ndarray | None = None
     labels: np.ndarray | None = None
+    constant_map: np.ndarray | None = None
 
     def channel_graph(self, c, symmetrize="none"):
         """Channel c's graph as a scipy CSR N x N matrix (row i holds theta_i)."""
@@ -233,9 +235,10 @@ def cw_nnk_graphs(acts, k=25, *, layout=None, labels=None, log=None, progress=Tr
             raise ValueError(f"labels must be (N,) = ({N},) non-negative integers, one per image of acts "
                              f"{acts.shape}; got {labels.dtype} {labels.shape}")
     acts = np.ascontiguousarray(acts, dtype=np.float32)
-    channels, zero_maps, aggregate, points = cw_nnk(acts, params, _progress_log(log, progress))
+    channels, maps, aggregate, points = cw_nnk(acts, params, _progress_log(log, progress))
     channel_twonn, _, agg_twonn, _ = twonn_inputs(acts, channels, aggregate, points)
-    return LayerGraphs(channels, aggregate, zero_maps, channel_twonn, agg_twonn, labels)
+    return LayerGraphs(channels, aggregate, maps["zero_map_fraction"], channel_twonn, agg_twonn, labels,
+                       maps["constant_map"])
 
 
 def overlap_summary(graphs, tol=TOL):
@@ -262,7 +265,8 @@ def overlap_summary(graphs, tol=TOL):
     arrays = dict(channel_indices=ch.indices, channel_weights=ch.weights, channel_distances=ch.distances,
                   agg_indices=agg.indices, agg_weights=agg.weights, agg_distances=agg.distances,
                   channel_twonn=graphs.channel_twonn, agg_twonn=graphs.agg_twonn, labels=graphs.labels)
-    result = graphs_summary(arrays, graphs.zero_map_fraction, ch.counts, agg.counts, tol=tol)
+    result = graphs_summary(arrays, graphs.zero_map_fraction, ch.counts, agg.counts, tol=tol,
+                            constant_map=graphs.constant_map)
     row = result.row
     return {**row, "redundancy_ci": (row["redundancy_ci_lo"], row["redundancy_ci_hi"]),
             "redundancy_excess_ci": (row["redundancy_excess_ci_lo"], row["redundancy_excess_ci_hi"]),
@@ -352,18 +356,18 @@ def width_sweep(graphs, sizes=None, n_draws=10, seed=0, tol=TOL):
         source = "the layer"
         ci, cw = graphs.channels.indices, graphs.channels.weights
         ai, aw = graphs.aggregate.indices, graphs.aggregate.weights
-        zero_maps = graphs.zero_map_fraction
+        zero_maps, constant = graphs.zero_map_fraction, graphs.constant_map
     else:
         source = str(graphs)
         from cwnnk.graphs import load_layer_graphs
 
         arrays, summary = load_layer_graphs(graphs)
         ci, cw, ai, aw = (arrays[name] for name in ("channel_indices", "channel_weights", "agg_indices", "agg_weights"))
-        zero_maps = summary["zero_map_fraction"]
-    live = ~dead_channels(zero_maps)
+        zero_maps, constant = summary["zero_map_fraction"], summary.get("constant_map")
+    live = ~dead_channels(zero_maps, constant)
     if live.sum() < 2:
         raise ValueError(f"width_sweep needs two live channels; {source} has {int(live.sum())} of {len(live)} "
-                         "(the others' maps are all zero)")
+                         "(the others' maps are all zero, or the same on every image)")
     n_live = int(live.sum())
     if sizes is None:
         sizes = [*(2**p for p in range(1, n_live.bit_length()) if 2**p < n_live), n_live]

@@ -381,6 +381,22 @@ def _class_name(c):
     return ", ".join(map(str, c)) if isinstance(c, (tuple, list)) else str(c)
 
 
+def _check_distinct_files(samples, root):
+    """Refuse an image folder in which two samples are one file: torchvision follows links while it walks
+    the tree, so a link back up the tree reads its images again (under the class folder the link sits in)
+    and a linked file reads one image twice, maybe under another label."""
+    import os
+
+    seen = {}
+    for path, _ in samples:
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ValueError(f"image folder {Path(root).resolve()}: {seen[real]} and {path} are the same file "
+                             f"({real}), reached twice through a symlink loop or a linked duplicate: each image must "
+                             "be in the tree once; remove the link")
+        seen[real] = path
+
+
 def _open(params, train):
     """The torchvision dataset of one split, or None (a folder without test_root, a class without
     a test split)."""
@@ -401,6 +417,7 @@ def _open(params, train):
         if len(ds.classes) < 2:
             raise ValueError(f"image folder {Path(root).resolve()} has {len(ds.classes)} class folder(s) "
                              f"({ds.classes}); cwnnk needs at least 2 classes (one sub-folder each)")
+        _check_distinct_files(ds.samples, root)
         return ds
     train_kwargs, test_kwargs = split_arguments(params.name)
     kwargs = train_kwargs if train else test_kwargs

@@ -148,8 +148,9 @@ def cw_nnk(acts, params, log=print, timings=None, stream=None):
     seconds per part (see cwnnk.engine.nnk). stream: take the channels a block at a time and read
     the aggregate's kNN from the sum of their Gram matrices, never making the N x (C*D) matrix
     (default: streams(N, C, D); a StoredLayer always streams).
-    Returns (the channels' NNKResult, stacked over C; the fraction of all-zero maps per channel;
-    the aggregate NNKResult; where streamed, the aggregate's GramPoints, else None).
+    Returns (the channels' NNKResult, stacked over C; maps: {"zero_map_fraction": (C,) share of all-zero
+    maps per channel, "constant_map": (C,) bool, every sample's map the same}; the aggregate NNKResult;
+    where streamed, the aggregate's GramPoints, else None).
     """
     from cwnnk.engine import GramSum, nnk_stream  # torch: imported by the jobs that solve, not by readers (overlap)
 
@@ -164,7 +165,7 @@ def cw_nnk(acts, params, log=print, timings=None, stream=None):
     # Streamed, it goes last: its kNN is read from the channels' summed Gram matrices.
     aggregate_first = not stream and C * N * params.k * RESULT_BYTES > AGGREGATE_LAST_BYTES
     order = [None, *channel_blocks(C, N, D)] if aggregate_first else [*channel_blocks(C, N, D), None]
-    zero_maps = np.empty(C)
+    zero_maps, constant = np.empty(C), np.empty(C, dtype=bool)
     zero_rows = np.ones(N, dtype=bool)  # streamed: the aggregate's zero vectors,
     sq_rows = np.zeros(N) if params.kernel == "cosine" else None  # and its squared norms, summed over blocks
     held = {}
@@ -181,6 +182,7 @@ def cw_nnk(acts, params, log=print, timings=None, stream=None):
             X = np.ascontiguousarray(acts[:, block.start : block.stop].transpose(1, 0, 2))
             zero = (X == 0).all(axis=2)
             zero_maps[block.start : block.stop] = zero.mean(axis=1)
+            constant[block.start : block.stop] = (X == X[:, :1]).all(axis=(1, 2))
             if stream:
                 zero_rows[:] &= zero.all(axis=0)
                 if sq_rows is not None:
@@ -205,7 +207,7 @@ def cw_nnk(acts, params, log=print, timings=None, stream=None):
         for name, values in part.counts.items():
             channels.counts[name][block.start : block.stop] = values
         progress.step(len(block), detail=f"channels {block.start}-{block.stop - 1} of {C}")
-    return channels, zero_maps, aggregate, held.get("points")
+    return channels, {"zero_map_fraction": zero_maps, "constant_map": constant}, aggregate, held.get("points")
 
 
 def twonn_inputs(acts, channels, aggregate, points=None):
@@ -266,7 +268,7 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
         + ("; streamed a block of channels at a time" if stream else ""))
     seconds = {"read": time.perf_counter() - start}
     start = time.perf_counter()
-    channels, zero_maps, aggregate, points = cw_nnk(acts, params, log, timings, stream=stream)
+    channels, maps, aggregate, points = cw_nnk(acts, params, log, timings, stream=stream)
     seconds["nnk"] = time.perf_counter() - start
     start = time.perf_counter()
     channel_twonn, channel_twonn_indices, agg_twonn, agg_twonn_indices = twonn_inputs(acts, channels, aggregate,
@@ -295,7 +297,8 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
             layer=layer, n_channels=C, n_samples=N, dim_channel=D, params=params.to_dict(),
             counts={name: values.tolist() for name, values in channels.counts.items()},
             aggregate_counts={name: int(value) for name, value in aggregate.counts.items()},
-            zero_map_fraction=zero_maps.tolist(), seconds=seconds,
+            zero_map_fraction=maps["zero_map_fraction"].tolist(), constant_map=maps["constant_map"].tolist(),
+            seconds=seconds,
             streamed=stream, aggregate_uncertain_rows=uncertain,
             store=str(store_path), checkpoint_sha256=store.attrs.get("checkpoint", {}).get("sha256"),
             sample_positions_sha256=sha256_array(positions), versions=versions(), created=now(),

@@ -333,9 +333,12 @@ def _live_layer_metrics(ch_indices, ch_weights, agg_indices, agg_weights, dead, 
     return nm, metrics, pairwise, pairs
 
 
-def dead_channels(zero_map_fraction):
-    """(C,) bool: the channels whose maps are all zero on every sample, from the (C,) zero-map fractions."""
-    return np.asarray(zero_map_fraction) >= 1.0
+def dead_channels(zero_map_fraction, constant_map=None):
+    """(C,) bool: the channels that carry nothing: their maps are all zero on every sample (the (C,)
+    zero-map fractions are 1), or the same on every sample (constant_map, (C,) bool; None: not known).
+    A constant map puts every sample at one point, with no neighbourhood to compare."""
+    dead = np.asarray(zero_map_fraction) >= 1.0
+    return dead if constant_map is None else dead | np.asarray(constant_map, dtype=bool)
 
 
 def layer_summary(ch_indices, ch_weights, ch_distances, agg_indices, agg_weights,
@@ -408,23 +411,25 @@ def channel_scores(pairs, dead):
     return scores
 
 
-def graphs_summary(arrays, zero_map_fraction, counts, aggregate_counts, tol=TOL):
+def graphs_summary(arrays, zero_map_fraction, counts, aggregate_counts, tol=TOL, constant_map=None):
     """graphs of one layer -> LayerSummary: what the overlap stage and cwnnk.overlap_summary report.
 
     arrays: the layer's graph arrays under knn.npz's names: channel_indices, channel_weights,
     channel_distances (C, N, k), agg_indices, agg_weights, agg_distances (N, k), channel_twonn
     (C, N, 2) and agg_twonn (N, 2) (TwoNN's input under the duplicate policy; absent or None: the
     kNN distances) and labels (N,) int (absent or None: no LOO columns). zero_map_fraction: (C,) fraction
-    of all-zero maps per channel (dead_channels gives layer_summary's `dead`). counts: {name:
+    of all-zero maps per channel and constant_map (C,) bool, the channels whose map is the same on every
+    sample (None: not known): dead_channels of the two gives layer_summary's `dead`. counts: {name:
     (C,)} and aggregate_counts {name: int}, the engine's degenerate counts (kkt_failed, not_pd).
     The row is layer_summary's plus zero_map_fraction_mean/max, kkt_failed, not_pd and, with labels,
     the loo_* columns.
     """
     zero_maps = np.asarray(zero_map_fraction, dtype=np.float64)
+    dead = dead_channels(zero_maps, constant_map)
     row, pairwise, pairs = layer_summary(
         arrays["channel_indices"], arrays["channel_weights"], arrays["channel_distances"],
         arrays["agg_indices"], arrays["agg_weights"], arrays["agg_distances"], tol=tol,
-        dead=dead_channels(zero_maps), ch_twonn=arrays.get("channel_twonn"), agg_twonn=arrays.get("agg_twonn"),
+        dead=dead, ch_twonn=arrays.get("channel_twonn"), agg_twonn=arrays.get("agg_twonn"),
     )
     row["zero_map_fraction_mean"] = float(zero_maps.mean())
     row["zero_map_fraction_max"] = float(zero_maps.max())
@@ -436,7 +441,7 @@ def graphs_summary(arrays, zero_map_fraction, counts, aggregate_counts, tol=TOL)
         loo = cw_loo(arrays["channel_indices"], arrays["channel_weights"], arrays["agg_indices"],
                      arrays["agg_weights"], labels, tol=tol)
         row.update(loo_columns(loo))
-    return LayerSummary(row, pairwise, pairs, loo, channel_scores(pairs, dead_channels(zero_maps)))
+    return LayerSummary(row, pairwise, pairs, loo, channel_scores(pairs, dead))
 
 
 def width_sweep(ch_indices, ch_weights, agg_indices, agg_weights, sizes, n_draws=10, seed=0, tol=TOL):
@@ -481,9 +486,11 @@ def analyse_layer(graph_dir, out_json, params=OverlapParams(), log=None):
         C, N, k = arrays["channel_indices"].shape
         log(f"{graph_dir}: {C} channels x {N} nodes, k = {k}, read in {time.perf_counter() - start:.1f}s")
     zero_maps = np.asarray(summary["zero_map_fraction"])
-    result = graphs_summary(arrays, zero_maps, summary["counts"], summary["aggregate_counts"], tol=params.tol)
+    constant = summary.get("constant_map")  # absent in graphs folders written before it was recorded
+    result = graphs_summary(arrays, zero_maps, summary["counts"], summary["aggregate_counts"], tol=params.tol,
+                            constant_map=constant)
     loo = result.loo
-    dead = dead_channels(zero_maps)
+    dead = dead_channels(zero_maps, constant)
     degree = (arrays["channel_weights"] > params.tol).sum(-1)
     channel_ids, _ = twonn(arrays["channel_twonn"])
     channels = [
