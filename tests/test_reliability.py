@@ -446,3 +446,53 @@ def test_a_killed_run_resumes_with_one_command(tmp_path):
     assert (results / "tables" / "claims.csv").exists() and _temporaries(results) == []
     again = subprocess.run(resume + ["-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_flipped_bit_in_a_checkpoint_fails_on_read_naming_the_file(tmp_path):
+    """torch's loader skips the zip's checksums: a checkpoint with one bit flipped loads with other weights. The
+    sha256 recorded in metrics.json when it was written catches it, wherever a stage reads the checkpoint."""
+    import json
+
+    import torch
+
+    from cwnnk.models import build_model, load_checkpoint, save_checkpoint
+
+    spec = _experiment().models["convnet-d0-wd0-s1"]["spec"]
+    path = tmp_path / "models" / "m" / "checkpoint.pt"
+    digest = save_checkpoint(path, build_model(spec), spec)
+    (path.parent / "metrics.json").write_text(json.dumps({"checkpoint_sha256": digest}))
+    load_checkpoint(path)
+    data = bytearray(path.read_bytes())
+    weights = torch.load(path, weights_only=True)["state_dict"]["features.conv1.conv.weight"]
+    at = bytes(data).find(weights.numpy().tobytes()[:16])  # a byte of the stored weights
+    assert at > 0
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(path, weights_only=True)["state_dict"]["features.conv1.conv.weight"], weights)
+    with pytest.raises(ValueError, match=rf"{path}: its content is not what was written .*metrics.json.*rerun the "
+                                         r"stage that wrote it"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "none"])
+def test_a_flipped_bit_in_an_activation_chunk_fails_on_read(tmp_path, values, compressor):
+    """Every chunk carries a CRC32C that zarr checks on read: one flipped bit, even one that would decode to
+    other values, stops the graphs stage with the store named, before any table can change."""
+    from cwnnk.activations import StoreError, StoreWriter
+    from cwnnk.graphs import build_layer_graphs
+    from cwnnk.params import GraphParams
+
+    store = tmp_path / "m.zarr"
+    n = len(values)
+    writer = StoreWriter(store, {"model": "m"}, compressor)
+    writer.add_split("train", np.arange(n) % 3, np.arange(n) + 100, {"conv1": values.shape[1:]}, 8)
+    for start in range(0, n, 8):
+        writer.write("train", "conv1", start, values[start : start + 8])
+    writer.finish()
+    chunk = store / "train" / "conv1" / "c.1.2.0.0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"m.zarr: layer 'conv1' cannot be read .*rerun the extract stage"):
+        build_layer_graphs(store, "conv1", tmp_path / "g", GraphParams(k=4, device="cpu"), log=lambda m: None)
+    assert not (tmp_path / "g").exists()

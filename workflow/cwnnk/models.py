@@ -594,8 +594,33 @@ def pretrained_model(spec, download=False):
 
 
 def save_checkpoint(path, model, spec):
+    """Write a checkpoint atomically; return its sha256, which the stage records as `checkpoint_sha256` in the
+    metrics.json it writes beside it (verify_checkpoint compares the two whenever the checkpoint is read)."""
+    from cwnnk.provenance import sha256_file
+
     with atomic_path(path) as tmp:
         torch.save({"format": CHECKPOINT_FORMAT, "spec": spec, "state_dict": model.state_dict()}, tmp)
+        digest = sha256_file(tmp)
+    return digest
+
+
+def verify_checkpoint(path):
+    """Raise ValueError if a checkpoint's sha256 differs from the one recorded in the metrics.json beside it
+    when it was written: torch's loader skips the zip's checksums, so a damaged or replaced file would load.
+    A checkpoint without a recorded digest (an external file) is not checked."""
+    import json
+
+    from cwnnk.provenance import sha256_file
+
+    metrics = Path(path).with_name("metrics.json")
+    try:
+        recorded = json.loads(metrics.read_text()).get("checkpoint_sha256")
+    except (OSError, ValueError, AttributeError):  # none beside it, or not a stage's metrics.json
+        return
+    if recorded and sha256_file(path) != recorded:
+        raise ValueError(f"{path}: its content is not what was written (sha256 differs from checkpoint_sha256 in "
+                         f"{metrics}): the file was damaged or replaced since; rerun the stage that wrote it "
+                         "(snakemake --forcerun train, or import_checkpoint / untrained_twin for an imported model)")
 
 
 def check_state_dict(model, state_dict, source):
@@ -636,8 +661,10 @@ def load_checkpoint(path, spec=None, map_location="cpu"):
     """Load a checkpoint into a model in eval mode; return (model, spec).
 
     Accepts this project's format ({'spec', 'state_dict'}) or a plain state dict, in which
-    case `spec` must be given. A given spec overrides the stored one (external checkpoints).
+    case `spec` must be given. A given spec overrides the stored one (external checkpoints). A checkpoint
+    a stage wrote is first checked against the sha256 recorded beside it (verify_checkpoint).
     """
+    verify_checkpoint(path)
     obj = _safe_load(path, map_location=map_location)
     if isinstance(obj, dict) and "state_dict" in obj:
         state_dict, spec = obj["state_dict"], spec or obj.get("spec")

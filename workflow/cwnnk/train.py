@@ -209,15 +209,15 @@ def run_train(entry, params, checkpoint_path, metrics_path, log=print, snapshots
     def on_epoch(epoch, model, history):
         if epoch in saved:
             snap, ckpt, metrics = saved[epoch]
-            save_checkpoint(ckpt, copy.deepcopy(model).cpu().eval(), spec)
+            digest = save_checkpoint(ckpt, copy.deepcopy(model).cpu().eval(), spec)
             write_json(metrics, _metrics(snap, spec, dataset, list(history), time.perf_counter() - start, device,
-                                         training=training))
+                                         training=training, checkpoint_sha256=digest))
             log(f"saved epoch {epoch} as {snap['name']}")
 
     model, history = train_model(spec, dataset, params, log, on_epoch)
-    save_checkpoint(checkpoint_path, model.cpu(), spec)
+    digest = save_checkpoint(checkpoint_path, model.cpu(), spec)
     write_json(metrics_path, _metrics(entry, spec, dataset, history, time.perf_counter() - start, device,
-                                      training=training))
+                                      training=training, checkpoint_sha256=digest))
 
 
 def run_twin(entry, params, source_checkpoint, checkpoint_path, metrics_path, log=print):
@@ -281,5 +281,6 @@ def _evaluate_and_save(entry, model, spec, params, checkpoint_path, metrics_path
     history = [dict(epoch=0, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
                     seconds=time.perf_counter() - start)]
     log(f"{entry['name']}: train acc {_fmt(train_acc)}, test acc {_fmt(test_acc)}")
-    save_checkpoint(checkpoint_path, model.cpu(), spec)
-    write_json(metrics_path, _metrics(entry, spec, dataset, history, time.perf_counter() - start, device, **extra))
+    digest = save_checkpoint(checkpoint_path, model.cpu(), spec)
+    write_json(metrics_path, _metrics(entry, spec, dataset, history, time.perf_counter() - start, device,
+                                      checkpoint_sha256=digest, **extra))
