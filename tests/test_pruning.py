@@ -365,3 +365,18 @@ def test_pruning_models_select_final_models_and_a_pattern_that_matches_none_is_r
     with pytest.raises(ConfigError, match=r"pruning.models.*\['\*-s3'\] match no final model.*convnet-d0-wd0-s1"):
         Experiment.from_config(dict(config, pruning=dict(config["pruning"], models=["*-s1", "*-s3"])))
     assert Experiment.from_config(dict(config, pruning=dict(config["pruning"], enabled=False))).pruned == []
+
+
+def test_the_documented_resnet18_example_runs():
+    """docs/overlap.md's torchvision example: images -> CW-NNK order -> plan -> masked and Torch-Pruning-pruned
+    resnet18 with the same logits (its own assert)."""
+    import re
+
+    from conftest import REPO
+
+    pytest.importorskip("torch_pruning")
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "overlap.md").read_text(), re.S)
+    (block,) = [b for b in blocks if "torchvision.models.resnet18" in b and "apply_plan" in b]
+    scope = {}
+    exec(compile(block, "docs/overlap.md", "exec"), scope)
+    assert scope["net"].layer1[0].conv1.out_channels == 48 and scope["net"].layer2[0].conv1.out_channels == 96
