@@ -359,12 +359,17 @@ def expand_models(config):
     return models
 
 
-def _check_pruned(pruning, models):
-    """Every pattern of pruning.models matches a final model (a typo would silently prune nothing)."""
+def _matches(name, patterns):
+    """Whether a model name matches one of pruning.models' shell-style patterns."""
     from fnmatch import fnmatchcase
 
+    return any(fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _check_pruned(pruning, models):
+    """Every pattern of pruning.models matches a final model (a typo would silently prune nothing)."""
     finals = [m for m, e in models.items() if e["kind"] in ("trained", "external")]
-    unmatched = [p for p in pruning["models"] if not any(fnmatchcase(m, p) for m in finals)]
+    unmatched = [p for p in pruning["models"] if not any(_matches(m, [p]) for m in finals)]
     if pruning["enabled"] and unmatched:
         listing = ", ".join(finals[:6]) + (f", ... ({len(finals)} in all)" if len(finals) > 6 else "")
         raise ConfigError(f"config key 'pruning.models': {unmatched} match no final model (trained here or imported; "
@@ -461,15 +466,13 @@ class Experiment:
     def pruned(self):
         """The models the pruning stage runs on (pruning.enabled): final models (trained here or imported, not
         saved epochs or untrained twins) with a test split, whose classes are the dataset's (accuracy is defined)."""
-        from fnmatch import fnmatchcase
-
         if not self.config["pruning"]["enabled"] or not has_test_split(self.config["dataset"]):
             return []
         classes = dataset_num_classes(self.config["dataset"])
         patterns = self.config["pruning"]["models"]
         return [m for m, e in self.models.items() if e["kind"] in ("trained", "external") and self.layers[m]
                 and (classes is None or e["spec"].get("num_classes") in (None, classes))
-                and any(fnmatchcase(m, pattern) for pattern in patterns)]
+                and _matches(m, patterns)]
 
     def prune(self, model):
         """PruneParams of a model: the `pruning` settings, and the TrainParams its fine-tunes use (an imported

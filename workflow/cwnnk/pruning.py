@@ -315,11 +315,8 @@ def pruning_rows(model, nodes, inputs, dataset, params, log=print):
                     if fraction == 0:
                         acc, tuned = base[0], base[1] if tune else np.nan
                     else:
-                        masks = {}
-                        for layer, drop in removed.items():
-                            masks[layer] = np.ones(inputs[layer]["n_channels"], dtype=bool)
-                            masks[layer][drop] = False
-                        acc, tuned = measure(masks, tune)
+                        acc, tuned = measure({layer: {"n_channels": inputs[layer]["n_channels"], "remove": drop}
+                                              for layer, drop in removed.items()}, tune)
                     rows.append(dict(layer=name, criterion=criterion, fraction=fraction, draw=draw,
                                      n_removed=sum(d.size for d in removed.values()), n_channels=total,
                                      test_acc=acc, test_acc_finetuned=tuned))
@@ -359,7 +356,8 @@ def run_pruning(entry, params, checkpoint, store_path, overlap_jsons, layers, ou
             raise ValueError(f"{path}: written by an older cwnnk, without prune_order; rerun it: "
                              "snakemake --forcerun overlap")
         apoz, mean = activation_statistics(store, layer)
-        inputs[layer] = dict(depth=len(inputs), n_channels=len(channels), prune_order=np.array([ch["prune_order"] for ch in channels]),
+        inputs[layer] = dict(depth=len(inputs), n_channels=len(channels),
+                             prune_order=np.array([ch["prune_order"] for ch in channels]),
                              l1=filter_l1(model, nodes[layer], fx_nodes), apoz=apoz, mean=mean)
     dataset = load_dataset(params.train.dataset)
     if dataset.test is None:
