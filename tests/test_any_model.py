@@ -254,7 +254,8 @@ def test_weights_file_prefixes_are_stripped_only_where_they_fit(tmp_path, monkey
     torch.save({"state_dict": state}, tmp_path / "held.pth")
     write_folder(tmp_path / "train")
     cfg = validate({"dataset": {"name": "folder", "root": str(tmp_path / "train"), "image_size": 16},
-                    "model": {"arch": "factory", "factory": "my_factories:Holder", "weights": str(tmp_path / "held.pth")}})
+                    "model": {"arch": "factory", "factory": "my_factories:Holder", "weights": str(tmp_path / "held.pth")},
+                    "extract": {"layers": ["model.1"]}})
     (name, entry), _twin = Experiment.from_config(cfg).models.items()
     model = pretrained_model(entry["spec"])
     assert torch.equal(model.net.model[0].weight, held.model[0].weight)
@@ -365,35 +366,110 @@ def test_factory_model(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     write_folder(tmp_path / "train")
     dataset = {"name": "folder", "root": str(tmp_path / "train"), "image_size": 16}
-    cfg = validate({"dataset": dataset, "model": {"arch": "factory", "factory": "my_factories:tiny",
-                                                  "kwargs": {"width": 5}}})
-    exp = Experiment.from_config(cfg)
-    name = next(iter(exp.models))
-    assert name.startswith("tiny-") and exp.layers[name] == ("1", "4")
+    model = {"arch": "factory", "factory": "my_factories:tiny", "kwargs": {"width": 5}}
+    cfg = validate({"dataset": dataset, "model": model})
+    # `all` (the default) needs the network built, which validation never does
+    with pytest.raises(ConfigError, match=r"\['all'\] for model 'tiny-.*' \(my_factories:tiny\): a factory model's "
+                                          r"layers must be named one by one, in depth order.*python -m cwnnk layers"):
+        Experiment.from_config(cfg)
+    name = next(iter(Experiment.from_config(cfg, build=True).models))  # what `python -m cwnnk layers` does
+    assert name.startswith("tiny-") and Experiment.from_config(cfg, build=True).layers[name] == ("1", "4")
+    exp = Experiment.from_config(validate({"dataset": dataset, "model": model, "extract": {"layers": ["1", "4"]}}))
+    assert exp.layers[name] == ("1", "4")
     model = build_model(exp.models[name]["spec"])
     out = LayerExtractor(model.eval(), layer_nodes(exp.models[name]["spec"]))(torch.rand(2, 3, 16, 16))
     assert out["1"].shape == (2, 5, 16, 16) and out["4"].shape == (2, 5, 6, 6)
-    cfg = validate({"dataset": dataset, "model": {"arch": "factory", "factory": "my_factories:not_a_module"}})
+    cfg = validate({"dataset": dataset, "model": {"arch": "factory", "factory": "my_factories:not_a_module"},
+                    "extract": {"layers": ["1"]}})
+    exp = Experiment.from_config(cfg)  # imported, not called
     with pytest.raises(TypeError, match="my_factories:not_a_module returned str, not a torch.nn.Module"):
-        Experiment.from_config(cfg)
+        build_model(next(iter(exp.models.values()))["spec"])
 
 
 def test_factory_head_must_match_the_classes(tmp_path, monkeypatch):
     (tmp_path / "my_factories.py").write_text(FACTORY)
     monkeypatch.syspath_prepend(str(tmp_path))
     dataset = {"name": "synthetic", "num_classes": 3, "image_size": 16, "channels": 3}
-    cfg = validate({"dataset": dataset, "model": {"arch": "factory", "factory": "my_factories:tiny"}})
-    with pytest.raises(ConfigError, match=r"my_factories:tiny outputs \(N, 2\) on \(N, 3, 16, 16\) images, but the "
-                                          r"model must predict 3 classes \(the classes of dataset 'synthetic'\)"):
-        Experiment.from_config(cfg)
+    cfg = validate({"dataset": dataset, "model": {"arch": "factory", "factory": "my_factories:tiny"},
+                    "extract": {"layers": ["1"]}})
+    spec = next(iter(Experiment.from_config(cfg).models.values()))["spec"]  # the head is checked when built
+    with pytest.raises(ValueError, match=r"my_factories:tiny outputs \(N, 2\) on \(N, 3, 16, 16\) images, but the "
+                                         r"model must predict 3 classes \(model.num_classes, or the dataset's "):
+        build_model(spec)
     # pretrained weights on a folder without a test split may have other classes than the folder: model.num_classes
     write_folder(tmp_path / "train")
     cfg = validate({"dataset": {"name": "folder", "root": str(tmp_path / "train"), "image_size": 16},
                     "model": {"arch": "factory", "factory": "my_factories:tiny", "num_classes": 5,
-                              "weights": str(tmp_path / "mine.pth")}})
-    with pytest.raises(ConfigError, match=r"outputs \(N, 2\) .* must predict 5 classes \(model.num_classes\): make "
-                                          r"its head .*, or set model.num_classes to its width"):
-        Experiment.from_config(cfg)
+                              "weights": str(tmp_path / "mine.pth")}, "extract": {"layers": ["1"]}})
+    spec = next(iter(Experiment.from_config(cfg).models.values()))["spec"]
+    with pytest.raises(ValueError, match=r"outputs \(N, 2\) .* must predict 5 classes .*: make "
+                                         r"its head .*, or set model.num_classes to its width"):
+        build_model(spec)
+
+
+CALLED_FACTORY = '''
+from pathlib import Path
+
+from torch import nn
+
+MARK = Path(__file__).with_name("factory-called")
+
+
+def build():
+    with MARK.open("a") as f:
+        f.write("called\\n")
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+'''
+
+
+def test_validation_and_dry_runs_never_call_a_factory(tmp_path, monkeypatch):
+    """A config is code (docs/reliability.md): a factory is imported to check that it exists, and called only
+    by the jobs that build the model, and by `python -m cwnnk layers`, which says so."""
+    import subprocess
+    import sys
+
+    from conftest import snakemake, write_config
+
+    (tmp_path / "called_factory.py").write_text(CALLED_FACTORY)
+    mark = tmp_path / "factory-called"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{__import__('os').environ.get('PYTHONPATH', '')}")
+    config = write_config(tmp_path / "config.yaml", tmp_path / "results",
+                          dataset={"name": "synthetic", "n_train": 40, "n_test": 20, "num_classes": 3,
+                                   "image_size": 10, "channels": 3},
+                          model={"arch": "factory", "factory": "called_factory:build"},
+                          extract={"layers": ["1", "3"], "n_samples": 40})
+    exp = Experiment.from_config(validate(__import__("yaml").safe_load(config.read_text())))
+    assert all(layers == ("1", "3") for layers in exp.layers.values()) and not mark.exists()
+    proc = snakemake("-n", "--cores", "1", "--configfile", config, cwd=tmp_path)
+    assert "train" in proc.stdout and "graphs" in proc.stdout  # the whole DAG is planned ...
+    assert not mark.exists()  # ... without calling the factory
+    proc = subprocess.run([sys.executable, "-m", "cwnnk", "layers", "--configfile", str(config)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("cwnnk layers builds each model to list its nodes: a factory model's function is "
+                                  "called") and mark.exists()
+
+
+def test_extract_refuses_factory_layers_out_of_depth_order(tmp_path, monkeypatch):
+    from cwnnk.extract import run_extract
+    from cwnnk.train import run_train
+
+    (tmp_path / "called_factory.py").write_text(CALLED_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = validate({"dataset": {"name": "synthetic", "n_train": 16, "n_test": 8, "num_classes": 3, "image_size": 8,
+                                "channels": 3},
+                    "model": {"arch": "factory", "factory": "called_factory:build"}, "extract": {"layers": ["3", "1"]},
+                    "training": {"epochs": 1, "batch_size": 8}, "sweep": {"seeds": [1]}, "device": "cpu",
+                    "baseline": {"untrained": False}})
+    exp = Experiment.from_config(cfg)
+    (run, entry), = exp.models.items()
+    run_train(entry, exp.train(run), tmp_path / "model.pt", tmp_path / "metrics.json", log=lambda *a: None)
+    with pytest.raises(UnknownLayerError, match=r"\['3', '1'\] for model .* are not in the network's depth order; "
+                                                r"list them as \['1', '3'\]"):
+        run_extract(entry, tmp_path / "model.pt", tmp_path / "m.zarr", exp.extract(run), log=lambda *a: None)
+    assert not (tmp_path / "m.zarr").exists()
 
 
 def test_all_skips_channel_last_activations_of_a_factory(tmp_path, monkeypatch):

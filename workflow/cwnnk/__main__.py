@@ -106,14 +106,14 @@ def _experiment(config):
 
     config = validate(config)
     try:
-        return Experiment.from_config(config), None
+        return Experiment.from_config(config, build=True), None
     except ConfigError as err:
         if "extract.layers" not in str(err):
             raise
         every = dict(config, extract=dict(config["extract"], layers=["*"]),
                      external=[{key: value for key, value in ext.items() if key != "layers"}
                                for ext in config["external"]])
-        return Experiment.from_config(every), err
+        return Experiment.from_config(every, build=True), err
 
 
 def layers_command(args):
@@ -125,6 +125,9 @@ def layers_command(args):
     for path in args.configfile:
         with open(path) as f:
             config.update(yaml.safe_load(f) or {})
+    # Unlike validation and dry runs, this builds every model: a factory model's function is called here.
+    print("cwnnk layers builds each model to list its nodes: a factory model's function is called (a config is "
+          "code, docs/reliability.md)", flush=True)
     try:
         exp, problem = _experiment(config)
     except ConfigError as err:
@@ -265,7 +268,8 @@ def resume_command(arguments):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cwnnk", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    layers = sub.add_parser("layers", help="list each model's analysable layers with shapes and graph-stage cost")
+    layers = sub.add_parser("layers", help="build each model (calling a factory model's function) and list its "
+                            "analysable layers with shapes and graph-stage cost")
     layers.add_argument("--configfile", nargs="+", default=["config.yaml"], help="config file(s), later ones win")
     sweep = sub.add_parser("width-sweep", help="headline redundancy and rho_hat of random channel subsets of a layer")
     sweep.add_argument("graphs", help="a graphs folder of the workflow, results/graphs/MODEL/LAYER")

@@ -230,20 +230,24 @@ def _external_spec(model_cfg, dataset_cfg, weights):
             f"{dataset_cfg['name']!r} has {dataset_classes}: cwnnk never replaces a head silently. Use a "
             "dataset with the model's classes, or set model.num_classes to the dataset's")
     spec["num_classes"] = int(num_classes)
-    if arch == "factory":  # a torchvision model is built with num_classes; a factory's head is its own
-        from cwnnk.models import output_shape
-
-        width = output_shape(spec)
-        if width != (spec["num_classes"],):
-            source = ("model.num_classes" if model_cfg.get("num_classes") else
-                      f"the classes of dataset {dataset_cfg['name']!r}")
-            shown = f"(N, {', '.join(map(str, width))})" if isinstance(width, tuple) else f"a {width}"
-            raise ConfigError(f"config key 'model.factory': {spec['factory']} outputs {shown} on (N, "
-                              f"{', '.join(map(str, spec['input_shape']))}) images, but the model must predict "
-                              f"{spec['num_classes']} classes ({source}): make its head output one logit per class"
-                              + (", or set model.num_classes to its width (weights with other classes are analysed, "
-                                 "not evaluated, on a folder without dataset.test_root)" if weights else ""))
+    # A factory's head width is checked where the model is first built, in a job (cwnnk.models.Wrapped):
+    # validation imports a factory but never calls it (docs/reliability.md, "A config is code").
     return spec
+
+
+def _named_layers(model, entry, requested):
+    """A factory model's layers as the config names them: its node names are known only by calling the
+    factory, which validation and dry runs never do, so `all` and patterns cannot be resolved here. The
+    extract job checks the names and their depth order against the built network."""
+    names = [requested] if isinstance(requested, str) else list(requested)
+    patterns = [name for name in names if name == "all" or any(ch in name for ch in "*?[")]
+    if patterns:
+        raise ConfigError(f"config key 'extract.layers': {patterns} for model {model!r} "
+                          f"({entry['spec']['factory']}): a factory model's layers must be named one by one, in "
+                          "depth order, since 'all' and patterns need the network built, and only the jobs call a "
+                          "factory (docs/reliability.md); `python -m cwnnk layers --configfile FILE` builds it and "
+                          "lists its node names")
+    return tuple(dict.fromkeys(names))
 
 
 def model_spec(model_cfg, dataset_cfg, dropout=0.0, weights=None):
@@ -393,13 +397,19 @@ class Experiment:
     figures: FigureParams
 
     @classmethod
-    def from_config(cls, config):
-        """config: as returned by `validate`. Raises ConfigError for an unknown layer name."""
+    def from_config(cls, config, build=False):
+        """config: as returned by `validate`. Raises ConfigError for an unknown layer name.
+
+        build: whether a factory model may be built (its function called) to resolve `all` and patterns;
+        the workflow never does (a factory runs in the jobs alone), `python -m cwnnk layers` does and says so.
+        """
         from cwnnk.extract import UnknownLayerError, resolve_layers
 
         models = expand_models(config)
         try:
-            layers = {m: tuple(resolve_layers(e["spec"], e.get("layers", config["extract"]["layers"]), m))
+            layers = {m: _named_layers(m, e, e.get("layers", config["extract"]["layers"])) if
+                      e["spec"]["arch"] == "factory" and not build else
+                      tuple(resolve_layers(e["spec"], e.get("layers", config["extract"]["layers"]), m))
                       for m, e in models.items()}
         except UnknownLayerError as err:
             raise ConfigError(str(err)) from None

@@ -312,6 +312,12 @@ def run_extract(entry, checkpoint, store, params, log=print):
     device = resolve_device(params.device)
     model, spec = load_checkpoint(checkpoint, map_location="cpu")
     names = resolve_layers(spec, params.layers if params.layers == "all" else list(params.layers), entry.get("name"))
+    named = [] if params.layers == "all" else list(params.layers)
+    if named and not any(ch in "".join(named) for ch in "*?[") and names != named:
+        # a factory model's layers are named in the config unchecked (cwnnk.config._named_layers): the
+        # tables' depth and last layer follow the config's order, so it must be the network's
+        raise UnknownLayerError(f"config key 'extract.layers': {named} for model {entry.get('name')!r} are not in "
+                                f"the network's depth order; list them as {names}")
     nodes = OrderedDict((name, layer_nodes(spec)[name]) for name in names)
     model.to(device).eval()
     dataset = load_dataset(params.dataset)

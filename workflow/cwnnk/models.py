@@ -210,6 +210,7 @@ class Wrapped(nn.Module):
             if not isinstance(self.net, nn.Module):
                 raise TypeError(f"config key 'model.factory': {spec['factory']} returned "
                                 f"{type(self.net).__name__}, not a torch.nn.Module")
+            _check_head(self.net, spec)
         self.spec = spec
 
     @property
@@ -341,6 +342,27 @@ def _reshaped_axis(axis, before, after):
     return None
 
 
+def _check_head(net, spec):
+    """A factory's network must output one logit per class on spec's images: checked on one image when the
+    network is built (in a job; validation never calls a factory)."""
+    training = net.training
+    try:
+        with torch.no_grad():
+            out = net.eval()(_one_image(net, spec["input_shape"]))
+    finally:
+        net.train(training)
+    width = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
+    if width != (spec["num_classes"],):
+        shown = f"(N, {', '.join(map(str, width))})" if width is not None else f"a {type(out).__name__}"
+        raise ValueError(
+            f"config key 'model.factory': {spec['factory']} outputs {shown} on (N, "
+            f"{', '.join(map(str, spec['input_shape']))}) images, but the model must predict {spec['num_classes']} "
+            "classes (model.num_classes, or the dataset's classes where it is unset): make its head output one "
+            "logit per class" + (", or set model.num_classes to its width (weights with other classes are "
+                                 "analysed, not evaluated, on a folder without dataset.test_root)"
+                                 if spec.get("weights") else ""))
+
+
 def _one_image(net, input_shape):
     """A (1, C, H, W) input on net's device (uninitialised on the meta device, where it costs nothing)."""
     param = next(iter(net.parameters()), None)
@@ -464,18 +486,6 @@ def _graph_nodes(spec_json):
 
     spec = json.loads(spec_json)
     return _bare_net(spec, lambda net: trace_nodes(net, spec["input_shape"]))
-
-
-def output_shape(spec):
-    """The per-image shape of a torchvision/factory spec's network output (e.g. (10,) for 10 logits),
-    or the type's name where it returns no tensor; from one forward pass of one image."""
-
-    def forward(net):  # net is built for this call alone: eval mode (no aux outputs) needs no undoing
-        with torch.no_grad():
-            out = net.eval()(_one_image(net, spec["input_shape"]))
-        return tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
-
-    return _bare_net(spec, forward)
 
 
 _NODE_CACHE = {}
