@@ -1,6 +1,5 @@
 """answer.csv and the report's front page (cwnnk.answer) on hand-made overlap rows."""
 
-import numpy as np
 
 from cwnnk.answer import COLUMNS, answer_rows, front_page, reading, write_answer
 from cwnnk.tables import read_table, write_table

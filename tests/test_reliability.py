@@ -496,3 +496,69 @@ def test_a_flipped_bit_in_an_activation_chunk_fails_on_read(tmp_path, values, co
     with pytest.raises(StoreError, match=r"m.zarr: layer 'conv1' cannot be read .*rerun the extract stage"):
         build_layer_graphs(store, "conv1", tmp_path / "g", GraphParams(k=4, device="cpu"), log=lambda m: None)
     assert not (tmp_path / "g").exists()
+
+
+def _flip(path, at=None, bit=0x01):
+    """Flip one bit of a file (by default in its middle byte)."""
+    data = bytearray(path.read_bytes())
+    at = len(data) // 2 if at is None else at
+    data[at] ^= bit
+    path.write_bytes(bytes(data))
+
+
+def test_json_artifacts_carry_a_checksum_that_a_flipped_bit_breaks(tmp_path):
+    import hashlib
+    import json
+
+    from cwnnk.atomic import CHECKSUM_KEY, DamagedArtifact, read_json, write_json
+
+    path = tmp_path / "a.json"
+    obj = {"row": {"rho": 0.40484, "n": np.int64(5), "nan": float("nan")}, "by": {10: [1.5e-300, 2], 2: (3, "x")}}
+    write_json(path, obj)
+    written = json.loads(path.read_text())
+    recorded = written.pop(CHECKSUM_KEY)
+    assert recorded == hashlib.sha256(json.dumps(written, indent=2, sort_keys=True).encode()).hexdigest()
+    read = read_json(path, rerun="X")
+    assert read["row"]["rho"] == 0.40484 and read["row"]["n"] == "5" and read["by"] == {"10": [1.5e-300, 2],
+                                                                                          "2": [3, "x"]}
+    text = path.read_text()
+    path.write_text(text.replace("0.40484", "0.40485"))  # a changed digit still parses
+    with pytest.raises(DamagedArtifact, match=rf"{path}: its content is not what was written .*rerun the overlap"):
+        read_json(path, rerun="the overlap stage")
+    path.write_text(text)
+    _flip(path, at=text.index("0.40484"), bit=0x80)  # not UTF-8 any more
+    with pytest.raises(DamagedArtifact, match=rf"{path}: not readable JSON .*damaged after it was written; rerun X"):
+        read_json(path, rerun="X")
+    path.write_text(json.dumps({"row": 1}))  # written by an older cwnnk: read unchecked
+    assert read_json(path, rerun="X") == {"row": 1}
+
+
+def test_a_flipped_bit_in_a_graph_file_fails_on_read(tmp_path, values):
+    """summary.json records each graph file's sha256; the overlap stage's reader checks knn.npz against it."""
+    import hashlib
+
+    from cwnnk.activations import StoreWriter
+    from cwnnk.atomic import DamagedArtifact, read_json
+    from cwnnk.graphs import build_layer_graphs, load_layer_graphs
+    from cwnnk.overlap import analyse_layer
+    from cwnnk.params import GraphParams
+
+    store, n = tmp_path / "m.zarr", len(values)
+    writer = StoreWriter(store, {"model": "m"}, "zstd")
+    writer.add_split("train", np.arange(n) % 3, np.arange(n) + 100, {"conv1": values.shape[1:]}, 8)
+    for start in range(0, n, 8):
+        writer.write("train", "conv1", start, values[start : start + 8])
+    writer.finish()
+    folder = tmp_path / "g"
+    build_layer_graphs(store, "conv1", folder, GraphParams(k=4, device="cpu"), log=lambda m: None)
+    summary = read_json(folder / "summary.json", rerun="X")
+    assert summary["files_sha256"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                                       for p in sorted(folder.glob("*.npz"))}
+    assert set(summary["files_sha256"]) == {"aggregate.npz", "knn.npz", "channel_0000.npz", "channel_0001.npz",
+                                            "channel_0002.npz"}
+    arrays, _ = load_layer_graphs(folder)
+    _flip(folder / "knn.npz", at=(folder / "knn.npz").read_bytes().index(arrays["channel_weights"].tobytes()[:64]))
+    with pytest.raises(DamagedArtifact, match=rf"{folder / 'knn.npz'}: its content is not what was written .*"
+                                              r"rerun the graphs stage \(snakemake --forcerun graphs\)"):
+        analyse_layer(folder, tmp_path / "o.json")
+    assert not (tmp_path / "o.json").exists()

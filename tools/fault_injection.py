@@ -186,7 +186,41 @@ class Matrix:
                          lambda: chunk.write_bytes(saved["chunk"]))
         self.failing_job("NaN in a channel", graphs_log, "ERROR", nan_channel, restore_store)
         self.failing_job("all-NaN channel", graphs_log, "ERROR", all_nan_channel, restore_store)
+        self.bit_flips()
         self.external_faults()
+
+    def flipped(self, fault, path, rerun, log):
+        """Flip one bit in the middle of a finished artifact, let Snakemake rerun its readers (`rerun`: the
+        arguments that make it; a copy without mtimes does the same), restore the file, then rerun."""
+        original = path.read_bytes()
+        data = bytearray(original)
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+        rc, _ = self.snakemake(*rerun)
+        after = self.tables()
+        text = log.read_text() if log.exists() else ""
+        said = next((line for line in text.splitlines() if " ERROR " in line), "(not in log)")
+        path.write_bytes(original)
+        rc2, _ = self.snakemake("--rerun-incomplete")
+        tables = ("unchanged" if after == self.clean else
+                  "removed by Snakemake before its job" if None in after else "CHANGED")
+        self.record(fault, f"job fails (rc {rc}), tables {tables}: {said[said.find(' ERROR ') + 7:][:150]}",
+                    f"restored, rerun rc {rc2}")
+
+    def bit_flips(self):
+        """One flipped bit in each kind of artifact a later stage reads: the named error, never other tables."""
+        logs = self.results / "logs"
+        chunk = self.results / "activations" / f"{M}.zarr" / "train" / "conv1" / "c.0.0.0.0"
+        self.flipped("1-bit flip in a Zarr chunk, then --forcerun graphs", chunk, ["--forcerun", "graphs"],
+                     logs / "graphs" / M / "conv1.log")
+        checkpoint = self.results / "models" / M / "checkpoint.pt"
+        # writing the flipped file gives it a newer mtime, as `touch` does: Snakemake reruns its readers
+        self.flipped("1-bit flip in checkpoint.pt, then touch", checkpoint, [], logs / "extract" / f"{M}.log")
+        self.flipped("1-bit flip in knn.npz, then --forcerun overlap",
+                     self.results / "graphs" / M / "conv1" / "knn.npz", ["--forcerun", "overlap"],
+                     logs / "overlap" / M / "conv1.log")
+        self.flipped("1-bit flip in an overlap JSON, then --forcerun tables",
+                     self.results / "overlap" / M / "conv1.json", ["--forcerun", "tables"], logs / "tables.log")
 
     def external_faults(self):
         import torch

@@ -145,7 +145,45 @@ def _replace(tmp, path):
         os.replace(tmp, path)
 
 
-def write_json(path, obj):
-    """Write JSON atomically (sorted keys, so reruns give identical files)."""
+# The key under which write_json records the sha256 of a JSON object's other content, checked by read_json.
+CHECKSUM_KEY = "content_sha256"
+
+
+class DamagedArtifact(ValueError):
+    """An artifact whose content differs from what its stage wrote (a flipped bit, a partial copy, an edit)."""
+
+
+def _dumps(obj):
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)
+
+
+def _json_digest(obj):
+    import hashlib
+
+    return hashlib.sha256(_dumps(obj).encode()).hexdigest()
+
+
+def write_json(path, obj, checksum=True):
+    """Write a JSON object atomically (sorted keys, so reruns give identical files), with the sha256 of its
+    content under CHECKSUM_KEY, which read_json checks (checksum=False: a file whose every key means data)."""
+    if checksum:
+        obj = json.loads(_dumps(obj))  # the digest covers what a reader parses: str keys, lists, str(other types)
+        obj[CHECKSUM_KEY] = _json_digest(obj)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(_dumps(obj) + "\n")
+
+
+def read_json(path, rerun):
+    """A JSON object written by write_json, checked against its recorded sha256 (a file without one, written by
+    an older cwnnk, is read unchecked). rerun: what remakes the file, named in the error."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedArtifact(f"{path}: not readable JSON ({err}): the file was damaged after it was written; "
+                              f"rerun {rerun}") from None
+    recorded = obj.pop(CHECKSUM_KEY, None) if isinstance(obj, dict) else None
+    if recorded is not None and recorded != _json_digest(obj):
+        raise DamagedArtifact(f"{path}: its content is not what was written (sha256 differs from its {CHECKSUM_KEY}):"
+                              f" the file was damaged or edited since; rerun {rerun}")
+    return obj

@@ -22,13 +22,14 @@ import numpy as np
 import scipy.sparse
 
 from cwnnk.activations import StoreError, open_activations
-from cwnnk.atomic import atomic_path, write_json
+from cwnnk.atomic import DamagedArtifact, atomic_path, read_json, write_json
 from cwnnk.logs import Progress
 from cwnnk.intrinsic_dim import distinct_two_nn, gram_two_nn
-from cwnnk.provenance import now, sha256_array, versions
+from cwnnk.provenance import now, sha256_array, sha256_file, versions
 from cwnnk.sparse import to_sparse
 
 GRAPH_FILES = ("aggregate.npz", "knn.npz", "summary.json")
+RERUN = "the graphs stage (snakemake --forcerun graphs)"
 # TwoNN's input (the duplicate policy, cwnnk.intrinsic_dim); folders written before it lack these
 TWONN_ARRAYS = ("channel_twonn", "channel_twonn_indices", "agg_twonn", "agg_twonn_indices")
 # Channels per engine call: bounds the (block, N, D) float32 copy handed to the engine.
@@ -293,8 +294,10 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
             channel_twonn=channel_twonn, channel_twonn_indices=channel_twonn_indices,
             agg_twonn=agg_twonn, agg_twonn_indices=agg_twonn_indices,
         )
+        # each file's sha256, checked where it is read (load_layer_graphs; cwnnk.verify checks them all)
+        files_sha256 = {path.name: sha256_file(path) for path in sorted(tmp.glob("*.npz"))}
         write_json(tmp / "summary.json", dict(
-            layer=layer, n_channels=C, n_samples=N, dim_channel=D, params=params.to_dict(),
+            files_sha256=files_sha256, layer=layer, n_channels=C, n_samples=N, dim_channel=D, params=params.to_dict(),
             counts={name: values.tolist() for name, values in channels.counts.items()},
             aggregate_counts={name: int(value) for name, value in aggregate.counts.items()},
             zero_map_fraction=maps["zero_map_fraction"].tolist(), constant_map=maps["constant_map"].tolist(),
@@ -309,16 +312,25 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
     return channels, aggregate
 
 
+def verify_graph_file(folder, name, summary):
+    """Raise DamagedArtifact if a graphs folder's file differs from the sha256 its summary.json recorded
+    (folders written before it was recorded are not checked)."""
+    recorded = summary.get("files_sha256", {}).get(name)
+    if recorded is not None and sha256_file(folder / name) != recorded:
+        raise DamagedArtifact(f"{folder / name}: its content is not what was written (sha256 differs from "
+                              f"files_sha256 in {folder / 'summary.json'}): the file was damaged since; rerun {RERUN}")
+
+
 def load_layer_graphs(folder):
     """The arrays of knn.npz and the parsed summary.json of a graphs folder; refuses an incomplete one."""
-    import json
     from pathlib import Path
 
     folder = Path(folder)
     missing = [name for name in GRAPH_FILES if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder}: incomplete graph folder, missing {missing}; rerun the graphs stage")
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = read_json(folder / "summary.json", rerun=RERUN)
+    verify_graph_file(folder, "knn.npz", summary)
     absent = [channel_file(c) for c in range(summary["n_channels"]) if not (folder / channel_file(c)).is_file()]
     if absent:
         raise FileNotFoundError(f"{folder}: missing channel graphs {absent[:5]}; rerun the graphs stage")

@@ -618,15 +618,15 @@ def verify_checkpoint(path):
     """Raise ValueError if a checkpoint's sha256 differs from the one recorded in the metrics.json beside it
     when it was written: torch's loader skips the zip's checksums, so a damaged or replaced file would load.
     A checkpoint without a recorded digest (an external file) is not checked."""
-    import json
-
+    from cwnnk.atomic import read_json
     from cwnnk.provenance import sha256_file
 
     metrics = Path(path).with_name("metrics.json")
-    try:
-        recorded = json.loads(metrics.read_text()).get("checkpoint_sha256")
-    except (OSError, ValueError, AttributeError):  # none beside it, or not a stage's metrics.json
+    if not metrics.is_file():  # an external checkpoint, not written by a stage
         return
+    info = read_json(metrics, rerun="the stage that wrote it (snakemake --forcerun train, or import_checkpoint / "
+                                    "untrained_twin for an imported model)")
+    recorded = info.get("checkpoint_sha256") if isinstance(info, dict) else None
     if recorded and sha256_file(path) != recorded:
         raise ValueError(f"{path}: its content is not what was written (sha256 differs from checkpoint_sha256 in "
                          f"{metrics}): the file was damaged or replaced since; rerun the stage that wrote it "

@@ -15,10 +15,11 @@ indices to remove at a fraction, and `apply_plan` removes them physically with T
 (optional extra `prune`). `run_pruning` is the `pruning` job (docs/overlap.md, "Pruning").
 """
 
-import json
 from contextlib import contextmanager
 
 import numpy as np
+
+from cwnnk.atomic import read_json
 
 CRITERIA = ("cwnnk", "l1", "apoz", "random")
 ALL = "all"  # the scope that removes channels of every analysed layer at once
@@ -105,10 +106,10 @@ def prune_plan(orders, fraction):
 
 
 def write_plan(plan, path):
-    """Write a plan as JSON, atomically."""
+    """Write a plan as JSON, atomically (no checksum key: every key of a plan is a layer)."""
     from cwnnk.atomic import write_json
 
-    write_json(path, plan)
+    write_json(path, plan, checksum=False)
 
 
 def keep_masks(plan):
@@ -347,8 +348,7 @@ def run_pruning(entry, params, checkpoint, store_path, overlap_jsons, layers, ou
     fx_nodes = _fx_nodes(model)
     inputs = {}
     for layer, path in zip(layers, overlap_jsons):
-        with open(path) as f:
-            info = json.load(f)
+        info = read_json(path, rerun="the overlap stage (snakemake --forcerun overlap)")
         if info["layer"] != layer:
             raise ValueError(f"{path}: holds layer {info['layer']!r}, expected {layer!r}")
         channels = sorted(info["channels"], key=lambda ch: ch["channel"])

@@ -16,14 +16,13 @@ float64 with empty cells as NaN. Any other column comes back as a str array, emp
 """
 
 import csv
-import json
 import math
 import numbers
 from pathlib import Path
 
 import numpy as np
 
-from cwnnk.atomic import atomic_path
+from cwnnk.atomic import atomic_path, read_json
 # Model settings copied onto every row, in this order (tables are tidy: one row, all context).
 MODEL_COLUMNS = ("model", "kind", "label", "arch", "dropout", "weight_decay", "augment", "seed", "label_noise",
                  "n_train", "width", "epochs", "run", "epoch")
@@ -175,7 +174,7 @@ def collect_tables(models, metrics, layers, overlap, out):
         if len(overlap[name]) != len(layers[name]):
             raise ValueError(f"model {name!r}: {len(layers[name])} layers but {len(overlap[name])} overlap files")
         for layer, path in zip(layers[name], overlap[name]):
-            info = json.loads(Path(path).read_text())
+            info = read_json(path, rerun="the overlap stage (snakemake --forcerun overlap)")
             if info["layer"] != layer:
                 raise ValueError(f"{path}: holds layer {info['layer']!r}, expected {layer!r}")
             if "redundancy" not in info:
@@ -184,7 +183,8 @@ def collect_tables(models, metrics, layers, overlap, out):
             infos[name, layer] = info
     overlap_rows, channels, pairwise = [], [], []
     for name, entry in models.items():
-        context = _model_context(entry, json.loads(Path(metrics[name]).read_text()))
+        context = _model_context(entry, read_json(metrics[name], rerun="the stage that trained or imported the "
+                                                                      "model (snakemake --forcerun train)"))
         twin = entry.get("twin")
         for depth, layer in enumerate(layers[name]):
             layer_info = infos[name, layer]
