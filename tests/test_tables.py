@@ -70,7 +70,24 @@ def test_atomic_no_leftovers_and_overwrite(tmp_path):
     write_table(path, [dict(x=1)])
     write_table(path, [dict(y=2.0)])
     assert read_table(path) == {"y": np.array([2.0])}
-    assert [p.name for p in path.parent.iterdir()] == ["t.csv"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [".t.csv.sha256", "t.csv"]  # no temporary left
+
+
+def test_a_changed_table_fails_on_read_naming_it(tmp_path):
+    import hashlib
+
+    from cwnnk.atomic import DamagedArtifact
+    from cwnnk.tables import checksum_file
+
+    path = write_table(tmp_path / "t.csv", [dict(model="a", rho=0.4048), dict(model="b", rho=0.1)])
+    assert checksum_file(path).read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
+    text = path.read_text()
+    path.write_text(text.replace("0.4048", "0.4049"))  # one digit: still a valid table with other numbers
+    with pytest.raises(DamagedArtifact, match=rf"{path}: its content is not what was written .*\.t\.csv\.sha256.*"
+                                              rf"snakemake --forcerun {path}"):
+        read_table(path)
+    checksum_file(path).unlink()  # a table without one (written by hand) is read as it is
+    assert read_table(path)["rho"].tolist() == [0.4049, 0.1]
 
 
 def test_empty_and_header_only(tmp_path):

@@ -288,6 +288,16 @@ def test_tiny_run_prunes_each_final_model_reproducibly(tiny_run):
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same file: downstream stays up to date
 
 
+def test_verification_cost_is_measured_on_the_runs_own_artifacts(tiny_run):
+    from cwnnk.bench.verify import job_seconds, verification_seconds
+
+    root, _ = tiny_run
+    cost = verification_seconds(root / "results")
+    assert set(cost) == {"checkpoints", "store chunks", "graph files", "JSON artifacts"}
+    assert all(seconds > 0 for seconds in cost.values())  # every kind of artifact was found and checked
+    assert 0 < sum(cost.values()) < job_seconds(root / "results")
+
+
 def test_tiny_run_draws_every_figure_and_builds_the_report(tiny_run):
     """README's `snakemake --report results/report.html`, with only what README's install
     brings in; every figure's caption says what it tests and how many models it rests on."""

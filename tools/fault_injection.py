@@ -7,7 +7,8 @@ Runs Snakemake on this checkout, one run at a time, with tests/conftest.py's tin
 restricted to one model (7 jobs to the tables); a few minutes on 2 cores. Kills use the
 stages' test hook (cwnnk.atomic.PAUSE_ENV): a stage pauses once its output is complete under
 its temporary name, and is killed there with SIGKILL. Recovery is what docs/reliability.md
-says: `snakemake --unlock`, then the same command with `--rerun-incomplete`.
+says: `python -m cwnnk resume` with the killed run's arguments. Bit flips damage one finished
+artifact of each kind, let Snakemake rerun its readers, then restore it.
 """
 
 import argparse
@@ -29,6 +30,7 @@ from conftest import TINY_CONFIG  # noqa: E402 - the tests' tiny experiment, the
 from cwnnk.atomic import PAUSE_ENV  # noqa: E402
 
 M = "convnet-d0-wd0-s1"
+GROUPS = ("kills", "bad_configs", "bad_files", "bit_flips", "external_faults")  # run in this order
 TABLES = ("overlap", "channels", "pairwise")
 
 
@@ -80,22 +82,25 @@ class Matrix:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         left = len(self.temporaries())
-        rc, out = self.snakemake()
-        locked = "LockException" in out or "cannot be locked" in out
-        self.snakemake("--unlock")
         # The killed job's output is named: Snakemake does not remake a missing intermediate file
         # whose consumers are up to date.
         output = self.results / pattern.replace(".zarr", ".zarr/zarr.json")
-        rc, out = self.snakemake("--rerun-incomplete", extra=[output])
-        return (f"killed with {left} temporary left; rerun {'refused: locked' if locked else 'ran'}, after --unlock "
-                f"and --rerun-incomplete rc {rc}")
+        resume = [sys.executable, "-m", "cwnnk", "resume", *map(str, self.cmd(extra=[output])[3:])]
+        proc = subprocess.run(resume, capture_output=True, text=True, timeout=900,
+                              env=dict(os.environ, PYTHONPATH=str(REPO / "workflow")))
+        return f"killed with {left} temporary left; python -m cwnnk resume rc {proc.returncode}"
 
-    def run(self):
+    def run(self, groups=GROUPS):
         self.write_config()
         rc, out = self.snakemake()
         assert rc == 0, out[-3000:]
         self.clean = self.tables()
         self.rows.append(("none (clean run)", f"rc {rc}", "yes", str(len(self.temporaries()))))
+        for group in groups:
+            getattr(self, group)()
+        return self.rows
+
+    def kills(self):
         logs = self.results / "logs"
         for rule, pattern, log in [("train", f"models/{M}/checkpoint.pt", logs / "train" / f"{M}.log"),
                                    ("extract", f"activations/{M}.zarr", logs / "extract" / f"{M}.log"),
@@ -103,9 +108,6 @@ class Matrix:
                                    ("overlap", f"overlap/{M}/conv2.json", logs / "overlap" / M / "conv2.log"),
                                    ("tables", "tables/channels.csv", logs / "tables.log")]:
             self.record(f"SIGKILL during {rule}", self.kill(rule, pattern, log))
-        self.bad_configs()
-        self.bad_files()
-        return self.rows
 
     def config_fault(self, fault, expect, **overrides):
         self.write_config(**overrides)
@@ -186,22 +188,20 @@ class Matrix:
                          lambda: chunk.write_bytes(saved["chunk"]))
         self.failing_job("NaN in a channel", graphs_log, "ERROR", nan_channel, restore_store)
         self.failing_job("all-NaN channel", graphs_log, "ERROR", all_nan_channel, restore_store)
-        self.bit_flips()
-        self.external_faults()
 
-    def flipped(self, fault, path, rerun, log):
+    def flipped(self, fault, path, rerun, log, extra=()):
         """Flip one bit in the middle of a finished artifact, let Snakemake rerun its readers (`rerun`: the
-        arguments that make it; a copy without mtimes does the same), restore the file, then rerun."""
+        arguments that make it; a copy without mtimes does the same), restore the file, then rerun them."""
         original = path.read_bytes()
         data = bytearray(original)
         data[len(data) // 2] ^= 0x01
         path.write_bytes(bytes(data))
-        rc, _ = self.snakemake(*rerun)
-        after = self.tables()
+        rc, _ = self.snakemake(*rerun, extra=extra)
+        after = [original if table == bytes(data) else table for table in self.tables()]  # the damage itself
         text = log.read_text() if log.exists() else ""
         said = next((line for line in text.splitlines() if " ERROR " in line), "(not in log)")
         path.write_bytes(original)
-        rc2, _ = self.snakemake("--rerun-incomplete")
+        rc2, _ = self.snakemake("--rerun-incomplete", *rerun, extra=extra)  # the failed job's output is gone
         tables = ("unchanged" if after == self.clean else
                   "removed by Snakemake before its job" if None in after else "CHANGED")
         self.record(fault, f"job fails (rc {rc}), tables {tables}: {said[said.find(' ERROR ') + 7:][:150]}",
@@ -221,6 +221,9 @@ class Matrix:
                      logs / "overlap" / M / "conv1.log")
         self.flipped("1-bit flip in an overlap JSON, then --forcerun tables",
                      self.results / "overlap" / M / "conv1.json", ["--forcerun", "tables"], logs / "tables.log")
+        self.flipped("1-bit flip in overlap.csv, then --forcerun generalization",
+                     self.results / "tables" / "overlap.csv", ["--forcerun", "generalization"],
+                     logs / "generalization.log", extra=[self.results / "tables" / "generalization.csv"])
 
     def external_faults(self):
         import torch
@@ -286,11 +289,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", help="run here (default: a temporary folder, removed afterwards)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--only", nargs="+", choices=GROUPS, default=GROUPS, help="run these groups of faults")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cwnnk-faults-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        rows = Matrix(workdir).run()
+        rows = Matrix(workdir).run(args.only)
     finally:
         if not (args.workdir or args.keep):
             shutil.rmtree(workdir, ignore_errors=True)

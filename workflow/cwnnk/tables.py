@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cwnnk.atomic import atomic_path, read_json
+from cwnnk.atomic import DamagedArtifact, atomic_path, read_json
+from cwnnk.provenance import sha256_file
 # Model settings copied onto every row, in this order (tables are tidy: one row, all context).
 MODEL_COLUMNS = ("model", "kind", "label", "arch", "dropout", "weight_decay", "augment", "seed", "label_noise",
                  "n_train", "width", "epochs", "run", "epoch")
@@ -43,8 +44,16 @@ def _cell(value):
     return str(value)
 
 
+def checksum_file(path):
+    """The hidden file beside a table that holds its sha256 (a CSV has no place for one that every reader
+    skips), written with the table and checked by read_table."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.sha256")
+
+
 def write_table(path, rows, columns=None):
-    """Write rows (an iterable of dicts) to the CSV file `path`, atomically.
+    """Write rows (an iterable of dicts) to the CSV file `path`, atomically, with its sha256 in
+    checksum_file(path).
 
     Column order: `columns` first (if given), then every other key in the order it first
     appears across the rows, so the same rows always give the same file. A table with no
@@ -61,7 +70,19 @@ def write_table(path, rows, columns=None):
                 writer = csv.writer(f, lineterminator="\n")
                 writer.writerow(header)
                 writer.writerows([_cell(row.get(key)) for key in header] for row in rows)
+        with atomic_path(checksum_file(path)) as digest:  # in place before the table: never a table without it
+            digest.write_text(sha256_file(tmp) + "\n")
     return Path(path)
+
+
+def verify_table(path):
+    """Raise DamagedArtifact if a table's content differs from the sha256 written beside it (a table
+    without one, written by hand or by an older cwnnk, is not checked)."""
+    digest = checksum_file(path)
+    if digest.is_file() and sha256_file(path) != digest.read_text().strip():
+        raise DamagedArtifact(f"{path}: its content is not what was written (sha256 differs from {digest}): the "
+                              f"file was damaged or edited since; rerun the job that wrote it (snakemake --forcerun "
+                              f"{path})")
 
 
 def _column(cells):
@@ -88,8 +109,10 @@ def read_table(path, where=None):
     where: optional {column: value}; only rows whose cell equals str(value) (as written by
     write_table, e.g. a model name) are kept. Filtering happens while reading, so a large
     long-form table (pairwise.csv) can be read one model at a time.
-    An empty file gives {}; a header without rows gives empty float64 columns.
+    An empty file gives {}; a header without rows gives empty float64 columns. A table whose sha256
+    differs from the one written beside it (checksum_file) raises DamagedArtifact.
     """
+    verify_table(path)
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)

@@ -15,4 +15,6 @@ any time; it returns False when a check fails (the exit status is then 1).
     estimate the graph stage's cost estimate (python -m cwnnk layers) against measured time, 3 layer shapes
     train    one training run on the pinned and the native CPU code path, 1 and 2 threads: time
              and whether the weights are bitwise equal (cwnnk.cpu)
+    verify   what content verification (checkpoint, store, graph and JSON checksums) costs a finished
+             run, against the run's own job time
 """

@@ -11,6 +11,7 @@ from cwnnk.bench.nnk import bench_nnk
 from cwnnk.bench.pipeline import bench_pipeline
 from cwnnk.bench.scale import bench_scale
 from cwnnk.bench.train import bench_train
+from cwnnk.bench.verify import bench_verify
 
 
 def main(argv=None):
@@ -82,6 +83,10 @@ def main(argv=None):
     p = commands.add_parser("train", help="one training run on each CPU code path and thread count (cwnnk.cpu)")
     p.add_argument("--config", default="config.yaml", help="the experiment whose first model is trained")
     p.set_defaults(func=bench_train)
+
+    p = commands.add_parser("verify", help="what content verification (checksums) costs a finished run")
+    p.add_argument("--results", default="results", help="the run's results folder")
+    p.set_defaults(func=bench_verify)
     args = parser.parse_args(argv)
     return args.func(args)
 
