@@ -293,7 +293,7 @@ def test_verification_cost_is_measured_on_the_runs_own_artifacts(tiny_run):
 
     root, _ = tiny_run
     cost = verification_seconds(root / "results")
-    assert set(cost) == {"checkpoints", "store chunks", "graph files", "JSON artifacts"}
+    assert set(cost) == {"checkpoints", "store chunks", "graph files", "JSON artifacts", "tables"}
     assert all(seconds > 0 for seconds in cost.values())  # every kind of artifact was found and checked
     assert 0 < sum(cost.values()) < job_seconds(root / "results")
 

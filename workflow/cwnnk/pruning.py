@@ -373,17 +373,18 @@ def run_pruning(entry, params, checkpoint, store_path, overlap_jsons, layers, ou
 def collect_pruning(paths, out_csv):
     """The `pruning_table` job: every model's pruning rows in one table (the header alone without a model),
     the files' lines copied as they are. Returns the number of rows."""
-    from cwnnk.atomic import atomic_path
+    from cwnnk.tables import atomic_table, verify_table
 
     header = ",".join(PRUNING_COLUMNS)
     lines = []
     for path in paths:
+        verify_table(path)
         with open(path, encoding="utf-8") as f:
             first, *rows = f.read().splitlines()
         if first != header:
             raise ValueError(f"{path}: header {first!r}, expected {header!r}; rerun its pruning job")
         lines += rows
-    with atomic_path(out_csv) as tmp:
+    with atomic_table(out_csv) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("\n".join([header, *lines]) + "\n")
     return len(lines)

@@ -15,6 +15,7 @@ float64 with empty cells as NaN. Any other column comes back as a str array, emp
 ''. Integers therefore come back as floats of the same value (exact below 2**53).
 """
 
+import contextlib
 import csv
 import math
 import numbers
@@ -64,15 +65,23 @@ def write_table(path, rows, columns=None):
     for row in rows:
         order.update(dict.fromkeys(row))
     header = list(order)
-    with atomic_path(path) as tmp:
+    with atomic_table(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             if header:
                 writer = csv.writer(f, lineterminator="\n")
                 writer.writerow(header)
                 writer.writerows([_cell(row.get(key)) for key in header] for row in rows)
-        with atomic_path(checksum_file(path)) as digest:  # in place before the table: never a table without it
-            digest.write_text(sha256_file(tmp) + "\n")
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_table(path):
+    """A temporary path to write a table to; renamed into place when the block ends, with its sha256 in
+    checksum_file(path), which is in place first: there is never a table without it."""
+    with atomic_path(path) as tmp:
+        yield tmp
+        with atomic_path(checksum_file(path)) as digest:
+            digest.write_text(sha256_file(tmp) + "\n")
 
 
 def verify_table(path):

@@ -7,6 +7,7 @@ Each check is timed on the run's own artifacts and counted as often as the workf
     graph files     sha256 of every .npz when written, of knn.npz when the overlap stage reads it
     JSON artifacts  the content digest when written, and on every read (summary.json by overlap; an overlap
                     JSON by tables and pruning; metrics.json by tables and on every checkpoint load)
+    tables          sha256 when written, and TABLE_READS times on read (overlap.csv's count, the most read)
 
 The baseline is the run's own job time: the wall seconds of every job in results/benchmarks.
 """
@@ -15,6 +16,9 @@ import csv
 import json
 import time
 from pathlib import Path
+
+
+TABLE_READS = 4  # overlap.csv: generalization, claims (twice: its rows and answer.csv), figures
 
 
 def _seconds(fn, *args):
@@ -65,7 +69,7 @@ def verification_seconds(results):
     """{check: seconds} of content verification over the whole run in `results`."""
     results = Path(results)
     pruned = {path.stem for path in (results / "pruning").glob("*.csv")}
-    cost = dict.fromkeys(("checkpoints", "store chunks", "graph files", "JSON artifacts"), 0.0)
+    cost = dict.fromkeys(("checkpoints", "store chunks", "graph files", "JSON artifacts", "tables"), 0.0)
     for checkpoint in sorted((results / "models").glob("*/checkpoint.pt")):
         model = checkpoint.parent.name
         loads = int((results / "activations" / f"{model}.zarr").exists()) + int(model in pruned)
@@ -82,6 +86,8 @@ def verification_seconds(results):
         cost["JSON artifacts"] += _json_cost(summary, 1)
     for path in sorted((results / "overlap").glob("*/*.json")):
         cost["JSON artifacts"] += _json_cost(path, 1 + int(path.parent.name in pruned))
+    for path in sorted([*(results / "tables").glob("*.csv"), *(results / "pruning").glob("*.csv")]):
+        cost["tables"] += (1 + TABLE_READS) * _sha256(path)
     return cost
 
 
