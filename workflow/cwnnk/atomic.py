@@ -165,8 +165,9 @@ def _json_digest(obj):
 
 def write_json(path, obj, checksum=True):
     """Write a JSON object atomically (sorted keys, so reruns give identical files), with the sha256 of its
-    content under CHECKSUM_KEY, which read_json checks (checksum=False: a file whose every key means data)."""
-    if checksum:
+    content under CHECKSUM_KEY, which read_json checks (checksum=False: a file whose every key means data;
+    a value other than an object has no key to hold it)."""
+    if checksum and isinstance(obj, dict):
         obj = json.loads(_dumps(obj))  # the digest covers what a reader parses: str keys, lists, str(other types)
         obj[CHECKSUM_KEY] = _json_digest(obj)
     with atomic_path(path) as tmp:
