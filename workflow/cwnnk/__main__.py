@@ -1,6 +1,10 @@
 """Command line: `python -m cwnnk layers --configfile my.yaml`, `python -m cwnnk width-sweep GRAPHS_DIR`,
 `python -m cwnnk claims-stability TABLES_DIR`, `python -m cwnnk prune-plan CHANNELS_CSV MODEL --fraction F`,
-`python -m cwnnk resume --cores all [other snakemake arguments]`.
+`python -m cwnnk resume --cores all [other snakemake arguments]`,
+`python -m cwnnk results-page RESULTS --out docs/results.md --figures docs/img/default`.
+
+results-page: docs/results.md from a finished run, every number read from its tables and benchmark files
+(cwnnk.results_page), the figures copied beside it.
 
 resume: after a killed run, one command: it refuses while a Snakemake run still works in the directory, else
 runs `snakemake --unlock` and `snakemake --rerun-incomplete` with the arguments given.
@@ -265,6 +269,22 @@ def resume_command(arguments):
     sys.exit(subprocess.run([*snakemake, *arguments, "--rerun-incomplete"]).returncode)
 
 
+def results_page_command(args):
+    from cwnnk.atomic import atomic_path
+    from cwnnk.results_page import results_page
+
+    try:
+        page = results_page(args.results, args.figures, args.out, args.configfile)
+    except FileNotFoundError as err:
+        sys.exit(f"cwnnk: {err}")
+    if not args.out:
+        print(page, end="")
+        return
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(page)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cwnnk", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +309,11 @@ def main(argv=None):
     plan.add_argument("model", help="the model, as named in channels.csv")
     plan.add_argument("--fraction", type=float, required=True, help="share of each layer's channels to remove, in [0, 1)")
     plan.add_argument("--out", help="write the plan to this JSON file (default: print it)")
+    page = sub.add_parser("results-page", help="a finished run's results as a Markdown page (docs/results.md)")
+    page.add_argument("results", help="the run's results folder, e.g. results")
+    page.add_argument("--out", help="write the page here (default: print it)")
+    page.add_argument("--figures", help="copy F0..F8 here and show them on the page")
+    page.add_argument("--configfile", default="config.yaml", help="the run's config, shown on the page")
     resume = sub.add_parser("resume", help="after a killed run: unlock and rerun the incomplete jobs, in one command")
     resume.add_argument("snakemake", nargs=argparse.REMAINDER,
                         help="the killed run's snakemake arguments, e.g. --cores all --configfile my.yaml")
@@ -304,6 +329,8 @@ def main(argv=None):
         layers_command(args)
     elif args.command == "width-sweep":
         width_sweep_command(args)
+    elif args.command == "results-page":
+        results_page_command(args)
 
 
 if __name__ == "__main__":
