@@ -4,6 +4,8 @@ end-to-end experiment on the synthetic dataset, shared by the tests of this modu
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -298,6 +300,33 @@ def test_verification_cost_is_measured_on_the_runs_own_artifacts(tiny_run):
     assert 0 < sum(cost.values()) < job_seconds(root / "results")
 
 
+def test_results_page_is_read_from_the_runs_tables(tiny_run, tmp_path):
+    import csv
+
+    root, _ = tiny_run
+    out = tmp_path / "docs" / "results.md"
+    proc = subprocess.run([sys.executable, "-m", "cwnnk", "results-page", str(root / "results"), "--out", str(out),
+                           "--figures", str(tmp_path / "docs" / "img"), "--configfile", str(root / "config.yaml")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    page = out.read_text()
+    claims = list(csv.DictReader(open(root / "results" / "tables" / "claims.csv")))
+    for row in claims:  # every verdict, with its evidence as claims.csv words it
+        assert f"| {row['claim']} | {row['test']} | **{row['verdict']}** |" in page
+        assert row["evidence"].replace("|", "/") in page
+    answer = list(csv.DictReader(open(root / "results" / "tables" / "answer.csv")))
+    for layer in ("conv1", "conv2"):
+        values = [float(r["redundancy"]) for r in answer if r["layer"] == layer]
+        assert f"| {layer} | {len(values)} | {sum(values) / len(values):.3f} |" in page
+    jobs = sum(1 for _ in (root / "results" / "benchmarks").rglob("*.tsv"))  # one row per job
+    assert f"| jobs | {jobs:,}, " in page
+    assert "![F0](img/F0.png)" in page and (tmp_path / "docs" / "img" / "F0.png").is_file()
+    assert "graphs:" in page  # the config, shown
+    proc = subprocess.run([sys.executable, "-m", "cwnnk", "results-page", str(tmp_path / "nowhere")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "no overlap.csv, answer.csv, claims.csv; run the workflow" in proc.stderr
+
+
 def test_tiny_run_draws_every_figure_and_builds_the_report(tiny_run):
     """README's `snakemake --report results/report.html`, with only what README's install
     brings in; every figure's caption says what it tests and how many models it rests on."""
@@ -332,16 +361,16 @@ def test_dropping_the_intermediates_keeps_the_run_complete(tiny_run, tmp_path):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
-def test_readme_library_example_runs(tiny_run, monkeypatch):
-    """README's Python example, on the tiny run's store (its layer and a k that fits 60 images)."""
+def test_library_docs_lower_level_example_runs(tiny_run, monkeypatch):
+    """docs/library.md's lower-level example, on the tiny run's store (its layer and a k that fits 60 images)."""
     root, _ = tiny_run
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "library.md").read_text(), re.S)
     (block,) = [b for b in blocks if 'open_activations("results/activations/convnet-d0.2-wd0-s1.zarr")' in b]
     code = (block.replace("convnet-d0.2-wd0-s1", MODELS[1]).replace('"conv3"', '"conv2"')
             .replace("k=25", "k=8"))
     monkeypatch.chdir(root)
     scope = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, "docs/library.md", "exec"), scope)
     assert len(scope["W"]) == 4 and scope["W"][0].shape == (60, 60)
 
 
