@@ -348,7 +348,7 @@ def test_tiny_run_draws_every_figure_and_builds_the_report(tiny_run):
 
 
 def test_dropping_the_intermediates_keeps_the_run_complete(tiny_run, tmp_path):
-    """README-sizes: after `rm -r results/activations results/graphs` a rerun does nothing."""
+    """docs/workflow.md, disk use: after `rm -r results/activations results/graphs` a rerun does nothing."""
     import shutil
 
     root, _ = tiny_run
