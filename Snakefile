@@ -47,6 +47,6 @@ report: FRONT_PAGE if os.path.exists(FRONT_PAGE) else "workflow/report/workflow.
 
 
 rule all:
+    default_target: True
     input:
         all_outputs(),
-    default_target: True

@@ -9,17 +9,17 @@ rule extract:
     output:
         # The store's root metadata, not directory(): Snakemake then writes nothing inside the store.
         store=f"{R}/activations/{{model}}.zarr/zarr.json",
-    params:
-        entry=model_entry,
-        extract=lambda wildcards: EXP.extract(wildcards.model).to_dict(),
     log:
         f"{R}/logs/extract/{{model}}.log",
     benchmark:
         f"{R}/benchmarks/extract/{{model}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
     threads: config["threads"]
     resources:
         **job_resources("extract"),
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        entry=model_entry,
+        extract=lambda wildcards: EXP.extract(wildcards.model).to_dict(),
     script:
         "../scripts/extract.py"

@@ -7,16 +7,16 @@ rule graphs:
         store=f"{R}/activations/{{model}}.zarr/zarr.json",
     output:
         graphs=directory(f"{R}/graphs/{{model}}/{{layer}}"),
-    params:
-        graphs=EXP.graphs.to_dict(),
     log:
         f"{R}/logs/graphs/{{model}}/{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/graphs/{{model}}/{{layer}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
     threads: config["threads"]
     resources:
         **job_resources("graphs"),
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        graphs=EXP.graphs.to_dict(),
     script:
         "../scripts/graphs.py"

@@ -6,16 +6,16 @@ rule overlap:
         graphs=f"{R}/graphs/{{model}}/{{layer}}",
     output:
         f"{R}/overlap/{{model}}/{{layer}}.json",
-    params:
-        overlap=EXP.overlap.to_dict(),
     log:
         f"{R}/logs/overlap/{{model}}/{{layer}}.log",
     benchmark:
         f"{R}/benchmarks/overlap/{{model}}/{{layer}}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
     threads: 1
     resources:
         **job_resources("overlap"),
-    conda:
-        "../../envs/analysis.yaml"
+    params:
+        overlap=EXP.overlap.to_dict(),
     script:
         "../scripts/overlap.py"

@@ -4,21 +4,28 @@
 rule solvers:
     input:
         store=f"{R}/activations/{EXP.figures.solver_model}.zarr/zarr.json",
-        graphs=[f"{R}/graphs/{EXP.figures.solver_model}/{layer}" for layer in layers_of(EXP.figures.solver_model)],
+        graphs=[
+            f"{R}/graphs/{EXP.figures.solver_model}/{layer}"
+            for layer in layers_of(EXP.figures.solver_model)
+        ],
     output:
-        report(f"{R}/tables/solvers.csv", caption="../report/solvers.rst", category="Tables"),
-    params:
-        model=EXP.figures.solver_model,
-        layers=layers_of(EXP.figures.solver_model),
-        graphs=EXP.graphs.to_dict(),
+        report(
+            f"{R}/tables/solvers.csv",
+            caption="../report/solvers.rst",
+            category="Tables",
+        ),
     log:
         f"{R}/logs/solvers.log",
     benchmark:
         f"{R}/benchmarks/solvers.tsv"
+    conda:
+        "../../envs/torch.yaml"
     threads: config["threads"]
     resources:
         **job_resources("solvers"),
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        model=EXP.figures.solver_model,
+        layers=layers_of(EXP.figures.solver_model),
+        graphs=EXP.graphs.to_dict(),
     script:
         "../scripts/solvers.py"

@@ -4,17 +4,21 @@
 
 rule manifolds:
     output:
-        report(f"{R}/tables/manifolds.csv", caption="../report/manifolds.rst", category="Tables"),
-    params:
-        manifolds=EXP.manifolds.to_dict(),
+        report(
+            f"{R}/tables/manifolds.csv",
+            caption="../report/manifolds.rst",
+            category="Tables",
+        ),
     log:
         f"{R}/logs/manifolds.log",
     benchmark:
         f"{R}/benchmarks/manifolds.tsv"
+    conda:
+        "../../envs/torch.yaml"
     threads: config["threads"]
     resources:
         **job_resources("manifolds"),
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        manifolds=EXP.manifolds.to_dict(),
     script:
         "../scripts/manifolds.py"

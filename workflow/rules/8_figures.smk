@@ -11,9 +11,22 @@ rule figures:
     output:
         pdf=expand(f"{R}/figures/{{figure}}.pdf", figure=FIGURES),
         png=[
-            report(f"{R}/figures/{figure}.png", caption=f"../report/{figure}.rst", category="Figures")
+            report(
+                f"{R}/figures/{figure}.png",
+                caption=f"../report/{figure}.rst",
+                category="Figures",
+            )
             for figure in FIGURES
         ],
+    log:
+        f"{R}/logs/figures.log",
+    benchmark:
+        f"{R}/benchmarks/figures.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        **job_resources("figures"),
     params:
         figures=EXP.figures.to_dict(),
         # for the report's captions (workflow/report/F*.rst): how many models each figure rests on
@@ -22,17 +35,10 @@ rule figures:
         n_twins=sum(e["kind"] == "untrained" for e in MODELS.values()),
         # F7: the training runs with saved epochs, and their models (saved epochs and final ones)
         n_runs_epochs=len(RUNS_WITH_EPOCHS),
-        n_epoch_models=sum(e["kind"] == "snapshot" or m in RUNS_WITH_EPOCHS for m, e in MODELS.items()),
+        n_epoch_models=sum(
+            e["kind"] == "snapshot" or m in RUNS_WITH_EPOCHS for m, e in MODELS.items()
+        ),
         # F3, F7: without a test split (a folder without dataset.test_root) there is no test accuracy
         test_split=TEST_SPLIT,
-    log:
-        f"{R}/logs/figures.log",
-    benchmark:
-        f"{R}/benchmarks/figures.tsv"
-    threads: 1
-    resources:
-        **job_resources("figures"),
-    conda:
-        "../../envs/analysis.yaml"
     script:
         "../scripts/figures.py"

@@ -9,24 +9,27 @@ rule pruning:
     input:
         checkpoint=f"{R}/models/{{model}}/checkpoint.pt",
         store=f"{R}/activations/{{model}}.zarr/zarr.json",
-        overlap=lambda wildcards: [f"{R}/overlap/{wildcards.model}/{layer}.json" for layer in layers_of(wildcards.model)],
+        overlap=lambda wildcards: [
+            f"{R}/overlap/{wildcards.model}/{layer}.json"
+            for layer in layers_of(wildcards.model)
+        ],
     output:
         f"{R}/pruning/{{model}}.csv",
-    wildcard_constraints:
-        model=_names_regex(PRUNED),
-    params:
-        entry=model_entry,
-        layers=lambda wildcards: layers_of(wildcards.model),
-        pruning=lambda wildcards: EXP.prune(wildcards.model).to_dict(),
     log:
         f"{R}/logs/pruning/{{model}}.log",
     benchmark:
         f"{R}/benchmarks/pruning/{{model}}.tsv"
+    wildcard_constraints:
+        model=_names_regex(PRUNED),
+    conda:
+        "../../envs/torch.yaml"
     threads: config["threads"]
     resources:
         **job_resources("pruning"),
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        entry=model_entry,
+        layers=lambda wildcards: layers_of(wildcards.model),
+        pruning=lambda wildcards: EXP.prune(wildcards.model).to_dict(),
     script:
         "../scripts/pruning.py"
 
@@ -35,15 +38,19 @@ rule pruning_table:
     input:
         expand(f"{R}/pruning/{{model}}.csv", model=PRUNED),
     output:
-        report(f"{R}/tables/pruning.csv", caption="../report/pruning.rst", category="Tables"),
+        report(
+            f"{R}/tables/pruning.csv",
+            caption="../report/pruning.rst",
+            category="Tables",
+        ),
     log:
         f"{R}/logs/pruning_table.log",
     benchmark:
         f"{R}/benchmarks/pruning_table.tsv"
+    conda:
+        "../../envs/analysis.yaml"
     threads: 1
     resources:
         **job_resources("tables"),
-    conda:
-        "../../envs/analysis.yaml"
     script:
         "../scripts/pruning_table.py"

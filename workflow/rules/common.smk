@@ -7,7 +7,9 @@ from pathlib import Path
 # Jobs (local, conda or SLURM) import cwnnk from this checkout even without `pip install`.
 _LIB = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, _LIB)
-os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [_LIB, os.environ.get("PYTHONPATH")])))
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [_LIB, os.environ.get("PYTHONPATH")]))
+)
 
 import cwnnk.config
 import cwnnk.cpu
@@ -87,8 +89,10 @@ RESOURCES = {
     "pruning": dict(mem_mb=8000, runtime="4h", gpu=True),
 }
 GPUS = 1 if config["device"].startswith("cuda") else 0
-_SITE = {name: os.environ.get(f"CWNNK_SLURM_{name.upper()}", "").strip()
-         for name in ("max_mem_mb", "gpu_partition", "gpu_model")}
+_SITE = {
+    name: os.environ.get(f"CWNNK_SLURM_{name.upper()}", "").strip()
+    for name in ("max_mem_mb", "gpu_partition", "gpu_model")
+}
 
 
 def job_resources(rule):
@@ -96,7 +100,9 @@ def job_resources(rule):
     spec = RESOURCES[rule]
     cap = int(_SITE["max_mem_mb"] or 0)
     resources = dict(
-        mem_mb=lambda wildcards, attempt: min(spec["mem_mb"] * attempt, cap or spec["mem_mb"] * attempt),
+        mem_mb=lambda wildcards, attempt: min(
+            spec["mem_mb"] * attempt, cap or spec["mem_mb"] * attempt
+        ),
         runtime=spec["runtime"],
         gpu=GPUS if spec["gpu"] else 0,
     )
