@@ -10,21 +10,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A complete experiment small enough to run end to end in well under a minute on 2 cores.
-TINY_CONFIG = {
-    "threads": 1,
-    "device": "cpu",
-    "dataset": {"name": "synthetic", "n_train": 96, "n_test": 48, "num_classes": 3, "image_size": 10},
-    "model": {"arch": "convnet", "layers": [
-        {"channels": 4, "kernel": 3, "padding": "same"},
-        {"channels": 4, "kernel": 3, "padding": "same", "pool": True},
-    ]},
-    "training": {"epochs": 2, "batch_size": 32, "lr": 0.05, "save_epochs": []},
-    "sweep": {"dropout": [0.0, 0.3], "seeds": [1], "label_noise": [0.0], "n_train": [None]},
-    "extract": {"n_samples": 60, "batch_size": 16},
-    "graphs": {"k": 8},
-    "figures": {"manifold_n": 200, "manifold_dims": [1, 2]},
-}
+# A complete experiment small enough to run end to end in about a minute on 2 cores: the workflow's own
+# test config (.test/config.yaml, which CI also runs through Snakemake), less its results folder.
+TINY_CONFIG = {key: value for key, value in yaml.safe_load((REPO / ".test" / "config.yaml").read_text()).items()
+               if key != "results"}
 
 
 def write_config(path, results, **overrides):
@@ -42,7 +31,8 @@ def snakemake(*args, cwd=REPO, check=True, timeout=900):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(cwd), *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
     return proc
 
 
