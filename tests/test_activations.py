@@ -147,7 +147,8 @@ def test_store_without_complete_is_refused(tmp_path):
 def test_store_with_a_deleted_chunk_is_refused(store, tmp_path):
     path = _copy(store, tmp_path)
     (path / "test" / "conv2" / "c.1.3.0.0").unlink()
-    with pytest.raises(StoreError, match=r"copy\.zarr: damaged.*test/conv2 lacks 1 of 12 chunks \(e\.g\. test/conv2/c\.1\.3\.0\.0\)"):
+    with pytest.raises(StoreError, match=r"copy\.zarr: damaged.*test/conv2 lacks 1 of 12 chunks "
+                                         r"\(e\.g\. test/conv2/c\.1\.3\.0\.0\)"):
         open_activations(path)
 
 

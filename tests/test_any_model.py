@@ -200,7 +200,8 @@ def test_imported_weights_file_is_evaluated_on_a_test_split(tmp_path):
     torch.save(net.state_dict(), tmp_path / "dog.pth")
     cfg = validate({"dataset": {"name": "folder", "root": str(tmp_path / "train"), "test_root": str(tmp_path / "test"),
                                 "image_size": 32},
-                    "model": {"arch": "torchvision", "name": "mobilenet_v3_small", "weights": str(tmp_path / "dog.pth")}})
+                    "model": {"arch": "torchvision", "name": "mobilenet_v3_small",
+                              "weights": str(tmp_path / "dog.pth")}})
     exp = Experiment.from_config(cfg)
     (name, entry), _twin = exp.models.items()
     run_import(entry, exp.import_(name), tmp_path / "model.pt", tmp_path / "metrics.json", log=lambda *a: None)
@@ -254,7 +255,8 @@ def test_weights_file_prefixes_are_stripped_only_where_they_fit(tmp_path, monkey
     torch.save({"state_dict": state}, tmp_path / "held.pth")
     write_folder(tmp_path / "train")
     cfg = validate({"dataset": {"name": "folder", "root": str(tmp_path / "train"), "image_size": 16},
-                    "model": {"arch": "factory", "factory": "my_factories:Holder", "weights": str(tmp_path / "held.pth")},
+                    "model": {"arch": "factory", "factory": "my_factories:Holder",
+                              "weights": str(tmp_path / "held.pth")},
                     "extract": {"layers": ["model.1"]}})
     (name, entry), _twin = Experiment.from_config(cfg).models.items()
     model = pretrained_model(entry["spec"])

@@ -8,6 +8,7 @@ import torch
 import torchvision
 
 import cwnnk
+
 from conftest import REPO
 from test_any_model import place_weights, write_folder
 

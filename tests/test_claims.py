@@ -6,9 +6,23 @@ import re
 import numpy as np
 import pytest
 
-from cwnnk.claims import (COLUMNS, NOT_SUPPORTED, SUPPORTED, UNDEFINED, c1_degree_dimension, c2_redundancy,
-                          c2_training, c3_depth, c3_factor, c3_factors, c4_correlations, claims_rows, early_stopping_claim,
-                          write_claims)
+from cwnnk.claims import (
+    COLUMNS,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    UNDEFINED,
+    c1_degree_dimension,
+    c2_redundancy,
+    c2_training,
+    c3_depth,
+    c3_factor,
+    c3_factors,
+    c4_correlations,
+    claims_rows,
+    early_stopping_claim,
+    write_claims,
+)
+
 from conftest import REPO
 
 
@@ -120,7 +134,8 @@ def test_c2_leaves_twins_and_saved_epochs_out_and_reports_the_twins():
     # The twin (m2) and the snapshot (m3) fail the rule but are not counted; the twin's excess is given.
     table = excess_table([[0.1, 0.1], [0.1, 0.1], [0.3, 0.01], [0.0, 0.0]], [[0.06, 0.06]] * 2 + [[0.2, -0.1], [0, 0]],
                          [[0.2, 0.2]] * 4, kind=["trained", "trained", "untrained", "snapshot"],
-                         effect=[["none beyond the interval"] * 2] * 2 + [["", ""]] * 2, diff=[[0.01, -0.02]] * 2 + [[np.nan] * 2] * 2)
+                         effect=[["none beyond the interval"] * 2] * 2 + [["", ""]] * 2,
+                         diff=[[0.01, -0.02]] * 2 + [[np.nan] * 2] * 2)
     row = c2_redundancy(table)
     assert row["verdict"] == SUPPORTED and row["n"] == 4
     assert "untrained twins: median 0.155 (0.010 to 0.300) over 2 (model, layer) rows" in row["evidence"]
@@ -349,6 +364,7 @@ def test_claims_on_an_overlap_table_without_test_accuracy(tmp_path):
     C2 and C3, which need no accuracy, are still judged."""
     from cwnnk.generalization import write_generalization
     from cwnnk.tables import read_table, write_table
+
     from test_generalization import NO_TEST, _overlap_without_test_split
 
     write_table(tmp_path / "overlap.csv", _overlap_without_test_split(n_models=6))

@@ -77,7 +77,8 @@ def test_external_checkpoints_join_the_models():
     assert models["theirs"]["kind"] == "external" and models["theirs"]["spec"]["arch"] == "resnet18"
     twin = models["theirs-untrained"]
     assert twin["kind"] == "untrained" and twin["run"] == "theirs" and twin["seed"] == 0 and twin["path"] is None
-    assert twin["spec"] == models["theirs"]["spec"] and twin["twin"] is None and models["theirs"]["twin"] == twin["name"]
+    assert (twin["spec"] == models["theirs"]["spec"] and twin["twin"] is None
+            and models["theirs"]["twin"] == twin["name"])
     off = expand_models(validate({**cfg, "baseline": {"untrained": False}}))
     assert list(off) == ["convnet-d0.1-wd0-s1", "theirs"] and off["theirs"]["twin"] is None
 

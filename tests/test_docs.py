@@ -3,6 +3,7 @@
 import re
 
 from cwnnk.config import _rows, configuration_markdown, load_schema
+
 from conftest import REPO
 
 

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cwnnk.exact import (bca_pearson, blocked_kruskal, holm, partial_correlation, permutation_correlation,
-                         signed_rank, smallest_signed_rank_p)
+from cwnnk.exact import (
+    bca_pearson,
+    blocked_kruskal,
+    holm,
+    partial_correlation,
+    permutation_correlation,
+    signed_rank,
+    smallest_signed_rank_p,
+)
 
 
 def test_holm_hand_worked():

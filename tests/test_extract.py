@@ -15,14 +15,23 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import kill_when_logged
 from cwnnk.activations import StoreError, open_activations
 from cwnnk.config import expand_models, validate
 from cwnnk.datasets import Split, load_dataset, load_synthetic
-from cwnnk.extract import (PAUSE_ENV, LayerExtractor, NonFiniteActivation, UnknownLayerError, extract_to_store,
-                           resolve_layers, run_extract, select_samples)
+from cwnnk.extract import (
+    PAUSE_ENV,
+    LayerExtractor,
+    NonFiniteActivation,
+    UnknownLayerError,
+    extract_to_store,
+    resolve_layers,
+    run_extract,
+    select_samples,
+)
 from cwnnk.models import build_model, layer_names, load_checkpoint, save_checkpoint
 from cwnnk.params import ExtractParams
+
+from conftest import kill_when_logged
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = {"name": "synthetic", "n_train": 60, "n_test": 30, "num_classes": 3, "image_size": 12}

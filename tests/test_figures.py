@@ -26,7 +26,8 @@ def fake_tables(dropouts=(0.0, 0.3), seeds=(1, 2), layers=LAYERS, channels=6, k=
             for depth, layer in enumerate(layers):
                 degree = np.clip(rng.normal(2 + depth + 2 * dropout, 0.7, channels), 0, k)
                 rho_hat = 0.2 + 0.1 * depth - 0.2 * dropout + 0.03 * rng.standard_normal()
-                row = dict(context, layer=layer, depth=depth, n_layers=len(layers), is_last=int(depth == len(layers) - 1),
+                row = dict(context, layer=layer, depth=depth, n_layers=len(layers),
+                           is_last=int(depth == len(layers) - 1),
                            train_acc=train_acc, test_acc=test_acc, train_loss=1 - train_acc, test_loss=1.2 - test_acc,
                            gap_acc=train_acc - test_acc, gap_loss=0.2 + train_acc - test_acc,
                            n_nodes=60, n_channels=channels, k=k,

@@ -7,8 +7,8 @@ import pytest
 import scipy.sparse
 
 from cwnnk.activations import StoreWriter, open_activations
-from cwnnk.graphs import build_layer_graphs, channel_blocks, load_layer_graphs
 from cwnnk.engine import nnk
+from cwnnk.graphs import build_layer_graphs, channel_blocks, load_layer_graphs
 from cwnnk.params import GraphParams
 
 PARAMS = GraphParams(k=6, device="cpu")

@@ -10,7 +10,8 @@ from cwnnk.tables import read_table
 
 @pytest.fixture(scope="module")
 def rows():
-    return run_manifold_experiment(ManifoldParams(dims=(1, 3), n=200, D=16, seed=0, graphs=GraphParams(k=12, device="cpu")))
+    return run_manifold_experiment(ManifoldParams(dims=(1, 3), n=200, D=16, seed=0,
+                                                  graphs=GraphParams(k=12, device="cpu")))
 
 
 def test_rows_and_columns(rows):

@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 
 import cwnnk.overlap as ov
-from cwnnk.overlap import (chance_levels, jaccard_chance_table, layer_summary, node_metrics,
-                           summarize, zero_degree_fraction)
+from cwnnk.overlap import (
+    chance_levels,
+    jaccard_chance_table,
+    layer_summary,
+    node_metrics,
+    summarize,
+    zero_degree_fraction,
+)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "overlap.md"
 

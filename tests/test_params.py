@@ -3,10 +3,19 @@
 import pytest
 import yaml
 
-from conftest import REPO, TINY_CONFIG
 from cwnnk.config import ConfigError, Experiment, validate
-from cwnnk.params import (DatasetParams, ExtractParams, FigureParams, GraphParams, ImportParams, ManifoldParams,
-                          OverlapParams, TrainParams)
+from cwnnk.params import (
+    DatasetParams,
+    ExtractParams,
+    FigureParams,
+    GraphParams,
+    ImportParams,
+    ManifoldParams,
+    OverlapParams,
+    TrainParams,
+)
+
+from conftest import REPO, TINY_CONFIG
 
 ALL = (DatasetParams, TrainParams, ImportParams, ExtractParams, GraphParams, OverlapParams, ManifoldParams,
        FigureParams)

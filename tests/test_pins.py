@@ -17,7 +17,8 @@ from conftest import REPO
 
 LOCK = REPO / "requirements" / "lock.txt"
 INSTALL_FROM_LOCK = "pip install -c requirements/lock.txt -e"
-RUNNER_ONLY = {"snakemake", "snakemake-executor-plugin-slurm", "pygments"}  # installed beside snakemake, not in job envs
+# installed beside snakemake, not in job envs
+RUNNER_ONLY = {"snakemake", "snakemake-executor-plugin-slurm", "pygments"}
 
 
 def _project():

@@ -11,10 +11,19 @@ import torchvision
 import cwnnk
 from cwnnk.config import ConfigError, validate
 from cwnnk.params import PruneParams
-from cwnnk.pruning import (CRITERIA, activation_statistics, filter_l1, keep_masks, masked, n_removed, producing_conv,
-                           prune_orders, prune_plan, removal_order)
+from cwnnk.pruning import (
+    CRITERIA,
+    activation_statistics,
+    filter_l1,
+    keep_masks,
+    masked,
+    n_removed,
+    producing_conv,
+    prune_orders,
+    prune_plan,
+    removal_order,
+)
 from cwnnk.redundancy import channel_overlap, keep_order
-
 
 # ---------------------------------------------------------------------------- the CW-NNK order
 
@@ -271,7 +280,8 @@ def test_bad_pruning_keys_are_refused_by_name(bad, fragments):
 
 
 def test_prune_params_refuse_bad_values_by_config_key():
-    for bad, key in (({"fractions": (0, 0.5, 0.5)}, "pruning.fractions"), ({"random_draws": 1.5}, "pruning.random_draws"),
+    for bad, key in (({"fractions": (0, 0.5, 0.5)}, "pruning.fractions"),
+                     ({"random_draws": 1.5}, "pruning.random_draws"),
                      ({"finetune_lr_factor": -1}, "pruning.finetune_lr_factor")):
         with pytest.raises(ValueError, match=key):
             PruneParams(**bad)

@@ -4,8 +4,8 @@ the definition's candidates and tell optimal weights from wrong ones."""
 import numpy as np
 import pytest
 
-from cwnnk.engine import nnk
 from cwnnk.bench.reference import KKT_TOL, candidates, check_nodes, kkt_violation, problem, sample_nodes
+from cwnnk.engine import nnk
 
 
 def test_candidates_on_a_line_break_ties_by_index_and_drop_or_keep_duplicates():

@@ -8,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 
+from cwnnk.config import ConfigError, Experiment, validate
+from cwnnk.preflight import canonical, check, graph_samples
+
 from conftest import REPO, TINY_CONFIG, snakemake, write_config
 
 REPO_SNAKEFILE = REPO / "Snakefile"
-from cwnnk.config import ConfigError, Experiment, validate
-from cwnnk.preflight import canonical, check, graph_samples
 
 
 def _experiment(**overrides):
@@ -248,8 +249,9 @@ def test_every_stage_killed_and_rerun_gives_the_clean_tables(tmp_path):
     the documented recovery (--unlock, then --rerun-incomplete, naming the killed job's output:
     Snakemake does not remake a missing intermediate file whose consumers are up to date) no
     temporary is left and the tables equal the clean run's, byte for byte."""
-    from conftest import kill_when_logged
     from cwnnk.atomic import PAUSE_ENV
+
+    from conftest import kill_when_logged
 
     results = tmp_path / "results"
     cfg = write_config(tmp_path / "config.yaml", results, **ONE_MODEL)

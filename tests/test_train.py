@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_CONFIG
 from cwnnk.config import Experiment, validate
 from cwnnk.datasets import load_dataset
 from cwnnk.train import evaluate, run_train, summarize_history, train_model
+
+from conftest import TINY_CONFIG
 
 
 def _experiment(validation, save_epochs=()):
@@ -44,7 +45,8 @@ def test_validation_images_never_reach_the_training():
         assert 0 <= row["val_acc"] <= 1 and row["val_loss"] > 0
         assert "val_acc" not in other and "val_loss" not in other
     # The recorded numbers are the final model's on the validation split.
-    assert (history[-1]["val_loss"], history[-1]["val_acc"]) == pytest.approx(evaluate(model, dataset.validation, "cpu"))
+    assert ((history[-1]["val_loss"], history[-1]["val_acc"])
+            == pytest.approx(evaluate(model, dataset.validation, "cpu")))
     final = summarize_history(history)
     assert final["val_acc"] == history[-1]["val_acc"] and "val_acc" not in summarize_history(history_alone)
 

@@ -117,7 +117,8 @@ def test_long_jobs_log_their_progress(tiny_run):
     model = MODELS[0]
     train = (logs / "train" / f"{model}.log").read_text()
     assert re.search(r"epoch 2/2 .* images/s", train)
-    assert re.search(r"batch 1/\d+ done \(train: \d+/60 samples, .* batch/s", (logs / "extract" / f"{model}.log").read_text())
+    assert re.search(r"batch 1/\d+ done \(train: \d+/60 samples, .* batch/s",
+                     (logs / "extract" / f"{model}.log").read_text())
     graphs = (logs / "graphs" / model / "conv1.log").read_text()
     assert re.search(r"point set 4/5 done \(channels 0-3 of 4, .* point set/s", graphs)
     assert "point set 5/5 done (the aggregate" in graphs
@@ -234,7 +235,8 @@ hidden = set(json.loads(sys.argv.pop(1)))
 class Hide(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] in hidden:
-            raise ModuleNotFoundError(f"No module named {name!r} (not installed by README's pip install -e .)", name=name)
+            raise ModuleNotFoundError(f"No module named {name!r} (not installed by README's pip install -e .)",
+                                      name=name)
 sys.meta_path.insert(0, Hide())
 sys.argv[0] = "snakemake"
 runpy.run_module("snakemake", run_name="__main__")
@@ -458,10 +460,11 @@ def test_validation_split_through_snakemake(tmp_path):
     split picks, and the held-out images are neither trained on nor stored."""
     import numpy as np
 
-    from conftest import TINY_CONFIG
     from cwnnk.activations import open_activations
     from cwnnk.datasets import load_dataset
     from cwnnk.tables import read_table
+
+    from conftest import TINY_CONFIG
 
     results = tmp_path / "results"
     config = write_config(tmp_path / "config.yaml", results, sweep=dict(TINY_CONFIG["sweep"], dropout=[0.0]),
@@ -521,7 +524,8 @@ def test_tiny_run_compares_every_model_with_its_untrained_twin(tiny_run):
         assert np.array_equal(table["redundancy_twin"][rows], table["redundancy"][twin_rows])
         diff = table["redundancy_vs_twin"][rows]
         assert np.allclose(diff, table["redundancy"][rows] - table["redundancy"][twin_rows])
-        assert (table["redundancy_vs_twin_ci_lo"][rows] <= diff).all() and (diff <= table["redundancy_vs_twin_ci_hi"][rows]).all()
+        assert ((table["redundancy_vs_twin_ci_lo"][rows] <= diff).all()
+                and (diff <= table["redundancy_vs_twin_ci_hi"][rows]).all())
         assert set(table["training_effect"][rows]) <= {"raised", "lowered", "none beyond the interval"}
         assert (table["redundancy_ci_lo"][rows] <= table["redundancy"][rows]).all()
 

@@ -26,8 +26,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "workflow"), str(REPO / "tests")]
 
-from conftest import TINY_CONFIG  # noqa: E402 - the tests' tiny experiment, the one source of it
 from cwnnk.atomic import PAUSE_ENV  # noqa: E402
+
+from conftest import TINY_CONFIG  # noqa: E402 - the tests' tiny experiment, the one source of it
 
 M = "convnet-d0-wd0-s1"
 GROUPS = ("kills", "bad_configs", "bad_files", "bit_flips", "external_faults")  # run in this order
@@ -114,7 +115,8 @@ class Matrix:
         rc, out = self.snakemake()
         self.write_config()
         said = next((line.strip() for line in out.splitlines() if expect in line), "")
-        self.record(fault, f"rc {rc}, stopped before any job: {said[:150]}" if rc and said else f"rc {rc}: {out[-200:]}")
+        self.record(fault,
+                    f"rc {rc}, stopped before any job: {said[:150]}" if rc and said else f"rc {rc}: {out[-200:]}")
 
     def bad_configs(self):
         self.config_fault("graphs.k = 300 > N = 60", "graphs.k", graphs={"k": 300})

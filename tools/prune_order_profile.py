@@ -35,7 +35,8 @@ def profile(channels):
             row = dict(model=model, layer=layer)
             for name in ("zero_map_fraction", "loo_error"):
                 values = channels[name][at]
-                row[f"rho_{name}"] = stats.spearmanr(channels["prune_order"][at], values)[0] if np.ptp(values) else np.nan
+                row[f"rho_{name}"] = (stats.spearmanr(channels["prune_order"][at], values)[0] if np.ptp(values)
+                                      else np.nan)
                 row[f"first_{name}"] = values[order[:quarter]].mean()
                 row[f"last_{name}"] = values[order[-quarter:]].mean()
             rows.append(row)

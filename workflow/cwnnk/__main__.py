@@ -32,6 +32,7 @@ from pathlib import Path
 
 from cwnnk.graphs import estimate_cost as estimate
 
+
 def _duration(seconds):
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -175,7 +176,8 @@ def width_sweep_command(args):
         rows = width_sweep(folder, sizes=args.sizes, n_draws=args.draws, seed=args.seed)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"cwnnk: {err}")
-    print(f"{'channels':>8s} {'redundancy':>11s} {'chance':>7s} {'rho_hat':>8s} {'chance':>7s} {'union saturation':>17s}")
+    print(f"{'channels':>8s} {'redundancy':>11s} {'chance':>7s} {'rho_hat':>8s} {'chance':>7s} "
+          f"{'union saturation':>17s}")
     for n in dict.fromkeys(r["n_channels"] for r in rows):
         at = [r for r in rows if r["n_channels"] == n]
         mean = {key: sum(r[key] for r in at) / len(at) for key in at[0]}
@@ -304,10 +306,12 @@ def main(argv=None):
                            "(default 0.01; docs/reliability.md gives what another processor moves)")
     stability.add_argument("--copies", type=int, default=2)
     stability.add_argument("--seed", type=int, default=0)
-    plan = sub.add_parser("prune-plan", help="the channels of each layer the CW-NNK order removes at a fraction, as JSON")
+    plan = sub.add_parser("prune-plan",
+                          help="the channels of each layer the CW-NNK order removes at a fraction, as JSON")
     plan.add_argument("channels", help="a finished run's channels.csv, e.g. results/tables/channels.csv")
     plan.add_argument("model", help="the model, as named in channels.csv")
-    plan.add_argument("--fraction", type=float, required=True, help="share of each layer's channels to remove, in [0, 1)")
+    plan.add_argument("--fraction", type=float, required=True,
+                      help="share of each layer's channels to remove, in [0, 1)")
     plan.add_argument("--out", help="write the plan to this JSON file (default: print it)")
     page = sub.add_parser("results-page", help="a finished run's results as a Markdown page (docs/results.md)")
     page.add_argument("results", help="the run's results folder, e.g. results")

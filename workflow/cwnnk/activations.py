@@ -154,8 +154,8 @@ class StoreWriter:
     def finish(self):
         """Check every array is full, consolidate the metadata, then mark the store complete
         (the last write, into the root zarr.json that also holds the consolidated metadata)."""
-        short = [f"{s}/{l} ({rows}/{self._arrays[s, l].shape[0]} rows)"
-                 for (s, l), rows in self._rows.items() if rows != self._arrays[s, l].shape[0]]
+        short = [f"{s}/{layer} ({rows}/{self._arrays[s, layer].shape[0]} rows)"
+                 for (s, layer), rows in self._rows.items() if rows != self._arrays[s, layer].shape[0]]
         if short:
             raise ValueError(f"{self.path}: not every array was filled: {', '.join(short)}")
         with warnings.catch_warnings():

@@ -28,7 +28,8 @@ def reading(row, short=False):
     columns name the layer and give the numbers)."""
     layer, value, chance = row["layer"], row["redundancy"], row["chance"]
     if value is None:
-        return "undefined: fewer than two live channels" if short else f"{layer}: undefined (fewer than two live channels)"
+        return ("undefined: fewer than two live channels" if short
+                else f"{layer}: undefined (fewer than two live channels)")
     parts = []
     if chance:
         parts.append(f"{value / chance:.1f}x chance" if short else

@@ -45,8 +45,15 @@ Inputs are tables as read by `cwnnk.tables.read_table` ({} for an empty table).
 import numpy as np
 from scipy import stats
 
-from cwnnk.exact import (BCA_MIN_N, blocked_kruskal, holm, permutation_correlation, signed_rank,
-                         smallest_permutation_p, smallest_signed_rank_p)
+from cwnnk.exact import (
+    BCA_MIN_N,
+    blocked_kruskal,
+    holm,
+    permutation_correlation,
+    signed_rank,
+    smallest_permutation_p,
+    smallest_signed_rank_p,
+)
 from cwnnk.redundancy import EFFECTS
 
 ALPHA = 0.05
@@ -289,7 +296,8 @@ def c3_factor(overlap, factor, kind, measure="redundancy", alpha=ALPHA):
     row = _row("C3", f"{measure} changes with {factor} ({what}), other factors held", f"blocked Kruskal-Wallis H "
                f"across {factor} levels", f"per layer a blocked permutation test across {factor} levels (models that "
                f"share every other factor form a block); Holm across layers, smallest adjusted p < {alpha:g}",
-               "overlap.csv", factor=factor, n_of="final models in blocks with two or more levels, at the reported layer")
+               "overlap.csv", factor=factor,
+               n_of="final models in blocks with two or more levels, at the reported layer")
     if not _has(overlap, measure, "layer", "model"):
         return _undefined(row, f"overlap.csv has no rows (or lacks {measure})")
     final, value = _final(overlap), _num(overlap, measure)

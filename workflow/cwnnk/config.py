@@ -14,8 +14,17 @@ import jsonschema
 import yaml
 
 from cwnnk.datasets import dataset_num_classes, dataset_signature
-from cwnnk.params import (DatasetParams, ExtractParams, FigureParams, GraphParams, ImportParams, ManifoldParams,
-                          OverlapParams, PruneParams, TrainParams)
+from cwnnk.params import (
+    DatasetParams,
+    ExtractParams,
+    FigureParams,
+    GraphParams,
+    ImportParams,
+    ManifoldParams,
+    OverlapParams,
+    PruneParams,
+    TrainParams,
+)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -167,7 +176,8 @@ def _widen(spec, width):
         return spec
     if spec["arch"] != "convnet":
         raise ConfigError(f"config key 'sweep.width': {width!r} needs arch convnet (resnet18 has a fixed width)")
-    return dict(spec, layers=[dict(layer, channels=max(1, round(layer["channels"] * width))) for layer in spec["layers"]])
+    return dict(spec, layers=[dict(layer, channels=max(1, round(layer["channels"] * width)))
+                              for layer in spec["layers"]])
 
 
 def has_test_split(dataset_cfg):
@@ -420,7 +430,8 @@ class Experiment:
         return cls(
             config=config, models=models, layers=layers, graphs=graphs, overlap=OverlapParams(),
             manifolds=ManifoldParams(dims=fig["manifold_dims"], n=fig["manifold_n"], graphs=graphs),
-            figures=FigureParams(heatmap_model=fig["heatmap_model"] or first, solver_model=fig["solver_model"] or first),
+            figures=FigureParams(heatmap_model=fig["heatmap_model"] or first,
+                                 solver_model=fig["solver_model"] or first),
         )
 
     @property
@@ -535,7 +546,8 @@ def configuration_markdown(schema=None):
         "| --- | --- | --- | --- |",
     ]
     for key, kind, default, description in _rows(schema, schema.get("$defs", {})):
-        shown = "" if default == "" else f"`{yaml.safe_dump(default, default_flow_style=True, width=10**9).strip().removesuffix('...').strip()}`"
+        shown = "" if default == "" else (
+            f"`{yaml.safe_dump(default, default_flow_style=True, width=10**9).strip().removesuffix('...').strip()}`")
         text = " ".join(str(description).split()).replace("|", "\\|")
         lines.append(f"| `{key}` | {kind} | {shown} | {text} |")
     return "\n".join(lines) + "\n"

@@ -143,7 +143,8 @@ class LayerExtractor:
 
             training = model.training
             try:
-                self._fx = create_feature_extractor(model, return_nodes={node: name for name, node in self.nodes.items()}).eval()
+                self._fx = create_feature_extractor(
+                    model, return_nodes={node: name for name, node in self.nodes.items()}).eval()
             finally:
                 # Tracing switches the model to train mode and back; a failed trace does not switch back.
                 model.train(training)

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
 from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
 
 from cwnnk.atomic import atomic_path
-from cwnnk.params import FigureParams
 from cwnnk.generalization import correlate
+from cwnnk.params import FigureParams
 from cwnnk.products import FIGURE_FORMATS, FIGURES, TABLES
 from cwnnk.tables import n_rows, read_table, select
 
@@ -471,7 +471,8 @@ def f1_degree(channels, prefix, levels=None, k=None):
                          label=f"{names[lev]} ({_n_models(channels, label, lev)})") for lev in levels]
         fig.legend(handles=handles, loc="outside upper center", ncol=_legend_columns(handles, width),
                    title=_level_title(common))
-        glyphs = [Patch(facecolor="white", edgecolor="0.3", label="per-channel degree of live channels (box: quartiles)"),
+        glyphs = [Patch(facecolor="white", edgecolor="0.3",
+                        label="per-channel degree of live channels (box: quartiles)"),
                   Line2D([], [], marker="D", color="0.6", markeredgecolor="black", linestyle="none",
                          markersize=4.5, label="aggregate degree (mean, min-max over seeds)")]
         if n_dead:
@@ -486,7 +487,8 @@ def f1_degree(channels, prefix, levels=None, k=None):
 
 F2_PANELS = (
     ("redundancy", "redundancy_chance", "mean pairwise overlap $J$ (0-1)", "(a) redundancy (width-robust headline)"),
-    ("rho_hat_mean", "rho_hat_chance_mean", "$\\hat\\rho$ (0-1)", "(b) union-based $\\hat\\rho$ (saturates with width)"),
+    ("rho_hat_mean", "rho_hat_chance_mean", "$\\hat\\rho$ (0-1)",
+     "(b) union-based $\\hat\\rho$ (saturates with width)"),
 )
 TWIN_COLOUR = "0.3"
 TWIN_LINE = dict(color=TWIN_COLOUR, linestyle=(0, (4, 2)), linewidth=2.0)
@@ -549,7 +551,8 @@ def f2_redundancy_depth(overlap, prefix, levels=None, twins=None):
             handles.append(Patch(facecolor="0.6", alpha=0.35, label="min-max over seeds"))
         if n_rows(twins or {}):
             handles.append(Line2D([], [], **TWIN_LINE,
-                                  label=f"untrained twins ({len(set(_text(twins['model']).tolist()))}), mean and min-max"))
+                                  label=f"untrained twins ({len(set(_text(twins['model']).tolist()))}), "
+                                        "mean and min-max"))
         handles.append(_chance_handle())
         fig.legend(handles=handles, loc="outside upper center", ncol=_legend_columns(handles, DOUBLE),
                    title=_level_title(common))
@@ -820,7 +823,8 @@ def f4_heatmaps(pairwise, prefix, model=None, channels=None):
         fig.suptitle(f"{describe_model(model, channels)}\nmean J: over pairs a \u2260 b of {live}channels")
         if any_dead:
             fig.legend(handles=[Patch(facecolor=DEAD_FILL, edgecolor=DEAD_HATCH, hatch="////", linewidth=0,
-                                      label="dead channel (all-zero maps on every sample): no neighbours; left out of mean J")],
+                                      label="dead channel (all-zero maps on every sample): no neighbours; "
+                                            "left out of mean J")],
                        loc="outside lower center")
         return _save(fig, prefix)
 
@@ -1249,7 +1253,8 @@ def draw_all(tables, outputs, params=FigureParams()):
     """Draw F0-F8 from the tables into the files `outputs` (F0.pdf, F0.png, ..., F8.png).
 
     tables: {name: CSV path} for the names of cwnnk.products.TABLES; an empty table gives a placeholder
-    figure, and so does an absent manifolds or solvers table (figures.calibration off). params: FigureParams (the models F4 and F6 draw; None: the first).
+    figure, and so does an absent manifolds or solvers table (figures.calibration off). params:
+    FigureParams (the models F4 and F6 draw; None: the first).
     Returns the paths written.
     """
     unknown = sorted(set(tables) - set(TABLES))

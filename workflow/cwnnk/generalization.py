@@ -2,8 +2,9 @@
 (generalization.csv), and early stopping from the CW-NNK LOO error.
 
 One model is one point (a saved epoch counts as a model of its own; the `final` subset leaves
-snapshots out, so that no run counts twice; untrained twins are left out altogether). For each layer (by name, plus `last`: each
-model's deepest analysed layer), measure and target: Pearson and Spearman with permutation p-values, the
+snapshots out, so that no run counts twice; untrained twins are left out altogether). For each
+layer (by name, plus `last`: each model's deepest analysed layer), measure and target: Pearson
+and Spearman with permutation p-values, the
 BCa bootstrap 95% interval of Pearson r over models (from 10 models), and the partial Pearson
 correlation given the training accuracy with a permutation p-value (both variables' linear dependence on train_acc
 removed), so that a factor that moves the training fit (label noise) cannot make the
@@ -223,8 +224,8 @@ def early_stopping_rows(overlap, patience=1):
         if m.sum() < 2:
             continue
         order = np.argsort(epoch[m], kind="stable")
-        e, l, t, v = epoch[m][order], loo[m][order], test[m][order], val[m][order]
-        pick = stop_epoch(e, l, patience)
+        e, loo_, t, v = epoch[m][order], loo[m][order], test[m][order], val[m][order]
+        pick = stop_epoch(e, loo_, patience)
         at = {epoch_: (acc if np.isfinite(acc) else None) for epoch_, acc in zip(e.tolist(), t.tolist())}
         row = dict(run=name, n_epochs=int(m.sum()), patience=patience, loo_epoch=pick,
                    loo_test_acc=at.get(pick), val_epoch=None, val_test_acc=None, best_test_epoch=None,

@@ -23,8 +23,8 @@ import scipy.sparse
 
 from cwnnk.activations import StoreError, open_activations
 from cwnnk.atomic import DamagedArtifact, atomic_path, read_json, write_json
-from cwnnk.logs import Progress
 from cwnnk.intrinsic_dim import distinct_two_nn, gram_two_nn
+from cwnnk.logs import Progress
 from cwnnk.provenance import now, sha256_array, sha256_file, versions
 from cwnnk.sparse import to_sparse
 

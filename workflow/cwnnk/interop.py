@@ -58,7 +58,8 @@ def _point_set(graph_dir, channel):
     else:
         C = summary["n_channels"]
         if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or not 0 <= channel < C:
-            raise ValueError(f"{graph_dir}: channel={channel!r} is not allowed; give 0..{C - 1} or None (the aggregate)")
+            raise ValueError(f"{graph_dir}: channel={channel!r} is not allowed; "
+                             f"give 0..{C - 1} or None (the aggregate)")
         name, prefix = f"{Path(graph_dir)}, channel {channel}", "channel"
         pick = int(channel)
     return (name, *(np.asarray(arrays[f"{prefix}_{field}"][pick])

@@ -645,7 +645,8 @@ def check_state_dict(model, state_dict, source):
     ]
     if missing or unexpected or mismatched:
         lines = [f"{source} does not match the architecture {model.__class__.__name__}:"]
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mismatched shapes", mismatched)):
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                            ("mismatched shapes", mismatched)):
             if keys:
                 lines.append(f"  {label} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
         raise ValueError("\n".join(lines))

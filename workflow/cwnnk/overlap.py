@@ -466,7 +466,8 @@ def width_sweep(ch_indices, ch_weights, agg_indices, agg_weights, sizes, n_draws
             chance = chance_levels(nm.degree_channel, nm.degree_agg)
             rows.append(dict(n_channels=size, draw=draw, redundancy=float(nm.pairwise_overlap.mean()),
                              redundancy_chance=float(chance["pairwise_overlap_chance"].mean()),
-                             rho_hat=float(np.nanmean(nm.rho_hat)), rho_hat_chance=float(np.nanmean(chance["rho_hat_chance"])),
+                             rho_hat=float(np.nanmean(nm.rho_hat)),
+                             rho_hat_chance=float(np.nanmean(chance["rho_hat_chance"])),
                              union_saturation=float(chance["union_chance"].mean() / (N - 1))))
     return rows
 
@@ -500,7 +501,8 @@ def analyse_layer(graph_dir, out_json, params=OverlapParams(), log=None):
              **{name: (int(v[c]) if name == "prune_order" else float(v[c])) for name, v in result.channels.items()})
         for c in range(degree.shape[0])
     ]
-    write_json(out_json, dict(layer=summary["layer"], row=result.row, channels=channels, pairwise=result.pairwise.tolist(),
+    write_json(out_json, dict(layer=summary["layer"], row=result.row, channels=channels,
+                              pairwise=result.pairwise.tolist(),
                               redundancy=result.pairs.to_dict(), sample_index=arrays["sample_index"].tolist(),
                               params=summary["params"]))
     if log:

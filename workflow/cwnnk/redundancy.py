@@ -69,7 +69,8 @@ class PairOverlap:
     @classmethod
     def from_dict(cls, d):
         L = len(d["pairwise"])  # JSON keeps no shape: a layer without two live channels stores [] (0 x 0)
-        return cls(**{name: np.asarray(d[name], dtype=np.float64).reshape(L, L) for name in ("pairwise", "pairwise_chance")},
+        return cls(**{name: np.asarray(d[name], dtype=np.float64).reshape(L, L)
+                      for name in ("pairwise", "pairwise_chance")},
                    **{name: np.asarray(d[name], dtype=np.float64) for name in ("node", "node_chance")})
 
 

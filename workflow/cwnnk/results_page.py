@@ -145,7 +145,8 @@ def generalization_section(generalization):
                     equal_nan=True) for name in named if (layers == name).sum() == (layers == "last").sum())
     rows = []
     for i in range(n_rows(generalization)):
-        if text_column(generalization["subset"])[i] != "final" or text_column(generalization["target"])[i] != "test_acc":
+        if (text_column(generalization["subset"])[i] != "final"
+                or text_column(generalization["target"])[i] != "test_acc"):
             continue
         if skip_last and layers[i] == "last":
             continue
@@ -199,6 +200,7 @@ def results_page(results, figures_dir=None, out=None, configfile=None):
             source = results / "figures" / f"{name}.png"
             if source.is_file():
                 shutil.copyfile(source, figures_dir / source.name)
-                shown.append(f"![{name}]({os.path.relpath(figures_dir / source.name, Path(out).parent if out else '.')})")
+                shown.append(f"![{name}]"
+                             f"({os.path.relpath(figures_dir / source.name, Path(out).parent if out else '.')})")
         parts += ["## Figures", "\n\n".join(shown)]
     return "\n\n".join(parts) + "\n"

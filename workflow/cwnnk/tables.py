@@ -25,6 +25,7 @@ import numpy as np
 
 from cwnnk.atomic import DamagedArtifact, atomic_path, read_json
 from cwnnk.provenance import sha256_file
+
 # Model settings copied onto every row, in this order (tables are tidy: one row, all context).
 MODEL_COLUMNS = ("model", "kind", "label", "arch", "dropout", "weight_decay", "augment", "seed", "label_noise",
                  "n_train", "width", "epochs", "run", "epoch")
@@ -220,7 +221,8 @@ def collect_tables(models, metrics, layers, overlap, out):
         twin = entry.get("twin")
         for depth, layer in enumerate(layers[name]):
             layer_info = infos[name, layer]
-            where = dict(layer=layer, depth=depth, n_layers=len(layers[name]), is_last=int(depth == len(layers[name]) - 1))
+            where = dict(layer=layer, depth=depth, n_layers=len(layers[name]),
+                         is_last=int(depth == len(layers[name]) - 1))
             compared = twin_columns(name, layer, layer_info, twin, infos[twin, layer]) if twin else {}
             overlap_rows.append({**context, **where, **layer_info["row"], **compared})
             short = {key: context[key] for key in ("model", "kind", "label", "dropout", "seed", "run", "epoch")}

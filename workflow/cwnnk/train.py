@@ -10,6 +10,7 @@ from cwnnk.datasets import Split
 from cwnnk.device import resolve_device
 from cwnnk.models import build_model
 
+
 def augment_batch(x, kind, gen):
     """Random translations of up to 2 pixels (zero fill), and horizontal flips for 'shift_flip'."""
     if kind == "none":

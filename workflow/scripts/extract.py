@@ -3,6 +3,7 @@ from cwnnk.logs import stage_logger
 
 with stage_logger("extract", snakemake.log[0]) as log:  # an error goes to the log with its traceback
     import torch
+
     from cwnnk.extract import run_extract
     from cwnnk.params import ExtractParams
 

@@ -3,6 +3,7 @@ from cwnnk.logs import stage_logger
 
 with stage_logger("graphs", snakemake.log[0]) as log:  # an error goes to the log with its traceback
     import torch
+
     from cwnnk.graphs import build_layer_graphs
     from cwnnk.params import GraphParams
 

@@ -3,6 +3,7 @@ from cwnnk.logs import stage_logger
 
 with stage_logger("manifolds", snakemake.log[0]) as log:  # an error goes to the log with its traceback
     import torch
+
     from cwnnk.manifolds import write_manifold_table
     from cwnnk.params import ManifoldParams
 

@@ -3,6 +3,7 @@ from cwnnk.logs import stage_logger
 
 with stage_logger("train", snakemake.log[0]) as log:  # an error goes to the log with its traceback
     import torch
+
     from cwnnk.params import TrainParams
     from cwnnk.train import run_train
 

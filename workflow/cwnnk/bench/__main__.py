@@ -38,8 +38,10 @@ def main(argv=None):
     p.add_argument("--config", default="config.yaml", help="the experiment whose first model is run")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--check-nodes", type=int, default=200,
-                   help="channel nodes per layer checked against the float64 reference (a quarter as many aggregate nodes)")
-    p.add_argument("--repeat", type=int, default=3, help="runs of the graph stage and of the kNN floor; the best counts")
+                   help="channel nodes per layer checked against the float64 reference "
+                        "(a quarter as many aggregate nodes)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="runs of the graph stage and of the kNN floor; the best counts")
     p.set_defaults(func=bench_pipeline)
 
     p = commands.add_parser("scale", help="the graphs stage of one full-size layer on the CPU")

@@ -17,7 +17,6 @@ import json
 import time
 from pathlib import Path
 
-
 TABLE_READS = 4  # overlap.csv: generalization, claims (twice: its rows and answer.csv), figures
 
 

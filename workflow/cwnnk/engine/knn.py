@@ -43,8 +43,17 @@ import torch
 from cwnnk.device import buffer_bytes
 from cwnnk.engine.blocks import row_blocks
 from cwnnk.engine.gram import Buffers
-from cwnnk.engine.pointsets import (PointSets, bound_constant, bounds, brute, default_margin, most_sets_per_batch,
-                                    pools, rerank, whole_gram)
+from cwnnk.engine.pointsets import (
+    PointSets,
+    bound_constant,
+    bounds,
+    brute,
+    default_margin,
+    most_sets_per_batch,
+    pools,
+    rerank,
+    whole_gram,
+)
 
 # Bytes a query tile may use (bound block, pool differences and Gram), by device; see docs/engine.md.
 # On a GPU it is large, so that a tile joins many small point sets (cwnnk.device.buffer_bytes caps it).

@@ -201,7 +201,8 @@ class PointSets(DistinctRows):
             self.H = gram_from.gram(self.members[:, 0]) if summed else self.gram_matrix(buffers)
             self.sq = self.H.diagonal(dim1=1, dim2=2)[self.owner, self.local]
         else:
-            self.sq = torch.cat([sq_norms(self.centred(part, torch.float64)) for part in row_blocks(n_u, 8 * D, CONVERT_BYTES)])
+            self.sq = torch.cat([sq_norms(self.centred(part, torch.float64))
+                                 for part in row_blocks(n_u, 8 * D, CONVERT_BYTES)])
         self.slack = 1 + 4 * (D + 2) * 2.0**-53  # a float64 squared distance's relative error
 
     def gram_matrix(self, buffers):
@@ -260,7 +261,8 @@ def bounds(sets, rows, dtype, c, buffers):
     B = len(sets.size)
     S = buffers.get("bound", (len(rows), sets.width), dtype)
     bias = (-(1 - 2 * c) * sets.sq).to(dtype)
-    padded_bias = bias if B == 1 else bias.new_full((B, sets.width), -math.inf).index_put_((sets.owner, sets.local), bias)
+    padded_bias = (bias if B == 1
+                   else bias.new_full((B, sets.width), -math.inf).index_put_((sets.owner, sets.local), bias))
     owner, local = sets.owner[rows], sets.local[rows]
     if sets.H is not None:
         W = sets.width
@@ -283,7 +285,8 @@ def _product_bounds(sets, S, rows, dtype, bias, padded_bias, buffers):
     size = torch.finfo(dtype).bits // 8
     if dtype not in sets.held and (B > 1 or n_u * D * size <= CENTRED_BYTES):
         V = torch.cat([sets.centred(part, dtype) for part in row_blocks(n_u, 8 * D, CONVERT_BYTES)])
-        sets.held[dtype] = V[None] if B == 1 else V.new_zeros((B, sets.width, D)).index_put_((sets.owner, sets.local), V)
+        sets.held[dtype] = (V[None] if B == 1
+                            else V.new_zeros((B, sets.width, D)).index_put_((sets.owner, sets.local), V))
     if dtype not in sets.held:  # too large to hold twice: centred a block of columns at a time
         Q = sets.centred(rows, dtype)
         for part in row_blocks(n_u, 8 * D, CONVERT_BYTES):
@@ -300,7 +303,8 @@ def _product_bounds(sets, S, rows, dtype, bias, padded_bias, buffers):
         rank = torch.arange(len(rows), device=S.device) - (counts.cumsum(0) - counts)[which]
         Q = V.new_zeros((len(in_tile), T, D)).index_put_((which, rank), V[owner, local])
         if len(in_tile) * T == len(rows):  # a tile of whole sets of one size: S itself
-            torch.baddbmm(padded_bias[in_tile, None, :], Q, V[in_tile].mT, alpha=2, out=S.view(len(in_tile), T, sets.width))
+            torch.baddbmm(padded_bias[in_tile, None, :], Q, V[in_tile].mT, alpha=2,
+                          out=S.view(len(in_tile), T, sets.width))
         else:  # computed padded, then the real rows copied out
             padded = buffers.get("padded", (len(in_tile), T, sets.width), dtype)
             torch.baddbmm(padded_bias[in_tile, None, :], Q, V[in_tile].mT, alpha=2, out=padded)

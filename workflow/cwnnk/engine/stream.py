@@ -26,6 +26,7 @@ from cwnnk.engine.nnls import solve
 from cwnnk.engine.problems import kernel_problems, query_sigma
 from cwnnk.engine.result import COUNTS, NNKResult
 from cwnnk.params import DUPLICATES, KERNELS, SIGMAS, SOLVERS  # the choices the config allows, named once
+
 # Bytes of one (nodes, k, k) float64 array, which sizes the groups of point sets searched together
 # and (SOLVER_BYTES) the solver batches. On CPU they are kept small: batches that stay in cache and
 # in malloc's reused memory were measured faster (fresh large buffers page-fault), and a group
@@ -317,7 +318,8 @@ def _check_finite(X, single):
             break
     else:
         return
-    bad = torch.cat([~torch.isfinite(flat[part]).all(-1) for part in row_blocks(len(flat), flat.shape[1], CONVERT_BYTES)])
+    bad = torch.cat([~torch.isfinite(flat[part]).all(-1)
+                     for part in row_blocks(len(flat), flat.shape[1], CONVERT_BYTES)])
     if bad.any():
         bad = bad.view(X.shape[:-1])
         c, i = (int(v) for v in bad.nonzero()[0])
