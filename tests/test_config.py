@@ -2,6 +2,8 @@ import pytest
 
 from cwnnk.config import ConfigError, expand_models, model_name, validate
 
+from conftest import REPO
+
 
 def test_defaults_are_filled_in():
     cfg = validate({})
@@ -157,3 +159,17 @@ def test_has_test_split_follows_the_dataset(dataset, expected):
     from cwnnk.config import has_test_split
 
     assert has_test_split(dataset) is expected
+
+
+def test_the_config_layer_loads_no_torch():
+    """Validating a config needs no torch (a dry run's import cost): cwnnk.config, cwnnk.preflight and
+    cwnnk.catalog are torch-free; only building a model or loading images imports it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, yaml; import cwnnk.config, cwnnk.preflight; "
+            "cwnnk.config.validate(yaml.safe_load(open('config.yaml'))); "
+            "print(sorted(m for m in ('torch', 'torchvision', 'scipy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from cwnnk.datasets import dataset_signature, load_cifar10, load_dataset, load_digits, load_synthetic, stratified_subset
+from cwnnk.catalog import dataset_signature
+from cwnnk.datasets import load_cifar10, load_dataset, load_digits, load_synthetic, stratified_subset
 
 
 def test_digits_split_is_stratified_scaled_and_fixed():
@@ -308,7 +309,7 @@ def test_split_arguments_follow_each_class_signature(tmp_path):
 
     import torchvision.datasets as tvd
 
-    from cwnnk.datasets import TORCHVISION_SPLITS, split_arguments
+    from cwnnk.catalog import TORCHVISION_SPLITS, split_arguments
 
     for name in TORCHVISION_SPLITS:
         cls = getattr(tvd, name)
@@ -333,8 +334,8 @@ def test_split_arguments_follow_each_class_signature(tmp_path):
 
 
 def test_unsupported_torchvision_classes_are_refused_naming_the_key():
-    from cwnnk.config import ConfigError
-    from cwnnk.datasets import split_arguments
+    from cwnnk.catalog import split_arguments
+    from cwnnk.config import ConfigError, model_spec, validate
 
     # EMNIST's required `split` is its label set (byclass, digits, ...), which no key sets.
     with pytest.raises(ValueError, match=r"'dataset.name': 'EMNIST' .*needs the argument\(s\) \['split'\].*folder"):
@@ -343,7 +344,9 @@ def test_unsupported_torchvision_classes_are_refused_naming_the_key():
         split_arguments("VOCDetection")
     # Refused when the config is read (a ConfigError), before any job.
     with pytest.raises(ConfigError, match="'EMNIST'"):
-        dataset_signature({"name": "EMNIST", "image_size": 28})
+        validate({"dataset": {"name": "EMNIST", "image_size": 28}})
+    with pytest.raises(ConfigError, match="'EMNIST'"):  # also where a model's spec reads the dataset's shape
+        model_spec({"arch": "convnet", "layers": [{"channels": 2}]}, {"name": "EMNIST", "image_size": 28})
 
 
 def test_digits_image_size_null_is_the_native_size_end_to_end():

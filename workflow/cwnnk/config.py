@@ -13,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from cwnnk.datasets import dataset_num_classes, dataset_signature
+from cwnnk.catalog import dataset_classes, dataset_num_classes, dataset_signature, split_arguments
 from cwnnk.params import (
     DatasetParams,
     ExtractParams,
@@ -24,6 +24,7 @@ from cwnnk.params import (
     OverlapParams,
     PruneParams,
     TrainParams,
+    nearest,
 )
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
@@ -111,12 +112,10 @@ def _dataset_problems(dataset):
             return [f"config key 'dataset.root': {dataset.get('root')!r} is not a folder (dataset.name: folder "
                     "reads an ImageFolder tree: one sub-folder of images per class)"]
         return []
-    from cwnnk.datasets import dataset_classes, split_arguments
-    from cwnnk.models import _nearest
 
     if name not in dataset_classes():
         return [f"config key 'dataset.name': {name!r} is not allowed; choose one of {list(DATASETS)} or a "
-                f"torchvision dataset class (nearest: {', '.join(_nearest(name, dataset_classes()))})"]
+                f"torchvision dataset class (nearest: {', '.join(nearest(name, dataset_classes()))})"]
     try:
         split_arguments(name)
     except ValueError as err:  # a torchvision class cwnnk cannot read as image classification
@@ -190,8 +189,6 @@ def has_test_split(dataset_cfg):
         return bool(dataset_cfg.get("test_root"))
     if name in DATASETS:
         return True
-    from cwnnk.datasets import split_arguments
-
     return split_arguments(name)[1] is not None
 
 
@@ -223,9 +220,12 @@ def _external_spec(model_cfg, dataset_cfg, weights):
     spec["preprocess"] = preprocess
     if model_cfg.get("normalize"):
         spec["normalize"] = dict(model_cfg["normalize"])
-    dataset_classes = dataset_num_classes(dataset_cfg)
+    try:
+        data_classes = dataset_num_classes(dataset_cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     weight_classes = len(enum.meta["categories"]) if enum is not None and "categories" in enum.meta else None
-    num_classes = model_cfg.get("num_classes") or weight_classes or dataset_classes
+    num_classes = model_cfg.get("num_classes") or weight_classes or data_classes
     if num_classes is None:
         raise ConfigError("config key 'model.num_classes': the number of classes is unknown until the dataset is "
                           "read; set model.num_classes")
@@ -234,10 +234,10 @@ def _external_spec(model_cfg, dataset_cfg, weights):
                           f"predict {weight_classes} classes; cwnnk never replaces a pretrained head")
     # Weights with other classes (ImageNet's 1000 on a folder of 8) are analysed on the dataset's images and not
     # evaluated (metrics.json's accuracy_skipped says why); a model trained here must predict the dataset's classes.
-    if dataset_classes and num_classes != dataset_classes and not weights:
+    if data_classes and num_classes != data_classes and not weights:
         raise ConfigError(
             f"model {spec.get('name') or spec.get('factory')} predicts {num_classes} classes but dataset "
-            f"{dataset_cfg['name']!r} has {dataset_classes}: cwnnk never replaces a head silently. Use a "
+            f"{dataset_cfg['name']!r} has {data_classes}: cwnnk never replaces a head silently. Use a "
             "dataset with the model's classes, or set model.num_classes to the dataset's")
     spec["num_classes"] = int(num_classes)
     # A factory's head width is checked where the model is first built, in a job (cwnnk.models.Wrapped):
@@ -265,7 +265,10 @@ def model_spec(model_cfg, dataset_cfg, dropout=0.0, weights=None):
     arch = model_cfg.get("arch", "convnet")
     if arch in ("torchvision", "factory"):
         return dict(_external_spec(model_cfg, dataset_cfg, weights or model_cfg.get("weights")), dropout=dropout)
-    input_shape, num_classes = dataset_signature(dataset_cfg)
+    try:
+        input_shape, num_classes = dataset_signature(dataset_cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     spec = {"arch": arch, "input_shape": input_shape, "num_classes": num_classes, "dropout": dropout}
     if spec["arch"] == "convnet":
         spec["layers"] = [dict(padding="valid", pool=False) | layer for layer in model_cfg["layers"]]

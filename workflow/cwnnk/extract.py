@@ -19,6 +19,7 @@ import torch
 
 from cwnnk.logs import Progress
 from cwnnk.models import layer_names, layer_nodes
+from cwnnk.params import nearest
 
 METHODS = ("auto", "fx", "hooks")
 # Test hook: after this many batches the job stops making progress (sleeps) so that a test
@@ -44,7 +45,7 @@ def resolve_layers(spec, requested="all", model=None):
     a node whose output is not (N, C, H, W) (e.g. channel-last (N, H, W, C)), or 'all' selecting
     nothing, with the nearest valid names.
     """
-    from cwnnk.models import _nearest, channel_last, graph_nodes
+    from cwnnk.models import channel_last, graph_nodes
 
     whose = f"model {model!r} ({spec['arch']})" if model else f"architecture {spec['arch']}"
     if requested == "all" or (not isinstance(requested, str) and list(requested) == ["all"]):  # ["all"] too
@@ -53,7 +54,7 @@ def resolve_layers(spec, requested="all", model=None):
             skipped = [name for name, info in graph_nodes(spec).items() if info["activation"] and channel_last(info)]
             why = (f"its {len(skipped)} activation nodes (e.g. {skipped[0]}) are channel-last (N, H, W, C)"
                    if skipped else "it has no activation node with a (N, C, H, W) output")
-            near = _nearest(skipped[0] if skipped else "", list(layer_nodes(spec)))
+            near = nearest(skipped[0] if skipped else "", list(layer_nodes(spec)))
             raise UnknownLayerError(f"config key 'extract.layers': 'all' selects no layer of {whose}: {why}; name "
                                     f"(N, C, H, W) nodes instead, e.g. {', '.join(near)} (`python -m cwnnk layers` "
                                     "lists them)")
@@ -70,7 +71,7 @@ def match_layers(valid, requested, nodes=None, whose="the model"):
     """
     import fnmatch
 
-    from cwnnk.models import _nearest, describe_output
+    from cwnnk.models import describe_output
 
     nodes = nodes or {}
     if isinstance(requested, str):
@@ -84,10 +85,10 @@ def match_layers(valid, requested, nodes=None, whose="the model"):
         unknown.append(item)
         if item in nodes:
             problems.append(f"node {item!r} {describe_output(nodes[item])}; nearest valid: "
-                            f"{', '.join(_nearest(item, valid))}")
+                            f"{', '.join(nearest(item, valid))}")
         else:
             kind = "pattern" if any(ch in item for ch in "*?[") else "layer"
-            problems.append(f"{kind} {item!r} matches no layer; nearest valid: {', '.join(_nearest(item, valid))}")
+            problems.append(f"{kind} {item!r} matches no layer; nearest valid: {', '.join(nearest(item, valid))}")
     if problems:
         listing = ", ".join(valid) if len(valid) <= 40 else ", ".join(valid[:40]) + f", ... ({len(valid)} in all)"
         raise UnknownLayerError(f"config key 'extract.layers': unknown layer(s) {unknown} for {whose}: "

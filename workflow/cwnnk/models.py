@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cwnnk.atomic import atomic_path
+from cwnnk.params import nearest
 
 ARCHS = ("convnet", "resnet18", "torchvision", "factory")
 # torchvision models whose auxiliary classifiers make training mode return a tuple of logits.
@@ -123,16 +124,6 @@ def classification_models():
     return torchvision.models.list_models(module=torchvision.models)
 
 
-def _nearest(name, valid, n=5):
-    """Up to n of `valid` closest to name (case-insensitive), else the first n."""
-    import difflib
-
-    valid = list(valid)
-    lower = {v.lower(): v for v in valid}
-    close = difflib.get_close_matches(str(name).lower(), list(lower), n=n, cutoff=0.4)
-    return [lower[c] for c in close] or valid[:n]
-
-
 def torchvision_builder(name):
     """The builder of torchvision classification model `name`; ValueError naming the nearest names."""
     import torchvision
@@ -140,7 +131,7 @@ def torchvision_builder(name):
     valid = classification_models()
     if name not in valid:
         raise ValueError(f"config key 'model.name': {name!r} is not a torchvision classification model; nearest: "
-                         f"{', '.join(_nearest(name, valid))} (all: torchvision.models.list_models("
+                         f"{', '.join(nearest(name, valid))} (all: torchvision.models.list_models("
                          "module=torchvision.models))")
     return torchvision.models.get_model_builder(name)
 

@@ -32,6 +32,16 @@ def _refuse(key, value, expected):
     raise ValueError(f"config key '{key}': {value!r} is not allowed; expected {expected}")
 
 
+def nearest(name, valid, n=5):
+    """Up to n of `valid` closest to name (case-insensitive), else the first n."""
+    import difflib
+
+    valid = list(valid)
+    lower = {v.lower(): v for v in valid}
+    close = difflib.get_close_matches(str(name).lower(), list(lower), n=n, cutoff=0.4)
+    return [lower[c] for c in close] or valid[:n]
+
+
 def _choice(key, value, allowed):
     if value not in allowed:
         _refuse(key, value, f"one of {list(allowed)}")
@@ -112,7 +122,7 @@ class DatasetParams(_Params):
 
     def __post_init__(self):
         if self.name not in DATASETS:
-            from cwnnk.datasets import dataset_classes
+            from cwnnk.catalog import dataset_classes
 
             _choice("dataset.name", self.name, (*DATASETS, *dataset_classes()))
         _integer("dataset.resize", self.resize, 4, allow_none=True)

@@ -9,6 +9,7 @@ last run. Every such check that the config alone decides is made here, at parse 
 import math
 from pathlib import Path
 
+from cwnnk.catalog import validation_size
 from cwnnk.config import ConfigError, Experiment
 
 # Training images of the fixed datasets (digits: sklearn's 1,797 with a stratified 20 % test split).
@@ -61,8 +62,6 @@ def graph_samples(config, dataset=None, read=False):
     """N of a graphs job: the training images of `dataset` (a model's DatasetParams dict; default
     the config's `dataset` section) less its validation split, then extract.n_samples and
     graphs.n_samples. None when the dataset's size is not known from the config (read: as `available`)."""
-    from cwnnk.datasets import validation_size
-
     dataset = config["dataset"] if dataset is None else dataset
     n = train_size(dataset, read)
     if n is None:
@@ -77,8 +76,6 @@ def graph_samples(config, dataset=None, read=False):
 def _smallest_level(k, fraction):
     """The smallest training-set size that keeps more than k images after a validation split of
     `fraction` (N(L) = L - validation_size(L) never decreases with L)."""
-    from cwnnk.datasets import validation_size
-
     # N(L) <= L (1 - fraction) + 1/2, so no level below (k - 1/2) / (1 - fraction) keeps more than k.
     level = max(k + 1, int((k - 0.5) / (1 - fraction)))
     while level - validation_size(level, fraction) <= k:
@@ -90,8 +87,6 @@ def _size_problems(exp, k):
     """Problems of the training-set sizes the models see: a dataset.n_train or sweep.n_train level
     above the dataset's training images, a validation split that leaves none, and graphs of
     N <= graphs.k. One check per distinct (key, size, validation) of the models."""
-    from cwnnk.datasets import validation_size
-
     config, found, seen = exp.config, [], set()
     caps = [config["extract"].get("n_samples"), config["graphs"].get("n_samples")]
     cap = min((c for c in caps if c is not None), default=None)
