@@ -338,7 +338,7 @@ class ActivationStore:
         return np.ascontiguousarray(self._group[layer][:], dtype=np.float32).reshape(n, -1)
 
 
-def open_activations(path, split="train"):
+def open_activations(path: str | os.PathLike, split: str = "train") -> ActivationStore:
     """Open a complete activation store (its folder, or its zarr.json) for reading; refuse an
     incomplete or damaged one.
 

@@ -10,14 +10,25 @@ Snakemake. Layer names are the model's own FX node names
 (torchvision.models.feature_extraction.get_graph_node_names), or glob patterns of them.
 """
 
+from __future__ import annotations
+
+import os
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cwnnk.params import TOL
+
+if TYPE_CHECKING:  # torch, scipy and zarr are imported when a call needs them
+    import scipy.sparse
+    import torch
+
+    from cwnnk.activations import ActivationStore
 
 
 def _as_split(images, labels=None):
@@ -63,7 +74,7 @@ def _as_split(images, labels=None):
     return split, batch_size, getattr(images, "classes", None)
 
 
-def model_layers(model, input_shape):
+def model_layers(model: torch.nn.Module, input_shape: Sequence[int]) -> OrderedDict[str, dict[str, Any]]:
     """Every analysable node of an nn.Module: name -> {shape (C, H, W) or other, spatial, all}.
 
     input_shape: (C, H, W) of one image. `spatial`: the node's output is (N, C, H, W) (it can be
@@ -95,8 +106,13 @@ def _progress_log(log, progress):
     return log if log is not None else ProgressBar(enabled=progress)
 
 
-def activations_of(model, images, layers="all", *, n_samples=None, seed=0, labels=None, batch_size=64,
-                   device="cpu", store=None, compressor="zstd", log=None, progress=True):
+def activations_of(model: torch.nn.Module,
+                   images: torch.Tensor | np.ndarray | torch.utils.data.Dataset | torch.utils.data.DataLoader,
+                   layers: str | Sequence[str] = "all", *, n_samples: int | None = None, seed: int = 0,
+                   labels: np.ndarray | torch.Tensor | Sequence[int] | None = None, batch_size: int = 64,
+                   device: str | torch.device = "cpu", store: str | os.PathLike | None = None,
+                   compressor: str = "zstd", log: Callable[[str], None] | None = None,
+                   progress: bool = True) -> OrderedDict[str, np.ndarray] | ActivationStore:
     """The activations of `layers` of `model` on `images`, in memory or streamed to a Zarr store.
 
     model: a torch nn.Module (its input normalisation included; used in eval mode). images: a
@@ -171,13 +187,13 @@ class LayerGraphs:
     labels: np.ndarray | None = None
     constant_map: np.ndarray | None = None
 
-    def channel_graph(self, c, symmetrize="none"):
+    def channel_graph(self, c: int, symmetrize: str = "none") -> scipy.sparse.csr_matrix:
         """Channel c's graph as a scipy CSR N x N matrix (row i holds theta_i)."""
         from cwnnk.sparse import to_sparse
 
         return to_sparse(self.channels.channel(c), symmetrize)
 
-    def aggregate_graph(self, symmetrize="none"):
+    def aggregate_graph(self, symmetrize: str = "none") -> scipy.sparse.csr_matrix:
         """The aggregate's graph as a scipy CSR N x N matrix."""
         from cwnnk.sparse import to_sparse
 
@@ -187,7 +203,9 @@ class LayerGraphs:
 LAYOUTS = ("NCHW", "NCD", "CND")
 
 
-def cw_nnk_graphs(acts, k=25, *, layout=None, labels=None, log=None, progress=True, **options):
+def cw_nnk_graphs(acts: np.ndarray | torch.Tensor, k: int = 25, *, layout: str | None = None,
+                  labels: np.ndarray | torch.Tensor | Sequence[int] | None = None,
+                  log: Callable[[str], None] | None = None, progress: bool = True, **options: Any) -> LayerGraphs:
     """CW-NNK graphs of one layer from its activations: every channel's NNK graph plus the aggregate's.
 
     acts: (N, C, H, W) array or tensor (one layer of N images). A 3-D array is ambiguous ((N, C, D)
@@ -241,7 +259,7 @@ def cw_nnk_graphs(acts, k=25, *, layout=None, labels=None, log=None, progress=Tr
                        maps["constant_map"])
 
 
-def overlap_summary(graphs, tol=TOL):
+def overlap_summary(graphs: LayerGraphs, tol: float = TOL) -> dict[str, Any]:
     """The overlap summary of one layer's CW-NNK graphs (LayerGraphs from cw_nnk_graphs).
 
     The overlap stage's own code (cwnnk.overlap.graphs_summary), so the numbers are its `row`'s
@@ -304,8 +322,13 @@ class TwinComparison:
                 f"{self.difference:+.3f} [{lo:+.3f}, {hi:+.3f}]: {verdict}")
 
 
-def redundancy_vs_untrained(model, images, layers="all", *, k=25, twin_seed=0, n_samples=None, seed=0, labels=None,
-                            batch_size=64, device="cpu", log=None, progress=True, **options):
+def redundancy_vs_untrained(model: torch.nn.Module,
+                            images: torch.Tensor | np.ndarray | torch.utils.data.Dataset | torch.utils.data.DataLoader,
+                            layers: str | Sequence[str] = "all", *, k: int = 25, twin_seed: int = 0,
+                            n_samples: int | None = None, seed: int = 0,
+                            labels: np.ndarray | torch.Tensor | Sequence[int] | None = None, batch_size: int = 64,
+                            device: str | torch.device = "cpu", log: Callable[[str], None] | None = None,
+                            progress: bool = True, **options: Any) -> OrderedDict[str, TwinComparison]:
     """Each layer's headline redundancy beside its untrained twin's, in one call.
 
     The twin is cwnnk.models.untrained_twin(model, twin_seed): the same architecture with seeded random
@@ -340,7 +363,8 @@ def redundancy_vs_untrained(model, images, layers="all", *, k=25, twin_seed=0, n
     return out
 
 
-def width_sweep(graphs, sizes=None, n_draws=10, seed=0, tol=TOL):
+def width_sweep(graphs: LayerGraphs | str | os.PathLike, sizes: Sequence[int] | None = None, n_draws: int = 10,
+                seed: int = 0, tol: float = TOL) -> list[dict[str, Any]]:
     """The saturation curve of one layer: the headline redundancy and rho_hat of random channel subsets.
 
     graphs: LayerGraphs (cw_nnk_graphs) or a graphs folder of the workflow (results/graphs/MODEL/LAYER).

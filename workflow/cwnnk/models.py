@@ -212,7 +212,7 @@ class Wrapped(nn.Module):
         return self.net(self.normalize(x))
 
 
-def untrained_twin(model, seed=0):
+def untrained_twin(model: nn.Module, seed: int = 0) -> nn.Module:
     """The untrained twin of `model`: the same architecture, seeded random weights, no training.
 
     A cwnnk model (build_model, load_checkpoint: it carries its `spec`) is built anew from its spec

@@ -15,11 +15,19 @@ indices to remove at a fraction, and `apply_plan` removes them physically with T
 (optional extra `prune`). `run_pruning` is the `pruning` job (docs/overlap.md, "Pruning").
 """
 
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cwnnk.atomic import read_json
+
+if TYPE_CHECKING:  # torch is imported where a call needs it
+    import torch
 
 CRITERIA = ("cwnnk", "l1", "apoz", "random")
 ALL = "all"  # the scope that removes channels of every analysed layer at once
@@ -62,7 +70,7 @@ def removal_order(criterion, n_channels, *, prune_order=None, l1=None, apoz=None
 
 # ---------------------------------------------------------------------------- the plan
 
-def prune_orders(channels_csv, model):
+def prune_orders(channels_csv: str | os.PathLike, model: str) -> dict[str, np.ndarray]:
     """{layer: (C,) greedy CW-NNK order} of one model from a run's channels.csv (its `prune_order`)."""
     from cwnnk.tables import read_table, text_column
 
@@ -83,7 +91,8 @@ def prune_orders(channels_csv, model):
     return orders
 
 
-def prune_plan(orders, fraction):
+def prune_plan(orders: Mapping[str, np.ndarray | Sequence[int] | dict[str, Any]],
+               fraction: float) -> dict[str, dict[str, Any]]:
     """The channels to remove at `fraction` of each layer: {layer: {"n_channels": C, "remove": [indices]}}.
 
     orders: {layer: (C,) position of each channel in the CW-NNK removal order}, as `prune_orders`
@@ -140,7 +149,8 @@ def _node_calls(model, nodes):
 
 
 @contextmanager
-def masked(model, masks, nodes=None):
+def masked(model: torch.nn.Module, masks: Mapping[str, np.ndarray | Sequence[bool] | dict[str, Any]],
+           nodes: Mapping[str, str] | None = None) -> Iterator[torch.nn.Module]:
     """Inside the block, model's layers output 0 on the removed channels (axis 1).
 
     masks: a plan (prune_plan), or {layer: (C,) bool, False = removed}; nodes: {layer: FX node name}
@@ -392,7 +402,9 @@ def collect_pruning(paths, out_csv):
 
 # ---------------------------------------------------------------------------- Torch-Pruning
 
-def apply_plan(model, plan, example_inputs, nodes=None):
+def apply_plan(model: torch.nn.Module, plan: Mapping[str, Mapping[str, Any]],
+               example_inputs: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
+               nodes: Mapping[str, str] | None = None) -> torch.nn.Module:
     """Remove a plan's channels from `model` physically (in place) with Torch-Pruning's DependencyGraph.
 
     For each layer, the convolution producing it (producing_conv) loses the plan's output channels,

@@ -1,12 +1,19 @@
 """NNK results as scipy sparse graphs (docs/method.md section 2, "Graph")."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.sparse
+
+if TYPE_CHECKING:
+    from cwnnk.engine.result import NNKResult  # the engine package imports torch
 
 SYMMETRIZE = ("none", "max", "pynnk")
 
 
-def to_sparse(result, symmetrize="none"):
+def to_sparse(result: NNKResult, symmetrize: str = "none") -> scipy.sparse.csr_matrix | list[scipy.sparse.csr_matrix]:
     """CSR N x N matrix W with W[i, j] = theta_ij (a list of C matrices for C point sets).
 
     symmetrize: "none" (directed, the default used for all counting); "max": max(W, W^T);

@@ -30,11 +30,11 @@ class NNKResult:
     solver: str
 
     @property
-    def n_sets(self):
+    def n_sets(self) -> int | None:
         """Number of point sets, or None for a single (N, D) input."""
         return self.indices.shape[0] if self.indices.ndim == 3 else None
 
-    def channel(self, c):
+    def channel(self, c: int) -> "NNKResult":
         """The result of point set c alone, as if nnk had been called on X[c]."""
         if self.n_sets is None:
             raise ValueError("channel(c) needs a result of several point sets; this one is a single (N, D) set")

@@ -42,8 +42,9 @@ SOLVER_BYTES = {"cpu": 1 << 22, "cuda": 1 << 32}
 LOOKAHEAD_BYTES = {"cpu": 1 << 26, "cuda": 0}
 
 
-def nnk(X, k=25, *, kernel="gaussian", sigma="local", solver="exact", duplicates="drop", tol=1e-10, device="auto",
-        timings=None):
+def nnk(X: np.ndarray | torch.Tensor, k: int = 25, *, kernel: str = "gaussian", sigma: str = "local",
+        solver: str = "exact", duplicates: str = "drop", tol: float = 1e-10, device: str | torch.device = "auto",
+        timings: dict[str, float] | None = None) -> NNKResult:
     """NNK graph of X (N, D), or of each of C point sets X (C, N, D), as an NNKResult.
 
     kernel: "gaussian" (sigma "local": d_k(i)/3 per query, or "global": mean_i d_k(i)/3 per set)
