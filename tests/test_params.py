@@ -1,5 +1,8 @@
 """cwnnk.params and cwnnk.config.Experiment: one validated object per stage, built once."""
 
+import json
+import re
+
 import pytest
 import yaml
 
@@ -118,3 +121,18 @@ def test_validation_split_reaches_train_and_extract_alike():
     assert exp.extract(run).dataset == exp.extract(f"{run}-e1").dataset == train.dataset
     default = Experiment.from_config(validate(TINY_CONFIG))
     assert default.config["training"]["validation"] == 0.0 and default.train(run).dataset.validation == 0.0
+
+
+def test_tracked_params_leave_the_device_out_at_any_depth(experiment):
+    """Rule params hold tracked(): no `device`, so that changing it reruns nothing; from_dict(..., device=)
+    puts it back wherever the settings (or the settings nested in them) have one."""
+    exp = experiment
+    model = exp.pruned[0]
+    for params in (exp.train(model), exp.extract(model), exp.graphs, exp.manifolds, exp.prune(model)):
+        tracked = params.tracked()
+        assert "device" not in json.dumps(tracked)
+        back = type(params).from_dict(tracked, device="cuda:1")
+        assert "device" in json.dumps(back.to_dict())
+        assert all(value == "cuda:1" for value in re.findall(r'"device": "([^"]*)"', json.dumps(back.to_dict())))
+        assert back.tracked() == tracked
+    assert exp.overlap.tracked() == exp.overlap.to_dict()  # no device: the same dict as before

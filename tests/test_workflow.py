@@ -389,6 +389,18 @@ def test_changing_k_reruns_graphs_and_downstream_only(tiny_run):
     assert counts["pruning"] == 2 and counts["pruning_table"] == 1  # the CW-NNK order comes from the graphs
 
 
+def test_changing_the_device_reruns_nothing(tiny_run):
+    """`device` is an execution setting (a job resource, not a tracked param): cpu and auto give the same results
+    on a machine without a GPU, and results on either device are valid."""
+    root, config = tiny_run
+    write_config(config, root / "results", device="auto")
+    try:
+        proc = snakemake("-n", "--cores", "2", "--configfile", config)
+    finally:
+        write_config(config, root / "results")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("level, new", [
     ({"label_noise": [0.0, 0.2]}, {"convnet-d0-wd0-ln0.2-s1", "convnet-d0.3-wd0-ln0.2-s1"}),
     ({"n_train": [None, 50]}, {"convnet-d0-wd0-n50-s1", "convnet-d0.3-wd0-n50-s1"}),

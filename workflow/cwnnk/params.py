@@ -69,20 +69,44 @@ def _device(key, value):
         _refuse(key, value, "'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
+def _without_device(values):
+    return {key: _without_device(value) if isinstance(value, dict) else value for key, value in values.items()
+            if key != "device"}
+
+
+def _with_device(cls, values, device):
+    values = dict(values)
+    for f in fields(cls):
+        if f.name == "device":
+            values["device"] = device
+        elif isinstance(f.type, type) and issubclass(f.type, _Params) and isinstance(values.get(f.name), dict):
+            values[f.name] = _with_device(f.type, values[f.name], device)
+    return values
+
+
 class _Params:
     """Shared behaviour: a plain dict for JSON provenance, and `replace` for one changed value."""
 
     def to_dict(self):
         return asdict(self)
 
+    def tracked(self):
+        """to_dict() without `device` at any depth: what a rule's params hold. The device is an execution
+        setting: the workflow passes it as a job resource, so that changing it reruns nothing (results on
+        either device are valid, as on either CPU code path), and from_dict(..., device=) puts it back."""
+        return _without_device(asdict(self))
+
     def replace(self, **changes):
         return replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, values):
-        """Build from a mapping (e.g. a config section); unknown keys are refused by name."""
+    def from_dict(cls, values, device=None):
+        """Build from a mapping (e.g. a config section); unknown keys are refused by name. device: set it
+        wherever these settings (or the settings nested in them) have one (the workflow's tracked() dicts)."""
         if isinstance(values, cls):
             return values
+        if device is not None:
+            values = _with_device(cls, values, device)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -33,7 +33,7 @@ rule train:
     params:
         entry=model_entry,
         snapshots=lambda wildcards: [MODELS[m] for m in EXP.snapshots(wildcards.model)],
-        train=lambda wildcards: EXP.train(wildcards.model).to_dict(),
+        train=lambda wildcards: EXP.train(wildcards.model).tracked(),
     script:
         "../scripts/train.py"
 
@@ -62,7 +62,7 @@ rule import_checkpoint:
         **job_resources("import_checkpoint"),
     params:
         entry=model_entry,
-        evaluate=lambda wildcards: EXP.import_(wildcards.model).to_dict(),
+        evaluate=lambda wildcards: EXP.import_(wildcards.model).tracked(),
     script:
         "../scripts/import_checkpoint.py"
 
@@ -86,6 +86,6 @@ rule untrained_twin:
         **job_resources("import_checkpoint"),
     params:
         entry=lambda wildcards: MODELS[f"{wildcards.run}-untrained"],
-        evaluate=lambda wildcards: EXP.import_(f"{wildcards.run}-untrained").to_dict(),
+        evaluate=lambda wildcards: EXP.import_(f"{wildcards.run}-untrained").tracked(),
     script:
         "../scripts/untrained_twin.py"

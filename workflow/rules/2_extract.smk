@@ -20,6 +20,6 @@ rule extract:
         **job_resources("extract"),
     params:
         entry=model_entry,
-        extract=lambda wildcards: EXP.extract(wildcards.model).to_dict(),
+        extract=lambda wildcards: EXP.extract(wildcards.model).tracked(),
     script:
         "../scripts/extract.py"

@@ -17,6 +17,6 @@ rule graphs:
     resources:
         **job_resources("graphs"),
     params:
-        graphs=EXP.graphs.to_dict(),
+        graphs=EXP.graphs.tracked(),
     script:
         "../scripts/graphs.py"

@@ -16,6 +16,6 @@ rule overlap:
     resources:
         **job_resources("overlap"),
     params:
-        overlap=EXP.overlap.to_dict(),
+        overlap=EXP.overlap.tracked(),
     script:
         "../scripts/overlap.py"

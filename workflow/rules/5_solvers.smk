@@ -26,6 +26,6 @@ rule solvers:
     params:
         model=EXP.figures.solver_model,
         layers=layers_of(EXP.figures.solver_model),
-        graphs=EXP.graphs.to_dict(),
+        graphs=EXP.graphs.tracked(),
     script:
         "../scripts/solvers.py"

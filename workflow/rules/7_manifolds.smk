@@ -19,6 +19,6 @@ rule manifolds:
     resources:
         **job_resources("manifolds"),
     params:
-        manifolds=EXP.manifolds.to_dict(),
+        manifolds=EXP.manifolds.tracked(),
     script:
         "../scripts/manifolds.py"

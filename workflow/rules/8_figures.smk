@@ -28,7 +28,7 @@ rule figures:
     resources:
         **job_resources("figures"),
     params:
-        figures=EXP.figures.to_dict(),
+        figures=EXP.figures.tracked(),
         # for the report's captions (workflow/report/F*.rst): how many models each figure rests on
         n_models=sum(e["kind"] != "untrained" for e in MODELS.values()),
         # F2: the untrained twins drawn as the baseline

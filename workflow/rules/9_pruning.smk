@@ -29,7 +29,7 @@ rule pruning:
     params:
         entry=model_entry,
         layers=lambda wildcards: layers_of(wildcards.model),
-        pruning=lambda wildcards: EXP.prune(wildcards.model).to_dict(),
+        pruning=lambda wildcards: EXP.prune(wildcards.model).tracked(),
     script:
         "../scripts/pruning.py"
 

@@ -105,6 +105,8 @@ def job_resources(rule):
         ),
         runtime=spec["runtime"],
         gpu=GPUS if spec["gpu"] else 0,
+        # an execution setting, not a tracked param (cwnnk.params._Params.tracked): changing it reruns nothing
+        device=config["device"],
     )
     if spec["gpu"] and GPUS:
         if _SITE["gpu_partition"]:

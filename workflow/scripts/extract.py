@@ -8,5 +8,5 @@ with stage_logger("extract", snakemake.log[0]) as log:  # an error goes to the l
     from cwnnk.params import ExtractParams
 
     torch.set_num_threads(snakemake.threads)
-    params = ExtractParams.from_dict(snakemake.params.extract)
+    params = ExtractParams.from_dict(snakemake.params.extract, device=snakemake.resources.device)
     run_extract(snakemake.params.entry, snakemake.input.checkpoint, snakemake.output.store, params, log.info)

@@ -8,6 +8,6 @@ with stage_logger("import_checkpoint", snakemake.log[0]) as log:  # an error goe
     from cwnnk.train import run_import
 
     torch.set_num_threads(snakemake.threads)
-    params = ImportParams.from_dict(snakemake.params.evaluate)
+    params = ImportParams.from_dict(snakemake.params.evaluate, device=snakemake.resources.device)
     run_import(snakemake.params.entry, params, snakemake.output.checkpoint, snakemake.output.metrics,
                log.info)

@@ -8,5 +8,5 @@ with stage_logger("manifolds", snakemake.log[0]) as log:  # an error goes to the
     from cwnnk.params import ManifoldParams
 
     torch.set_num_threads(snakemake.threads)
-    params = ManifoldParams.from_dict(snakemake.params.manifolds)
+    params = ManifoldParams.from_dict(snakemake.params.manifolds, device=snakemake.resources.device)
     write_manifold_table(snakemake.output[0], params, log=log.info)

@@ -9,6 +9,6 @@ with stage_logger("pruning", snakemake.log[0]) as log:  # an error goes to the l
 
     torch.set_num_threads(snakemake.threads)
     i = snakemake.input
-    run_pruning(snakemake.params.entry, PruneParams.from_dict(snakemake.params.pruning), i.checkpoint,
-                i.store, list(i.overlap), list(snakemake.params.layers),
+    params = PruneParams.from_dict(snakemake.params.pruning, device=snakemake.resources.device)
+    run_pruning(snakemake.params.entry, params, i.checkpoint, i.store, list(i.overlap), list(snakemake.params.layers),
                 snakemake.output[0], log.info)
