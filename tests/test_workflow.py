@@ -453,6 +453,9 @@ def test_presets_validate_and_dry_run(preset, jobs, tmp_path):
                                    "--config", f"results={tmp_path / 'results'}").stdout)
     for rule, count in jobs.items():
         assert counts[rule] == count
+    stated = re.search(r"^# Jobs: .*?= ([\d,]+)\.$", path.read_text(), re.M | re.S)
+    if stated:  # the job count a preset's comment gives
+        assert int(stated[1].replace(",", "")) == counts["total"], stated[0]
 
 
 @pytest.mark.parametrize("preset, base", [("cifar10-paper-authors", "cifar10-paper"), ("digits-authors", None)])
