@@ -157,7 +157,8 @@ def _dumps(obj):
     return json.dumps(obj, indent=2, sort_keys=True, default=str)
 
 
-def _json_digest(obj):
+def content_digest(obj):
+    """The sha256 that write_json records for a parsed JSON object (without its CHECKSUM_KEY)."""
     import hashlib
 
     return hashlib.sha256(_dumps(obj).encode()).hexdigest()
@@ -169,7 +170,7 @@ def write_json(path, obj, checksum=True):
     a value other than an object has no key to hold it)."""
     if checksum and isinstance(obj, dict):
         obj = json.loads(_dumps(obj))  # the digest covers what a reader parses: str keys, lists, str(other types)
-        obj[CHECKSUM_KEY] = _json_digest(obj)
+        obj[CHECKSUM_KEY] = content_digest(obj)
     with atomic_path(path) as tmp:
         tmp.write_text(_dumps(obj) + "\n")
 
@@ -184,7 +185,7 @@ def read_json(path, rerun):
         raise DamagedArtifact(f"{path}: not readable JSON ({err}): the file was damaged after it was written; "
                               f"rerun {rerun}") from None
     recorded = obj.pop(CHECKSUM_KEY, None) if isinstance(obj, dict) else None
-    if recorded is not None and recorded != _json_digest(obj):
+    if recorded is not None and recorded != content_digest(obj):
         raise DamagedArtifact(f"{path}: its content is not what was written (sha256 differs from its {CHECKSUM_KEY}):"
                               f" the file was damaged or edited since; rerun {rerun}")
     return obj

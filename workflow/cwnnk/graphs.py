@@ -294,7 +294,7 @@ def build_layer_graphs(store_path, layer, out_dir, params, log=print, timings=No
             channel_twonn=channel_twonn, channel_twonn_indices=channel_twonn_indices,
             agg_twonn=agg_twonn, agg_twonn_indices=agg_twonn_indices,
         )
-        # each file's sha256, checked where it is read (load_layer_graphs; cwnnk.verify checks them all)
+        # each file's sha256, checked where it is read (verify_graph_file: knn.npz by load_layer_graphs)
         files_sha256 = {path.name: sha256_file(path) for path in sorted(tmp.glob("*.npz"))}
         write_json(tmp / "summary.json", dict(
             files_sha256=files_sha256, layer=layer, n_channels=C, n_samples=N, dim_channel=D, params=params.to_dict(),

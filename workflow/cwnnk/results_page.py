@@ -54,11 +54,10 @@ def _machine():
     return f"{model}, {os.cpu_count()} CPUs, {platform.system()} (where this page was generated)"
 
 
-def run_section(results, overlap):
-    """The run in numbers: models by kind, jobs and job time per rule, disk, accuracy range."""
+def job_times(results):
+    """(jobs, seconds): Counters by rule of a run's jobs and their wall seconds, from Snakemake's benchmark files."""
     import csv
 
-    kinds = Counter(text_column(overlap["kind"])[np.unique(text_column(overlap["model"]), return_index=True)[1]])
     jobs, seconds = Counter(), Counter()
     benchmarks = Path(results, "benchmarks")
     for path in sorted(benchmarks.rglob("*.tsv")):
@@ -68,6 +67,13 @@ def run_section(results, overlap):
             for row in csv.DictReader(f, delimiter="\t"):
                 jobs[rule] += 1
                 seconds[rule] += float(row["s"])
+    return jobs, seconds
+
+
+def run_section(results, overlap):
+    """The run in numbers: models by kind, jobs and job time per rule, disk, accuracy range."""
+    kinds = Counter(text_column(overlap["kind"])[np.unique(text_column(overlap["model"]), return_index=True)[1]])
+    jobs, seconds = job_times(results)
     final = ~np.isin(text_column(overlap["kind"]), ("snapshot", "untrained"))
     twins = text_column(overlap["kind"]) == "untrained"
     acc = overlap["test_acc"]

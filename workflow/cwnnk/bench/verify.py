@@ -12,7 +12,6 @@ Each check is timed on the run's own artifacts and counted as often as the workf
 The baseline is the run's own job time: the wall seconds of every job in results/benchmarks.
 """
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -35,17 +34,20 @@ def _crc32c(path):
     return time.perf_counter() - start
 
 
-def _json_digest(path, written=False):
-    """Seconds of a JSON artifact's digest on read, or (written) of the extra work write_json does for it."""
-    from cwnnk.atomic import CHECKSUM_KEY, _dumps, _json_digest
+def _digest_seconds(path, written=False):
+    """Seconds of a JSON artifact's digest on read, or (written) of the extra work write_json does for it:
+    a round trip through its JSON text (indented, sorted keys), then the digest."""
+    from cwnnk.atomic import CHECKSUM_KEY, content_digest
 
     obj = json.loads(path.read_text())
     obj.pop(CHECKSUM_KEY, None)
-    return _seconds(lambda: _json_digest(json.loads(_dumps(obj)) if written else obj))
+    if not written:
+        return _seconds(content_digest, obj)
+    return _seconds(lambda: content_digest(json.loads(json.dumps(obj, indent=2, sort_keys=True, default=str))))
 
 
 def _json_cost(path, reads):
-    return _json_digest(path, written=True) + reads * _json_digest(path)
+    return _digest_seconds(path, written=True) + reads * _digest_seconds(path)
 
 
 def _sha256(path):
@@ -57,11 +59,9 @@ def _sha256(path):
 
 def job_seconds(results):
     """The wall seconds of every job of a run, from Snakemake's benchmark files."""
-    total = 0.0
-    for path in Path(results, "benchmarks").rglob("*.tsv"):
-        with open(path) as f:
-            total += sum(float(row["s"]) for row in csv.DictReader(f, delimiter="\t"))
-    return total
+    from cwnnk.results_page import job_times
+
+    return sum(job_times(results)[1].values())
 
 
 def verification_seconds(results):
